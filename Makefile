@@ -1,0 +1,80 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SYSTEM_DEPS := .local/.system-deps
+
+.PHONY: help
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the dependencies change.
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(SYSTEM_DEPS): hack/install-system-deps
+	hack/install-system-deps
+	mkdir -p .local && touch $@
+
+.PHONY: deps
+deps: $(INSTALLED) $(SYSTEM_DEPS) ## Install Python and Debian dependencies (idempotent)
+
+.PHONY: control-plane
+control-plane: ## Build (once, cached outside the repo) the control-plane binaries
+	hack/build-control-plane >/dev/null
+
+.PHONY: lint
+lint: deps ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: typecheck
+typecheck: deps ## mypy --strict
+	$(BIN)/mypy src/samd tests hack bench
+
+.PHONY: unit
+unit: deps ## Unit tests (no cluster)
+	$(BIN)/pytest -m unit
+
+.PHONY: integration
+integration: deps control-plane ## Integration tests against the real local control plane
+	$(BIN)/pytest -m integration
+
+.PHONY: test
+test: deps control-plane lint typecheck ## Everything CI runs: lint, types, unit and integration tests
+	$(BIN)/pytest -m "unit or integration"
+
+.PHONY: e2e
+e2e: deps ## e2e tier against the cluster named by KUBECONFIG (or the local control plane)
+	$(BIN)/pytest -m e2e
+
+.PHONY: bench
+bench: deps control-plane ## Benchmarks; figures go to docs/benchmarks.md
+	$(BIN)/python -m bench
+
+.PHONY: demo
+demo: deps control-plane ## Start a local control plane and run the demo
+	hack/demo
+
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up: control-plane ## Start the local control plane
+	hack/local-cluster up
+cluster-down: ## Stop the local control plane
+	hack/local-cluster down
+cluster-status: ## What of the local control plane runs
+	hack/local-cluster status
+
+.PHONY: clean
+clean: ## Stop the cluster and remove local state (keeps the binary cache)
+	-hack/local-cluster down
+	rm -rf .local .pytest_cache .mypy_cache .ruff_cache

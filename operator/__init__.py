@@ -1,0 +1,1 @@
+"""The SAMD operator (kopf handlers), imported as ``samd.operator``."""

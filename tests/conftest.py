@@ -1,0 +1,58 @@
+"""Session-wide fixtures: real services started once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes.client import ApiClient
+
+from tests.support.cluster import Cluster, local_control_plane, scratch_namespace
+from tests.support.moto_server import MotoServer, run_moto_server
+from tests.support.softhsm import SoftHSMToken, create_token
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """A local AWS-compatible server (S3, KMS) shared by the whole session."""
+    with run_moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """Point boto3 at the local server for one test."""
+    for name, value in moto_server.env().items():
+        monkeypatch.setenv(name, value)
+    return moto_server
+
+
+@pytest.fixture
+def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHSMToken:
+    """A fresh SoftHSM2 token for one test; SOFTHSM2_CONF points at it."""
+    token = create_token(tmp_path / "softhsm")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(token.conf))
+    return token
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The real local control plane, started once per session (integration tier)."""
+    with local_control_plane() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def k8s(cluster: Cluster) -> Iterator[ApiClient]:
+    """An admin API client for the local control plane."""
+    api = cluster.api_client()
+    yield api
+    api.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def namespace(k8s: ApiClient) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    with scratch_namespace(k8s) as name:
+        yield name

@@ -1,0 +1,1 @@
+"""The SAMD validating admission webhook, imported as ``samd.webhook``."""
