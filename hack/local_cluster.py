@@ -337,6 +337,10 @@ def read_pid(settings: Settings, component: str) -> int | None:
         pid = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+    # A component started by this process that exited is a zombie until reaped: reap it first.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,1 +1,0 @@
-"""The SAMD operator (kopf handlers), imported as ``samd.operator``."""

@@ -1,1 +1,0 @@
-"""The SAMD validating admission webhook, imported as ``samd.webhook``."""
