@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,21 +40,26 @@ def _free_port() -> int:
 def run_moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
     """Start `moto_server` in a subprocess and stop it on exit."""
     port = _free_port()
+    # moto logs every request: send that to a file (a pipe nobody reads would fill up and stall it).
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally block below
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
     )
     endpoint = f"http://127.0.0.1:{port}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     deadline = time.monotonic() + timeout
     try:
         while True:
             if proc.poll() is not None:
-                stderr = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"moto server exited at start-up: {stderr[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(
+                    f"moto server exited at start-up: {log.read().decode(errors='replace')[-2000:]}"
+                )
             try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):  # noqa: S310 - loopback
+                with direct.open(f"{endpoint}/moto-api/", timeout=1):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
@@ -69,3 +75,4 @@ def run_moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
