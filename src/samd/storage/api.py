@@ -1,0 +1,152 @@
+"""One entry point per operation; the URI's scheme picks the backend."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from samd.errors import UsageError
+from samd.storage.https import DEFAULT_TIMEOUT as HTTPS_TIMEOUT
+from samd.storage.https import HttpClient, https_size, open_https
+from samd.storage.local import local_size, open_local, put_local
+from samd.storage.retry import DEFAULT_RETRY, RetryPolicy
+from samd.storage.s3 import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+    UploadSettings,
+    make_s3_client,
+    normalize_sse,
+    open_s3,
+    put_s3,
+    s3_size,
+)
+from samd.storage.s3 import DEFAULT_TIMEOUT as S3_TIMEOUT
+from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader
+from samd.storage.uri import HttpUrl, LocalPath, S3Location, parse_artifact_uri
+
+DEFAULT_TIMEOUT = max(HTTPS_TIMEOUT, S3_TIMEOUT)
+
+
+@contextlib.contextmanager
+def open_artifact(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    ca_bundle: Path | None = None,
+    allow_http: bool = False,
+    retry: RetryPolicy | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+) -> Iterator[ArtifactReader]:
+    """Open an artifact for streaming reads, in constant memory.
+
+    ``uri`` is a path, ``file://``, ``s3://bucket/key`` or ``https://`` (``http://`` only with
+    ``allow_http``). ``endpoint_url`` and ``region`` apply to S3 (the endpoint defaults to
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL); ``ca_bundle`` replaces the system trust store for
+    HTTPS. Opening retries transient failures; a remote download that breaks off resumes from the
+    byte where it stopped. Every failure is a `StorageError` (or `UsageError` for a bad URI).
+    """
+    location = parse_artifact_uri(uri, allow_http=allow_http)
+    policy = retry or DEFAULT_RETRY
+    reader: ArtifactReader
+    if isinstance(location, LocalPath):
+        reader = open_local(location, buffer_size=buffer_size)
+    elif isinstance(location, S3Location):
+        client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
+        reader = open_s3(location, client=client, policy=policy, buffer_size=buffer_size)
+    else:
+        http = HttpClient(ca_bundle=ca_bundle, allow_http=allow_http, timeout=timeout)
+        reader = open_https(location, client=http, policy=policy, buffer_size=buffer_size)
+    with reader:
+        yield reader
+
+
+def put_artifact(
+    uri: str,
+    src: BinaryIO,
+    *,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    part_size: int = DEFAULT_PART_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> None:
+    """Write everything ``src`` yields to ``uri``, all or nothing.
+
+    Local files are written atomically (temporary file, fsync, rename). S3 objects are uploaded
+    in one request or, past ``part_size``, as a multipart upload (aborted on failure, so no
+    partial object appears), with optional server-side encryption: ``sse`` is ``AES256``
+    (``SSE-S3``) or ``aws:kms`` (``SSE-KMS``, with an optional ``kms_key_id``). ``progress`` is
+    called with the number of bytes each time a chunk is stored. HTTPS is read only.
+    """
+    location = parse_artifact_uri(uri)
+    if isinstance(location, HttpUrl):
+        raise UsageError(
+            f"cannot write to {location}: HTTP(S) storage is read only in SAMD",
+            hint="upload to s3:// (or a file) and serve it over HTTPS from there",
+        )
+    if isinstance(location, LocalPath):
+        if sse is not None or kms_key_id is not None:
+            raise UsageError(
+                f"server-side encryption applies to s3:// only, not to the local file {location}",
+                hint="the artifact itself is already encrypted by samd encrypt",
+            )
+        put_local(location, src, progress=progress)
+        return
+    normalize_sse(sse, kms_key_id)  # reject bad options before any connection is made
+    settings = UploadSettings(part_size=part_size, concurrency=concurrency)
+    client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
+    put_s3(
+        location,
+        src,
+        client=client,
+        sse=sse,
+        kms_key_id=kms_key_id,
+        progress=progress,
+        policy=retry or DEFAULT_RETRY,
+        settings=settings,
+        size_hint=_remaining_size(src),
+    )
+
+
+def artifact_size(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    ca_bundle: Path | None = None,
+    allow_http: bool = False,
+    retry: RetryPolicy | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> int | None:
+    """The artifact's size in bytes; None when the storage does not say (a pipe, an HTTP server
+    without Content-Length). Raises `StorageError` when it does not exist."""
+    location = parse_artifact_uri(uri, allow_http=allow_http)
+    policy = retry or DEFAULT_RETRY
+    if isinstance(location, LocalPath):
+        return local_size(location)
+    if isinstance(location, S3Location):
+        client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
+        return s3_size(location, client=client, policy=policy)
+    http = HttpClient(ca_bundle=ca_bundle, allow_http=allow_http, timeout=timeout)
+    return https_size(location, client=http, policy=policy)
+
+
+def _remaining_size(src: BinaryIO) -> int | None:
+    try:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return max(info.st_size - src.tell(), 0)
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
