@@ -1,0 +1,127 @@
+"""Trust-policy evaluation shared by the operator and the admission webhook.
+
+Which ModelTrustPolicies cover a namespace, whether a SecureModel's declared
+properties obey them, and whether a signature bundle verifies under one of
+their signers. Pure apart from the signature cryptography: no API calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from samd.errors import VerificationError
+from samd.signing import VerificationResult, Verifier, verify_bundle
+from samd.spec import ModelTrustPolicySpec, SecureModelSpec, TrustedSigner, semver_key
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    name: str
+    generation: int
+    spec: ModelTrustPolicySpec
+
+    @property
+    def enforcing(self) -> bool:
+        return self.spec.mode == "enforce"
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics: an empty selector matches everything."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = (
+            expression.get("key"),
+            expression.get("operator"),
+            expression.get("values") or [],
+        )
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+        if operator not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False  # an unknown operator never matches: fail closed for coverage checks
+    return True
+
+
+def applicable_policies(
+    policies: Iterable[TrustPolicy], namespace_labels: Mapping[str, str]
+) -> list[TrustPolicy]:
+    """The policies whose namespaceSelector matches, in name order (deterministic)."""
+    return sorted(
+        (p for p in policies if selector_matches(p.spec.namespace_selector, namespace_labels)),
+        key=lambda p: p.name,
+    )
+
+
+def check_spec_against_policies(
+    spec: SecureModelSpec, policies: Sequence[TrustPolicy], *, previous_version: str | None
+) -> list[str]:
+    """Violations of the format allow-list, the encryption requirement and the no-downgrade rule."""
+    problems: list[str] = []
+    for policy in policies:
+        allowed = policy.spec.allowed_formats
+        if allowed and spec.format not in allowed:
+            names = ", ".join(sorted(f.value for f in allowed))
+            problems.append(f"policy {policy.name} allows formats {names}, not {spec.format.value}")
+        if policy.spec.require_encryption and spec.encryption is None:
+            problems.append(f"policy {policy.name} requires encryption: set spec.encryption.keyRef")
+        if (
+            previous_version is not None
+            and not policy.spec.version_policy.allow_downgrade
+            and semver_key(spec.version) < semver_key(previous_version)
+        ):
+            problems.append(
+                f"policy {policy.name} forbids downgrades: version {spec.version} is older than "
+                f"{previous_version}; publish a new version instead"
+            )
+    return problems
+
+
+def verifier_for(signer: TrustedSigner) -> Verifier:
+    if signer.public_key is not None:
+        return Verifier.from_public_key(signer.public_key.encode())
+    if signer.certificate_roots is not None:
+        return Verifier.from_certificate_roots(signer.certificate_roots.encode())
+    assert signer.keyless is not None  # the spec model guarantees exactly one  # noqa: S101
+    return Verifier.from_sigstore(
+        identity=signer.keyless.identity,
+        issuer=signer.keyless.issuer,
+        trusted_root=signer.keyless.trusted_root.encode(),
+    )
+
+
+def verify_under_policies(bundle: bytes, policies: Sequence[TrustPolicy]) -> tuple[VerificationResult, str]:
+    """Verify `bundle` under every covering policy; each must trust one of its signers.
+
+    Returns the result and the name of the first policy. Raises VerificationError naming, per
+    policy, why no signer accepted it.
+    """
+    if not policies:
+        raise VerificationError(
+            "no ModelTrustPolicy covers this namespace", hint="ask a cluster admin for one"
+        )
+    result: VerificationResult | None = None
+    for policy in policies:
+        failures = []
+        for signer in policy.spec.signers:
+            try:
+                result = verify_bundle(bundle, verifier_for(signer))
+                break
+            except VerificationError as error:
+                failures.append(f"{signer.name}: {error.message}")
+        else:
+            raise VerificationError(
+                f"no signer trusted by policy {policy.name} verifies the signature ({'; '.join(failures)})",
+                hint="sign the model with a key the policy trusts, or add the signer to the policy",
+            )
+    assert result is not None  # noqa: S101 - policies is not empty
+    return result, policies[0].name
