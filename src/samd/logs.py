@@ -10,6 +10,8 @@ from typing import Any
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is emitted as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Context some libraries attach to every record (kopf: its whole settings object); too big to log.
+_NOISE = {"settings"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,7 +23,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and key not in _NOISE and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -67,7 +67,10 @@ def parse_duration(text: str) -> datetime.timedelta:
     if not text or not match:
         raise ValueError(f"{text!r} is not a duration like '720h' or '1h30m'")
     hours, minutes, seconds = (int(g[:-1]) if g else 0 for g in match.groups())
-    return datetime.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return datetime.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:  # so that a parse error stays a SpecError, not a crash
+        raise ValueError(f"{text!r} is longer than any duration SAMD can use") from None
 
 
 def semver_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
