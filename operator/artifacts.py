@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,6 @@ from samd.envelope import read_header, rewrap_header
 from samd.envelope.stream import open_artifact as open_envelope
 from samd.errors import SamdError, UsageError, VerificationError
 from samd.keys import KeyProvider, LocalKeyProvider, provider_from_uri
-from samd.policy import TrustPolicy, verify_under_policies
-from samd.signing import VerificationResult
 from samd.spec import SecureModelSpec
 from samd.storage import BucketPosture, check_bucket_posture, open_artifact, put_artifact
 
@@ -39,13 +37,6 @@ def read_signature(spec: SecureModelSpec, max_bytes: int) -> bytes:
             hint="point spec.signature.uri at the signature bundle written by `samd sign`",
         )
     return bundle
-
-
-def verify_signature(
-    spec: SecureModelSpec, policies: Sequence[TrustPolicy], max_bytes: int
-) -> tuple[VerificationResult, str]:
-    """Fetch the signature bundle and verify it under the covering policies (no model bytes read)."""
-    return verify_under_policies(read_signature(spec, max_bytes), policies)
 
 
 def bucket_posture(spec: SecureModelSpec) -> BucketPosture:

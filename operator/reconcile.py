@@ -30,10 +30,11 @@ from samd.operator.builders.certificates import (
 )
 from samd.operator.builders.context import BuilderSettings, ModelContext
 from samd.operator.builders.names import client_secret_name, model_label_value, serving_name, tls_secret_name
+from samd.operator.builders.serving import build_signature_config_map
 from samd.operator.conditions import Condition, ConditionType, merge_conditions, ready_condition
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
-from samd.policy import TrustPolicy, applicable_policies, check_spec_against_policies
+from samd.policy import TrustPolicy, applicable_policies, check_spec_against_policies, verify_under_policies
 from samd.spec import SecureModelSpec, SpecError, parse_secure_model
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class _Run:
     outcome: Outcome
     conditions: dict[ConditionType, Condition] = field(default_factory=dict)
     temporary: list[str] = field(default_factory=list)
+    signature: bytes | None = None  # the bundle as read from storage, verified or not
 
     def set(self, kind: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.conditions[kind] = Condition(kind, status, reason, message)
@@ -260,13 +262,14 @@ class Reconciler:
         cached = self._verifications.get(key)
         fresh = cached is not None and cached.fingerprint == fingerprint
         if cached is not None and fresh and now - cached.checked_at < self.config.reverify_interval:
-            result, policy_name = cached.value
+            run.signature, result, policy_name = cached.value
             verified_at = cached.checked_at
         else:
             try:
-                result, policy_name = await asyncio.to_thread(
-                    artifacts.verify_signature, spec, policies, self.config.max_signature_bytes
+                run.signature = await asyncio.to_thread(
+                    artifacts.read_signature, spec, self.config.max_signature_bytes
                 )
+                result, policy_name = await asyncio.to_thread(verify_under_policies, run.signature, policies)
             except VerificationError as error:
                 self._verifications.pop(key, None)
                 run.set(C.VERIFIED, False, "SignatureInvalid", str(error))
@@ -278,7 +281,7 @@ class Reconciler:
                     return {}
                 return run.retry_later(C.VERIFIED, "SignatureUnreachable", error, previous)
             verified_at = now
-            self._verifications[key] = _Cached(fingerprint, now, (result, policy_name))
+            self._verifications[key] = _Cached(fingerprint, now, (run.signature, result, policy_name))
             if previous.get("manifestDigest") != result.manifest_digest:
                 run.event("Verified", f"signature by {result.signer} verified under policy {policy_name}")
         if spec.artifact.digest and spec.artifact.digest != result.manifest_digest:
@@ -479,6 +482,8 @@ class Reconciler:
     ) -> dict[str, Any]:
         signers = [signer for policy in policies for signer in policy.spec.signers]
         desired = build_owned_objects(context, run.now, signers)
+        if run.signature is not None:
+            desired.append(build_signature_config_map(context, run.signature))
         keep = {(m["kind"], m["metadata"]["name"]) for m in desired}
         keep.add(("Secret", tls_secret_name(context.name)))
         keep |= {("Secret", client_secret_name(context.name, c.name)) for c in context.spec.serving.clients}

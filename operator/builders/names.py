@@ -95,6 +95,11 @@ def client_secret_name(model: str, client: str) -> str:
     return fit_name(f"{model}-client-{client}", DNS_SUBDOMAIN_MAX)
 
 
+def signature_config_map_name(model: str) -> str:
+    """The ConfigMap holding the signature bundle the operator fetched, for the admission webhook."""
+    return fit_name(f"{model}-signature", DNS_SUBDOMAIN_MAX)
+
+
 def trust_config_map_name(model: str) -> str:
     """The ConfigMap with the trusted signers the init container verifies the model against."""
     return fit_name(f"{model}-trust", DNS_SUBDOMAIN_MAX)

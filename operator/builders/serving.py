@@ -26,6 +26,7 @@ from samd.operator.builders.metadata import (
 )
 from samd.operator.builders.names import (
     serving_name,
+    signature_config_map_name,
     tls_secret_name,
     trust_config_map_name,
     workload_service_account_name,
@@ -85,6 +86,26 @@ def build_trust_config_map(ctx: ModelContext, signers: Iterable[TrustedSigner]) 
         "kind": "ConfigMap",
         "metadata": owned_metadata(ctx, trust_config_map_name(ctx.name)),
         "data": {TRUST_FILE: json.dumps(ordered, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+SIGNATURE_FILE = "bundle.json"
+SIGNATURE_LABEL = "samd.dev/signature"
+
+
+def build_signature_config_map(ctx: ModelContext, bundle: bytes) -> Manifest:
+    """The signature bundle as fetched from spec.signature.uri, for the admission webhook's watch.
+
+    The webhook verifies it itself (it trusts no status written by anyone); storing it in the
+    cluster keeps storage reads off the admission path.
+    """
+    metadata = owned_metadata(ctx, signature_config_map_name(ctx.name))
+    metadata["labels"] = {**metadata["labels"], SIGNATURE_LABEL: "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {SIGNATURE_FILE: bundle.decode("utf-8", errors="replace")},
     }
 
 
