@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
 
-    from samd.operator import handlers  # noqa: F401, PLC0415 - importing registers the handlers with kopf
+    from samd.operator import handlers, policies  # noqa: F401, PLC0415 - importing registers the handlers with kopf
 
     asyncio.run(
         kopf.operator(

@@ -183,6 +183,9 @@ def test_example_becomes_ready_with_every_owned_object(scenario: Scenario) -> No
     )  # the auditor's grant (2026-12-31)
     secrets = names(scenario.core.list_namespaced_secret(ns).items)
     assert {"fraud-detection-tls", "fraud-detection-client-payments-api", "fraud-detection-key"} <= secrets
+    policy = scenario.custom.get_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", scenario.policy_name)
+    assert policy["status"]["signerCount"] == 1
+    assert policy["status"]["conditions"][0]["reason"] == "SignersUsable"
     signature = scenario.core.read_namespaced_config_map("fraud-detection-signature", ns)
     assert signature.data["bundle.json"] == scenario.artifacts.signature.read_text()  # for the webhook
     pdb = client.PolicyV1Api(scenario.api).read_namespaced_pod_disruption_budget("fraud-detection", ns)
