@@ -116,12 +116,7 @@ def fetch_command(ctx: ModelContext) -> list[str]:
     """
     if ctx.manifest_digest is None:
         raise ValueError(f"model {ctx.namespace}/{ctx.name} has no verified manifest digest to pin")
-    artifact = ctx.spec.artifact
-    command = ["samd", "fetch", "--artifact", artifact.uri, "--signature", ctx.spec.signature.uri]
-    if artifact.endpoint:
-        command += ["--endpoint", artifact.endpoint]
-    if artifact.region:
-        command += ["--region", artifact.region]
+    command = ["samd", "fetch", ctx.spec.artifact.uri, "--signature", ctx.spec.signature.uri]
     encryption = ctx.spec.encryption
     if encryption is not None:
         key_ref = encryption.key_ref
@@ -131,7 +126,8 @@ def fetch_command(ctx: ModelContext) -> list[str]:
             command += ["--key", key_ref.uri]
         else:  # the spec refuses this; without a key the fetch could not decrypt
             raise ValueError(f"model {ctx.namespace}/{ctx.name}: a {key_ref.provider} key needs a uri")
-    command += ["--trust", TRUST_DIR, "--expect-digest", ctx.manifest_digest, "--output", MODEL_DIR]
+    command += ["--trust-config", f"{TRUST_DIR}/{TRUST_FILE}", "--expect-digest", ctx.manifest_digest]
+    command += ["--output", MODEL_DIR]
     return command
 
 
@@ -245,12 +241,20 @@ def _fetch_container(ctx: ModelContext) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
-    credentials = ctx.spec.artifact.credentials_secret
-    if credentials:
-        container["env"] = [
-            {"name": key, "valueFrom": {"secretKeyRef": {"name": credentials, "key": key}}}
+    artifact = ctx.spec.artifact
+    env: list[dict[str, Any]] = []
+    # The storage client reads its endpoint and region from the standard AWS variables.
+    if artifact.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": artifact.endpoint})
+    if artifact.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": artifact.region})
+    if artifact.credentials_secret:
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": artifact.credentials_secret, "key": key}}}
             for key in AWS_CREDENTIAL_KEYS
         ]
+    if env:
+        container["env"] = env
     return container
 
 

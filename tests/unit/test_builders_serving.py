@@ -128,16 +128,16 @@ def test_the_key_secret_is_mounted_only_into_the_init_container_read_only() -> N
 
 def test_storage_credentials_reach_only_the_init_container() -> None:
     fetch, server = _all_containers(_deployment())
-    referenced = {env["valueFrom"]["secretKeyRef"]["name"] for env in fetch["env"]}
-    assert referenced == {"fraud-detection-s3"}
-    assert [env["name"] for env in fetch["env"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    from_secrets = [env for env in fetch["env"] if "valueFrom" in env]
+    assert {env["valueFrom"]["secretKeyRef"]["name"] for env in from_secrets} == {"fraud-detection-s3"}
+    assert [env["name"] for env in from_secrets] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
     assert "env" not in server
     assert "envFrom" not in server
 
 
 def test_without_credentials_the_init_container_gets_no_secret_env() -> None:
     fetch = _all_containers(_deployment({"artifact": {"credentialsSecret": None}}))[0]
-    assert "env" not in fetch
+    assert all("valueFrom" not in env for env in fetch.get("env", []))
 
 
 def test_the_model_lives_in_memory_and_the_server_only_reads_it() -> None:
@@ -212,21 +212,21 @@ def test_fetch_command_with_a_kms_key_and_an_s3_compatible_endpoint() -> None:
     assert fetch_command(ctx) == [
         "samd",
         "fetch",
-        "--artifact",
         "s3://models-prod/fraud-detection/1.4.2/model.onnx.samd",
         "--signature",
         "s3://models-prod/fraud-detection/1.4.2/model.sig",
-        "--endpoint",
-        "https://minio.storage:9000",
         "--key",
         "aws-kms://alias/fraud",
-        "--trust",
-        "/var/run/samd/trust",
+        "--trust-config",
+        "/var/run/samd/trust/signers.json",
         "--expect-digest",
         DIGEST,
         "--output",
         "/models",
     ]
+    # The endpoint reaches the storage client through the standard AWS variable.
+    fetch = _all_containers(build_deployment(ctx) or {})[0]
+    assert {"name": "AWS_ENDPOINT_URL_S3", "value": "https://minio.storage:9000"} in fetch["env"]
     # No local keyset, so no key Secret in the pod at all.
     deployment = build_deployment(ctx)
     assert deployment is not None

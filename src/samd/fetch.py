@@ -1,0 +1,585 @@
+"""`samd fetch`: download, decrypt and hash a model in one streaming pass; keep it only if it verifies.
+
+The order of work:
+
+1. verify the signature bundle (cheap: no model bytes are read), which yields the signed manifest;
+2. stream the artifact: storage reader -> decrypt segments (in a worker thread) -> safe tar reader
+   -> files written into a staging directory, while the main thread hashes the same bytes; the
+   worker and the hasher overlap, so decryption and SHA-256 run on two cores (`cryptography` and
+   `hashlib` release the GIL on large buffers);
+3. compare every digest with the manifest;
+4. only then move the files into the output directory (renames on one filesystem).
+
+On any failure the staging directory is removed, so nothing of the model is left in the output.
+Memory stays constant: at most a few decrypted segments are in flight at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from samd.errors import IntegrityError, UsageError, VerificationError
+from samd.modelpack import DEFAULT_LIMITS, DirectoryWriter, TarStreamReader, UnpackLimits
+
+if TYPE_CHECKING:
+    from samd.keys.base import KeyProvider, KeyResolver
+    from samd.signing import VerificationResult, Verifier
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".samd-staging-"
+
+# Header attributes written by `samd encrypt` (authenticated with the header): how the plaintext
+# is packed, and for a single file the name it had.
+CONTENT_ATTRIBUTE = "samd.content"
+CONTENT_TAR = "tar"
+CONTENT_FILE = "file"
+NAME_ATTRIBUTE = "samd.name"
+
+# Decrypted segments queued between the decrypting worker and the hasher; bounds memory.
+_QUEUE_DEPTH = 4
+_ABANDON_AFTER_SECONDS = 5.0
+
+Packing = Literal["tar", "file"]
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    name: str
+    size: int
+    algorithm: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What `fetch_model` wrote: the verified files and the signature they matched."""
+
+    output: Path
+    files: tuple[FetchedFile, ...]
+    total_bytes: int
+    seconds: float
+    verification: VerificationResult
+
+    def to_dict(self) -> dict[str, Any]:
+        verification = self.verification
+        return {
+            "output": str(self.output),
+            "files": [
+                {"name": f.name, "size": f.size, "algorithm": f.algorithm, "digest": f.digest}
+                for f in self.files
+            ],
+            "file_count": len(self.files),
+            "total_bytes": self.total_bytes,
+            "seconds": round(self.seconds, 3),
+            "manifest_digest": verification.manifest_digest,
+            "method": verification.method,
+            "signer": verification.signer,
+        }
+
+
+# --- the staging directory -------------------------------------------------------------------
+
+
+# Staging directories of fetches in progress, so that a signal handler can remove them before
+# the process exits (a worker blocked on a stalled download cannot be unwound in time).
+_ACTIVE_STAGING: set[Path] = set()
+
+
+def remove_active_staging() -> None:
+    """Remove every staging directory still in progress. Safe to call from a signal handler."""
+    for root in list(_ACTIVE_STAGING):
+        # Rename first: the worker writes by path, so it cannot add files to the renamed tree.
+        doomed = root.with_name(root.name + ".removing")
+        try:
+            os.rename(root, doomed)
+        except OSError:
+            doomed = root
+        shutil.rmtree(doomed, ignore_errors=True)
+        _ACTIVE_STAGING.discard(root)
+
+
+def _umask() -> int:
+    # Read, not set: os.umask() can only be read by changing it, which would race other threads.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class StagedOutput:
+    """A staging directory on the output's filesystem whose contents become the output on commit.
+
+    If `output` does not exist, the staging directory is its sibling and `commit` renames it into
+    place in one step. If `output` is an existing directory (an emptyDir volume, a mount point), the
+    staging directory is a hidden directory inside it and `commit` renames each entry into place:
+    a mount point's parent may be another filesystem (or read-only). An existing directory that
+    already holds files is refused unless `force`, in which case its contents are replaced, and only
+    at commit time, after the new model has verified.
+    """
+
+    def __init__(self, output: Path, *, force: bool = False) -> None:
+        self.output = Path(output)
+        self.force = force
+        self._committed = False
+        output = self.output
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"the output {output} exists and is not a directory")
+        self._in_place = output.is_dir()
+        if self._in_place:
+            self._remove_stale_staging(output, STAGING_PREFIX)
+            existing = self._existing_entries()
+            if existing and not force:
+                shown = ", ".join(sorted(entry.name for entry in existing)[:5])
+                raise UsageError(
+                    f"the output directory {output} is not empty (it holds {shown})",
+                    hint="give an empty or new directory, or pass --force to replace its contents",
+                )
+            parent = output
+            prefix = STAGING_PREFIX
+        else:
+            parent = output.parent
+            if not parent.is_dir():
+                raise UsageError(
+                    f"cannot create {output}: the directory {parent} does not exist", hint="create it first"
+                )
+            prefix = f".{output.name}{STAGING_PREFIX}"
+            self._remove_stale_staging(parent, prefix)
+        try:
+            self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        except OSError as error:
+            raise UsageError(f"cannot write into {parent}: {error.strerror or error}") from error
+        _ACTIVE_STAGING.add(self.root)
+        if not self._in_place:
+            # mkdtemp makes it 0700; once renamed it is the output, so give it a mkdir's mode.
+            os.chmod(self.root, 0o777 & ~_umask())
+
+    @staticmethod
+    def _remove_stale_staging(directory: Path, prefix: str) -> None:
+        # Left by a process that was killed (an init container restarted by the kubelet).
+        for entry in directory.iterdir():
+            if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
+                logger.info("removing stale staging directory %s", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _existing_entries(self) -> list[Path]:
+        return [entry for entry in self.output.iterdir() if not entry.name.startswith(STAGING_PREFIX)]
+
+    def commit(self) -> None:
+        """Move the staged contents into the output. On failure nothing staged stays in it."""
+        if not self._in_place:
+            try:
+                os.rename(self.root, self.output)
+            except OSError as error:
+                raise UsageError(
+                    f"cannot move the verified model into {self.output}: {error.strerror or error}",
+                    hint="something created the output while the model was fetched; give a new or empty directory",
+                ) from error
+            self._committed = True
+            _ACTIVE_STAGING.discard(self.root)
+            return
+        if self.force:
+            for entry in self._existing_entries():
+                _remove_entry(entry)
+        moved: list[Path] = []
+        try:
+            for entry in sorted(self.root.iterdir()):
+                target = self.output / entry.name
+                if target.exists() or target.is_symlink():
+                    raise UsageError(f"{target} appeared in the output directory while the model was fetched")
+                try:
+                    os.rename(entry, target)
+                except OSError as error:
+                    raise UsageError(
+                        f"cannot move {entry.name} into {self.output}: {error.strerror or error}"
+                    ) from error
+                moved.append(target)
+        except BaseException:
+            for target in moved:
+                _remove_entry(target)
+            raise
+        self.root.rmdir()
+        self._committed = True
+        _ACTIVE_STAGING.discard(self.root)
+
+    def discard(self) -> None:
+        if not self._committed:
+            shutil.rmtree(self.root, ignore_errors=True)
+            _ACTIVE_STAGING.discard(self.root)
+
+    def __enter__(self) -> StagedOutput:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        self.discard()
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def _new_hasher(algorithm: str) -> Any:
+    if algorithm != "sha256":
+        raise VerificationError(
+            f"the signature uses the {algorithm} digest, which samd fetch does not support",
+            hint="sign the model with SHA-256 (the default)",
+        )
+    return hashlib.sha256()
+
+
+class _Done:
+    """Sentinel: the worker finished (with `error` set if it failed)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class _HashingWriter:
+    """A `TarSink` that writes files into the staging directory and queues their bytes for hashing.
+
+    It runs in the worker thread, which also reads and decrypts; the consumer of `work` hashes.
+    (Measured: handing part of the writing to the hashing thread does not help, since hashing
+    alone keeps its core busy.) Files the signer chose to leave out of the manifest (`skip`) are
+    dropped, not written: the output holds only signed files.
+    """
+
+    def __init__(  # noqa: PLR0917
+        self,
+        writer: DirectoryWriter,
+        work: queue.Queue[Any],
+        expected: Mapping[str, str],
+        skip: Callable[[str], bool],
+        allow_unsigned_files: bool,
+        cancelled: threading.Event,
+    ) -> None:
+        self._writer = writer
+        self._work = work
+        self._expected = expected
+        self._skip = skip
+        self._allow_unsigned = allow_unsigned_files
+        self._cancelled = cancelled
+        self._hasher: Any = None
+        self._skipping = False
+        self._name = ""
+        self._size = 0
+        self.skipped: list[str] = []
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self._cancelled.is_set():
+                raise _CancelledError
+            try:
+                self._work.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def directory(self, name: str) -> None:
+        if not self._skip(name):
+            self._writer.directory(name)
+
+    def begin_file(self, name: str, size: int, executable: bool) -> None:
+        algorithm = self._expected.get(name)
+        self._skipping = False
+        if algorithm is None:
+            if self._skip(name):
+                logger.info("leaving out %s: the signer excluded it from the manifest", name)
+                self.skipped.append(name)
+                self._skipping = True
+                return
+            if not self._allow_unsigned:
+                raise VerificationError(
+                    f"the artifact holds {name!r}, which the signature does not cover",
+                    hint="sign the same model that was encrypted, or allow unsigned files explicitly",
+                )
+            algorithm = "sha256"
+        self._hasher = _new_hasher(algorithm)
+        self._name = name
+        self._size = 0
+        self._writer.begin_file(name, size, executable)
+
+    def file_data(self, data: memoryview) -> None:
+        if self._skipping:
+            return
+        self._writer.file_data(data)
+        self._size += len(data)
+        self.put((self._hasher, data))
+
+    def end_file(self) -> None:
+        if self._skipping:
+            self._skipping = False
+            return
+        self._writer.end_file()
+        self.put((self._name, self._size, self._hasher))
+
+
+class _CancelledError(Exception):
+    """The consumer stopped; the worker unwinds quietly."""
+
+
+def _pump(
+    segments: Iterable[bytes],
+    feed: Callable[[bytes], None],
+    finish: Callable[[], None],
+    sink: _HashingWriter,
+) -> None:
+    try:
+        for segment in segments:
+            feed(segment)
+        finish()
+    except _CancelledError:
+        return
+    except BaseException as error:  # handed to the consumer, which re-raises it
+        with contextlib.suppress(_CancelledError):
+            sink.put(_Done(error))
+        return
+    with contextlib.suppress(_CancelledError):
+        sink.put(_Done())
+
+
+@dataclass(frozen=True)
+class StreamedFile:
+    name: str
+    size: int
+    digest: str
+
+
+def _never(_name: str) -> bool:
+    return False
+
+
+def stream_into_directory(
+    segments: Iterable[bytes],
+    root: Path,
+    *,
+    packing: Packing,
+    expected: Mapping[str, str],
+    skip: Callable[[str], bool] = _never,
+    file_name: str | None = None,
+    allow_unsigned_files: bool = False,
+    limits: UnpackLimits = DEFAULT_LIMITS,
+) -> list[StreamedFile]:
+    """Write decrypted `segments` under `root` while hashing them; return each file's digest.
+
+    `segments` is consumed in a worker thread (so it should decrypt lazily, as
+    `EnvelopeReader.segments` does) that also parses and writes, while this thread hashes.
+    `expected` maps each signed file name to its digest algorithm; a file not in it is refused
+    unless `skip(name)` (it is then left out) or `allow_unsigned_files`. `packing` says whether the
+    plaintext is a tar archive of a directory, or the bytes of one file to be written as
+    `file_name`.
+    """
+    work: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+    cancelled = threading.Event()
+    writer = DirectoryWriter(root)
+    sink = _HashingWriter(writer, work, expected, skip, allow_unsigned_files, cancelled)
+    if packing == CONTENT_TAR:
+        reader = TarStreamReader(sink, limits)
+        feed: Callable[[bytes], None] = reader.feed
+        finish: Callable[[], None] = reader.finish
+    else:
+        if not file_name:
+            raise UsageError("a single-file artifact needs the file name to write")
+        single = _SingleFile(sink, file_name, limits)
+        feed, finish = single.feed, single.finish
+    worker = threading.Thread(
+        target=_pump, args=(segments, feed, finish, sink), name="samd-unpack", daemon=True
+    )
+    results: list[StreamedFile] = []
+    worker.start()
+    try:
+        while True:
+            item = work.get()
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
+                break
+            if len(item) == 2:
+                item[0].update(item[1])
+            else:
+                name, size, hasher = item
+                results.append(StreamedFile(name=name, size=size, digest=hasher.hexdigest()))
+    finally:
+        cancelled.set()
+        # A worker blocked on a stalled download cannot be interrupted: after a signal, give up
+        # on it (it is a daemon thread) rather than hang, and leave its file descriptor alone.
+        worker.join(timeout=_ABANDON_AFTER_SECONDS)
+        if not worker.is_alive():
+            writer.close()
+    return results
+
+
+class _SingleFile:
+    """Feeds the plaintext of a single-file artifact to the sink as one file."""
+
+    def __init__(self, sink: _HashingWriter, name: str, limits: UnpackLimits) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._name = name
+        self._size = 0
+        self._started = False
+
+    def feed(self, data: bytes) -> None:
+        if not self._started:
+            self._sink.begin_file(self._name, -1, False)
+            self._started = True
+        self._size += len(data)
+        if self._size > self._limits.max_file_size:
+            raise IntegrityError(f"the model file is larger than the {self._limits.max_file_size}-byte cap")
+        self._sink.file_data(memoryview(data))
+
+    def finish(self) -> None:
+        if not self._started:
+            self._sink.begin_file(self._name, 0, False)
+        self._sink.end_file()
+
+
+# --- the whole fetch -------------------------------------------------------------------------
+
+
+def artifact_packing(attributes: Mapping[str, str]) -> tuple[Packing, str | None]:
+    """How an artifact's plaintext is packed ("tar" or "file") and, for a file, its recorded name."""
+    content = attributes.get(CONTENT_ATTRIBUTE)
+    if content == CONTENT_TAR:
+        return "tar", None
+    if content == CONTENT_FILE or content is None:
+        # Artifacts encrypted by other means (encrypt_stream without attributes) are single files.
+        return "file", attributes.get(NAME_ATTRIBUTE)
+    raise IntegrityError(
+        f"the artifact header says its content is {content!r}; samd knows only 'tar' and 'file'",
+        hint="upgrade samd, or re-encrypt the model with this version",
+    )
+
+
+def _usable_file_name(candidate: str | None) -> bool:
+    return (
+        bool(candidate)
+        and "/" not in str(candidate)
+        and "\x00" not in str(candidate)
+        and candidate not in (".", "..")
+    )
+
+
+def single_file_name(recorded: str | None, verification: VerificationResult) -> str:
+    """The name a single-file model is written as: recorded at encryption, else the signed model name."""
+    for candidate in (recorded, verification.model_name):
+        if candidate is not None and _usable_file_name(candidate):
+            return candidate
+    raise IntegrityError(
+        "the artifact is a single file but neither its header nor its signature gives a usable file name",
+        hint="re-encrypt the model with `samd encrypt`, which records the file name",
+    )
+
+
+def read_signature(uri: str, *, max_bytes: int | None = None) -> bytes:
+    """Read a signature bundle from a path or storage URI, refusing oversized input early."""
+    from samd.signing import MAX_BUNDLE_BYTES  # noqa: PLC0415 - see fetch_model
+    from samd.storage import open_artifact  # noqa: PLC0415
+
+    limit = max_bytes if max_bytes is not None else MAX_BUNDLE_BYTES
+    with open_artifact(uri) as source:
+        data = source.read(limit + 1)
+    if len(data) > limit:
+        raise VerificationError(
+            f"the signature {uri} is larger than {limit} bytes; a model signature is a few kilobytes",
+            hint="check that --signature names the signature bundle, not the model",
+        )
+    return data
+
+
+def fetch_model(
+    artifact_uri: str,
+    *,
+    signature: bytes,
+    verifier: Verifier,
+    keys: KeyProvider | KeyResolver,
+    output: Path,
+    force: bool = False,
+    allow_unsigned_files: bool = False,
+    limits: UnpackLimits = DEFAULT_LIMITS,
+    progress: Callable[[int], None] | None = None,
+) -> FetchResult:
+    """Fetch, decrypt and verify a model into `output`; nothing is left there if anything fails.
+
+    `signature` is the OMS bundle (bytes); `keys` unwraps the artifact's data key.
+    """
+    # Imported here so that `samd fetch` loads only what it uses (peak memory of the init container).
+    from samd.envelope import EnvelopeReader  # noqa: PLC0415
+    from samd.signing import SINGLE_FILE_RESOURCE, check_files_against_manifest, verify_bundle  # noqa: PLC0415
+    from samd.storage import open_artifact  # noqa: PLC0415
+
+    started = time.monotonic()
+    verification = verify_bundle(signature, verifier)
+    staged = StagedOutput(output, force=force)
+    with staged:
+        with open_artifact(artifact_uri) as source:
+            reader = EnvelopeReader(source, keys)
+            packing, recorded_name = artifact_packing(reader.header.attributes)
+            expected = {signed.name: signed.algorithm for signed in verification.files}
+            file_name = None
+            if packing == "file":
+                if not verification.is_single_file:
+                    raise VerificationError(
+                        f"the artifact holds a single file but the signature covers a directory of "
+                        f"{len(verification.files)} file(s)",
+                        hint="is this the signature of another model?",
+                    )
+                file_name = single_file_name(recorded_name, verification)
+                expected = {file_name: expected[SINGLE_FILE_RESOURCE]}
+            elif verification.is_single_file:
+                raise VerificationError(
+                    "the artifact holds a directory but the signature covers a single file",
+                    hint="is this the signature of another model?",
+                )
+            streamed = stream_into_directory(
+                # prefetch=0: stream_into_directory already runs the decryption in its own thread
+                reader.segments(prefetch=0, progress=progress),
+                staged.root,
+                packing=packing,
+                expected=expected,
+                skip=verification.is_ignored,
+                file_name=file_name,
+                allow_unsigned_files=allow_unsigned_files,
+                limits=limits,
+            )
+        actual = {item.name: item.digest for item in streamed}
+        if file_name is not None:
+            actual = {SINGLE_FILE_RESOURCE: actual[file_name]}
+        check_files_against_manifest(actual, verification, allow_unsigned_files=allow_unsigned_files)
+        staged.commit()
+    files = tuple(
+        FetchedFile(
+            name=item.name, size=item.size, algorithm=expected.get(item.name, "sha256"), digest=item.digest
+        )
+        for item in streamed
+    )
+    total = sum(item.size for item in files)
+    logger.info("fetched %d verified file(s), %d bytes, into %s", len(files), total, staged.output)
+    return FetchResult(
+        output=staged.output,
+        files=files,
+        total_bytes=total,
+        seconds=time.monotonic() - started,
+        verification=verification,
+    )
