@@ -483,7 +483,8 @@ class Reconciler:
         signers = [signer for policy in policies for signer in policy.spec.signers]
         desired = build_owned_objects(context, run.now, signers)
         if run.signature is not None:
-            desired.append(build_signature_config_map(context, run.signature))
+            # Before the Deployment: the admission webhook verifies pods against this bundle.
+            desired.insert(0, build_signature_config_map(context, run.signature))
         keep = {(m["kind"], m["metadata"]["name"]) for m in desired}
         keep.add(("Secret", tls_secret_name(context.name)))
         keep |= {("Secret", client_secret_name(context.name, c.name)) for c in context.spec.serving.clients}
