@@ -10,6 +10,8 @@ from kubernetes.client import ApiClient
 
 from tests.support.cluster import Cluster, local_control_plane, scratch_namespace
 from tests.support.moto_server import MotoServer, run_moto_server
+from tests.support.operator import OperatorProcess
+from tests.support.scenario import Scenario, operator_fixture, scenario_fixture
 from tests.support.softhsm import SoftHSMToken, create_token
 
 
@@ -56,3 +58,17 @@ def namespace(k8s: ApiClient) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards."""
     with scratch_namespace(k8s) as name:
         yield name
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, k8s: ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The real operator (`python -m samd.operator`), with the CRDs installed, for the whole session."""
+    yield from operator_fixture(cluster, k8s, tmp_path_factory)
+
+
+@pytest.fixture
+def scenario(operator: OperatorProcess, k8s: ApiClient, namespace: str, tmp_path: Path) -> Iterator[Scenario]:
+    """A namespace covered by a trust policy of its own, with a signed and encrypted model and its key Secret."""
+    yield from scenario_fixture(operator, k8s, namespace, tmp_path)

@@ -7,133 +7,16 @@ import copy
 import datetime
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from samd.envelope import body_offset, read_header
-from tests.support.cluster import REPO, Cluster
-from tests.support.crds import install_crds
-from tests.support.models import ModelArtifacts, make_model
-from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess, running_operator
+from tests.support.operator import OperatorProcess
+from tests.support.scenario import GROUP, VERSION, Scenario, eventually
 
 pytestmark = pytest.mark.integration
-
-GROUP, VERSION = "samd.dev", "v1alpha1"
-EXAMPLE = REPO / "examples" / "fraud-detection"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.3)
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, k8s: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_crds(k8s)
-    core = client.CoreV1Api(k8s)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE)))
-    except ApiException as error:
-        if error.status != 409:
-            raise
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with running_operator(
-        cluster,
-        log,
-        SAMD_RESYNC_INTERVAL="1s",
-        # Credentials for an S3 endpoint that does not answer (the transient-failure test).
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    ) as process:
-        yield process
-
-
-class Scenario:
-    """One test's trust policy, namespace, model artifacts and API helpers."""
-
-    def __init__(self, api: client.ApiClient, namespace: str, artifacts: ModelArtifacts) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.artifacts = artifacts
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.apps = client.AppsV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-        self.net = client.NetworkingV1Api(api)
-        self.policy_name = f"test-{namespace}"
-
-    def model(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "securemodels", name)
-        assert isinstance(obj, dict)
-        return obj
-
-    def condition(self, name: str, kind: str) -> dict[str, Any] | None:
-        for condition in (self.model(name).get("status") or {}).get("conditions") or []:
-            if condition["type"] == kind:
-                return dict(condition)
-        return None
-
-    def wait_condition(self, name: str, kind: str, status: str, timeout: float = 60.0) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-
-        def check() -> bool:
-            condition = self.condition(name, kind)
-            found.clear()
-            found.update(condition or {})
-            return condition is not None and condition["status"] == status
-
-        try:
-            eventually(check, timeout, f"{name} {kind}={status}")
-        except AssertionError as error:
-            raise AssertionError(f"{error}; last {kind}: {found}") from None
-        return found
-
-    def example(self, **overrides: Any) -> dict[str, Any]:
-        body = yaml.safe_load((EXAMPLE / "securemodel.yaml").read_text())
-        body["metadata"]["namespace"] = self.namespace
-        body["spec"]["artifact"] = {"uri": self.artifacts.artifact_uri}
-        body["spec"]["signature"] = {"uri": self.artifacts.signature_uri}
-        for key, value in overrides.items():
-            body["spec"][key] = value
-        return dict(body)
-
-    def apply_model(self, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "securemodels", body)
-
-
-@pytest.fixture
-def scenario(
-    operator: OperatorProcess, k8s: client.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[Scenario]:
-    """A namespace covered by a trust policy of its own, holding the model's key Secret."""
-    artifacts = make_model(tmp_path / "model")
-    core = client.CoreV1Api(k8s)
-    label = uuid.uuid4().hex[:12]
-    core.patch_namespace(namespace, {"metadata": {"labels": {"samd.dev/trust": label}}})
-    policy = yaml.safe_load((EXAMPLE / "trustpolicy.yaml").read_text())
-    policy["metadata"]["name"] = f"test-{namespace}"
-    policy["spec"]["namespaceSelector"] = {"matchLabels": {"samd.dev/trust": label}}
-    policy["spec"]["signers"][0]["publicKey"] = artifacts.public_key_pem
-    custom = client.CustomObjectsApi(k8s)
-    custom.create_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", policy)
-    core.create_namespaced_secret(namespace, artifacts.keyset_secret("fraud-detection-key"))
-    try:
-        yield Scenario(k8s, namespace, artifacts)
-    finally:
-        custom.delete_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", policy["metadata"]["name"])
 
 
 def names(items: list[Any]) -> set[str]:
@@ -183,7 +66,9 @@ def test_example_becomes_ready_with_every_owned_object(scenario: Scenario) -> No
     )  # the auditor's grant (2026-12-31)
     secrets = names(scenario.core.list_namespaced_secret(ns).items)
     assert {"fraud-detection-tls", "fraud-detection-client-payments-api", "fraud-detection-key"} <= secrets
-    policy = scenario.custom.get_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", scenario.policy_name)
+    policy = scenario.custom.get_cluster_custom_object(
+        GROUP, VERSION, "modeltrustpolicies", scenario.policy_name
+    )
     assert policy["status"]["signerCount"] == 1
     assert policy["status"]["conditions"][0]["reason"] == "SignersUsable"
     signature = scenario.core.read_namespaced_config_map("fraud-detection-signature", ns)

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 
 from samd.errors import KeyProviderError, VerificationError
 from samd.signing import Signer, Verifier, key_id, sign_model, verify_model
-from tests.support.softhsm import SoftHSMToken
 from tests.support.signing import sha256_hex, write_model
+from tests.support.softhsm import SoftHSMToken
 
 pytestmark = pytest.mark.integration
 

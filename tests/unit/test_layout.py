@@ -14,7 +14,11 @@ pytestmark = pytest.mark.unit
 
 def test_operator_at_the_repo_root_is_still_the_standard_library() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import operator, samd.operator; print(operator.__file__); print(samd.operator.__name__)"],
+        [
+            sys.executable,
+            "-c",
+            "import operator, samd.operator; print(operator.__file__); print(samd.operator.__name__)",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
