@@ -1,0 +1,238 @@
+"""The real API server calls the webhook over TLS: no pod runs a model whose signature fails verification."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from samd.webhook.configuration import build_webhook_configuration
+from tests.support.cluster import REPO, Cluster
+from tests.support.scenario import GROUP, VERSION, Scenario, eventually
+
+pytestmark = pytest.mark.integration
+CONFIGURATION = "samd-test-webhook"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def webhook(
+    cluster: Cluster, k8s: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The webhook as its own process on loopback, registered with the API server by URL and CA bundle."""
+    folder = tmp_path_factory.mktemp("webhook")
+    python = Path(sys.executable)
+    subprocess.run(
+        [python, "-m", "samd.webhook", "--write-dev-certificates", folder / "tls"], check=True, cwd="/"
+    )
+    port = free_port()
+    log = (folder / "webhook.log").open("wb")
+    process = subprocess.Popen(
+        [python, "-m", "samd.webhook", "--host", "127.0.0.1", "--port", str(port),
+         "--cert", folder / "tls" / "tls.crt", "--key", folder / "tls" / "tls.key", "--log-format", "json"],
+        stdout=log, stderr=subprocess.STDOUT, cwd="/", env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+    )  # fmt: skip
+    registrations = client.AdmissionregistrationV1Api(k8s)
+    configuration = build_webhook_configuration(
+        name=CONFIGURATION,
+        url=f"https://127.0.0.1:{port}/validate",
+        ca_bundle=(folder / "tls" / "ca.crt").read_bytes(),
+    )
+    try:
+        ready = f"https://127.0.0.1:{port}/readyz"
+        eventually(
+            lambda: _ok(ready, folder / "tls" / "ca.crt"), 30, "the webhook to be ready (watches synced)"
+        )
+        registrations.create_validating_webhook_configuration(configuration)  # type: ignore[arg-type]
+        time.sleep(2)  # the API server picks up new webhook configurations asynchronously
+        yield
+    finally:
+        try:
+            registrations.delete_validating_webhook_configuration(CONFIGURATION)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def _ok(url: str, ca: Path) -> bool:
+    import ssl  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def kubectl(cluster: Cluster, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    folder = subprocess.run(
+        [str(REPO / "hack" / "build-control-plane")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return subprocess.run(
+        [f"{folder}/kubectl", f"--kubeconfig={cluster.kubeconfig}", *args],
+        input=stdin, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def model_pod(scenario: Scenario, name: str, model: str = "fraud-detection") -> Any:
+    """A pod made from the operator's own template, claiming `model`."""
+    template = client.AppsV1Api(scenario.api).read_namespaced_deployment(
+        "fraud-detection", scenario.namespace
+    )
+    body = client.ApiClient().sanitize_for_serialization(template.spec.template)  # type: ignore[no-untyped-call]
+    body["metadata"]["annotations"]["samd.dev/model"] = model
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**body["metadata"], "name": name},
+        "spec": body["spec"],
+    }
+
+
+def refusal(error: ApiException) -> str:
+    """The message the API server returned for a refused request."""
+    return str(json.loads(error.body or "{}").get("message", ""))
+
+
+def ready_model(scenario: Scenario) -> None:
+    scenario.apply_model(scenario.example())
+    scenario.wait_condition("fraud-detection", "Ready", "True", timeout=90)
+
+
+def test_untampered_model_is_admitted_at_every_level(webhook: None, scenario: Scenario) -> None:
+    # The operator's Deployment and its ReplicaSet's pods all passed the webhook to become Available.
+    ready_model(scenario)
+    created = scenario.core.create_namespaced_pod(scenario.namespace, model_pod(scenario, "direct"))
+    assert created.metadata.annotations["samd.dev/model-digest"] == scenario.artifacts.manifest_digest()
+
+
+def test_pod_for_a_tampered_signature_is_refused_with_the_webhooks_message(
+    webhook: None, scenario: Scenario
+) -> None:
+    ready_model(scenario)
+    bundle = json.loads(scenario.artifacts.signature.read_bytes())
+    signature = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+    signature[5] ^= 0x01
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(signature)).decode()
+    tampered = scenario.artifacts.signature.with_name("tampered.sig")
+    tampered.write_text(json.dumps(bundle))
+    body = scenario.example()
+    body["metadata"]["name"] = "fraud-detection-tampered"
+    body["spec"]["signature"] = {"uri": f"file://{tampered}"}
+    scenario.apply_model(body)
+    scenario.wait_condition("fraud-detection-tampered", "Verified", "False")
+    eventually(
+        lambda: _has_config_map(scenario, "fraud-detection-tampered-signature"), 30, "the signature ConfigMap"
+    )
+    pod = model_pod(scenario, "tampered", "fraud-detection-tampered")
+    with pytest.raises(ApiException) as refused:
+        scenario.core.create_namespaced_pod(scenario.namespace, pod)
+    assert refused.value.status in (400, 403)
+    message = refusal(refused.value)
+    assert 'admission webhook "pods.webhook.samd.dev" denied the request' in message
+    assert "does not verify" in message
+    assert (
+        scenario.core.list_namespaced_pod(scenario.namespace, field_selector="metadata.name=tampered").items
+        == []
+    )
+
+
+def _has_config_map(scenario: Scenario, name: str) -> bool:
+    names = {cm.metadata.name for cm in scenario.core.list_namespaced_config_map(scenario.namespace).items}
+    return name in names
+
+
+def test_a_deployment_with_a_bad_template_is_refused_at_the_deployment(
+    webhook: None, scenario: Scenario
+) -> None:
+    ready_model(scenario)
+    pod = model_pod(scenario, "unused")
+    pod["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    deployment: Any = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "privileged-copy"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "privileged-copy"}},
+            "template": {
+                "metadata": {**pod["metadata"], "labels": {"app": "privileged-copy"}},
+                "spec": pod["spec"],
+            },
+        },
+    }
+    del deployment["spec"]["template"]["metadata"]["name"]
+    with pytest.raises(ApiException) as refused:
+        scenario.apps.create_namespaced_deployment(scenario.namespace, deployment)
+    message = refusal(refused.value)
+    assert 'admission webhook "workloads.webhook.samd.dev" denied the request' in message
+    assert "privileged" in message.lower()
+    assert all(
+        d.metadata.name != "privileged-copy"
+        for d in scenario.apps.list_namespaced_deployment(scenario.namespace).items
+    )
+
+
+def test_a_pod_that_mounts_a_models_key_without_claiming_it_is_a_bypass(
+    webhook: None, scenario: Scenario, cluster: Cluster
+) -> None:
+    ready_model(scenario)
+    thief: Any = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "key-thief"},
+        "spec": {
+            "containers": [
+                {"name": "sh", "image": "busybox", "volumeMounts": [{"name": "k", "mountPath": "/k"}]}
+            ],
+            "volumes": [{"name": "k", "secret": {"secretName": "fraud-detection-key"}}],
+        },
+    }
+    with pytest.raises(ApiException) as refused:
+        scenario.core.create_namespaced_pod(scenario.namespace, thief)
+    assert "fraud-detection-key" in refusal(refused.value)
+    # A server-side dry run is evaluated (and refused) the same way.
+    dry_run = kubectl(
+        cluster, "apply", "--dry-run=server", "-n", scenario.namespace, "-f", "-", stdin=json.dumps(thief)
+    )
+    assert dry_run.returncode != 0
+    assert "denied the request" in dry_run.stderr
+
+
+def test_warn_mode_admits_with_a_warning(webhook: None, scenario: Scenario, cluster: Cluster) -> None:
+    ready_model(scenario)
+    scenario.custom.patch_cluster_custom_object(
+        GROUP, VERSION, "modeltrustpolicies", scenario.policy_name, {"spec": {"mode": "warn"}}
+    )
+    time.sleep(2)  # the webhook's watch sees the policy change
+    pod = model_pod(scenario, "warned")
+    pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    pod["metadata"]["namespace"] = scenario.namespace
+    applied = kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(pod))
+    assert applied.returncode == 0, applied.stderr
+    assert "Warning:" in applied.stderr
+    assert "readOnlyRootFilesystem" in applied.stderr
+    assert scenario.core.read_namespaced_pod("warned", scenario.namespace)

@@ -1,0 +1,100 @@
+"""One structured audit line per admission decision (logger ``samd.audit``).
+
+With JSON logging (``samd.logs.configure_logging``) each line carries the fields below, so an
+auditor can answer "who tried to run which model where, and what did SAMD say": user, groups,
+operation, kind, namespace, object, model, policy, decision, reason, dry_run, duration_ms, uid.
+Only names and decisions are logged; never object contents, key material or model bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from samd.webhook.review import AdmissionRequest, Decision
+
+logger = logging.getLogger("samd.audit")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    uid: str
+    user: str
+    groups: tuple[str, ...]
+    operation: str
+    kind: str
+    namespace: str
+    object_name: str
+    model: str | None
+    policy: str | None
+    decision: str  # allowed, denied, warned, error
+    reason: str
+    dry_run: bool
+    duration_ms: float
+    message: str
+
+    @classmethod
+    def of(
+        cls, request: AdmissionRequest, decision: Decision, result: str, duration_seconds: float
+    ) -> AuditRecord:
+        return cls(
+            uid=request.uid,
+            user=request.user_info.username,
+            groups=tuple(request.user_info.groups),
+            operation=request.operation,
+            kind=request.kind.kind,
+            namespace=request.namespace,
+            object_name=request.object_name,
+            model=decision.model,
+            policy=decision.policy,
+            decision=result,
+            reason=decision.reason,
+            dry_run=request.dry_run,
+            duration_ms=round(duration_seconds * 1000, 3),
+            message=decision.message,
+        )
+
+    def fields(self) -> dict[str, object]:
+        """The `extra=` of the log record (``message`` is the record's own message)."""
+        return {
+            "uid": self.uid,
+            "user": self.user,
+            "groups": list(self.groups),
+            "operation": self.operation,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "object": self.object_name,
+            "model": self.model,
+            "policy": self.policy,
+            "decision": self.decision,
+            "reason": self.reason,
+            "dry_run": self.dry_run,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def log_decision(record: AuditRecord) -> None:
+    where = f"{record.namespace}/{record.object_name}" if record.namespace else record.object_name
+    dry = " (dry run)" if record.dry_run else ""
+    logger.info(
+        "%s %s %s %s by %s%s: %s: %s",
+        record.decision,
+        record.operation,
+        record.kind,
+        where,
+        record.user or "(unknown user)",
+        dry,
+        record.reason,
+        record.message,
+        extra=record.fields(),
+    )
+
+
+def log_unparsed(uid: str, kind: str, problem: str) -> None:
+    """A review with a uid whose request could not be parsed: denied, and logged as such."""
+    logger.info(
+        "denied a malformed AdmissionReview (uid %s): %s",
+        uid,
+        problem,
+        extra={"uid": uid, "kind": kind, "decision": "denied", "reason": "InvalidAdmissionReview"},
+    )

@@ -1,0 +1,240 @@
+"""The ValidatingWebhookConfiguration the webhook needs: a pure builder (DESIGN §5.2).
+
+Four webhooks, all answered at ``/validate``, one per place a pod spec lives so that each
+matchCondition reads a fixed path (CEL here is untyped: a path that is wrong for one kind would be
+an evaluation error, and with failurePolicy Fail an error rejects the request):
+
+- ``pods.webhook.samd.dev``: Pods, and the ``pods/ephemeralcontainers`` subresource (a debug
+  container added to a running model pod is a container like any other);
+- ``workloads.webhook.samd.dev``: Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs
+  (``spec.template``), so that a bad template is refused at the workload, not later at its pods;
+- ``cronjobs.webhook.samd.dev``: CronJobs (``spec.jobTemplate.spec.template``);
+- ``securemodels.webhook.samd.dev``: SecureModels (format, encryption, no downgrade).
+
+Every webhook: CREATE and UPDATE only, failurePolicy Fail (fail closed), sideEffects None (so
+dry-run requests are sent and evaluated like any other), admissionReviewVersions [v1], a short
+timeout, and a namespaceSelector that leaves out kube-system and SAMD's own namespace (the webhook
+must be able to restart its own pods when it is down).
+
+matchConditions, so that irrelevant requests never reach the webhook (all must be true):
+
+- ``not-being-deleted``: an UPDATE of an object that has a deletionTimestamp is a controller
+  removing finalizers; refusing it would leave the object stuck and admits nothing new to run;
+- ``spec-changed``: an UPDATE that leaves ``spec`` as it was (labels, annotations, finalizers,
+  owner references) cannot change what runs; what a pod runs is all in its spec (for a workload,
+  the template's annotations are inside ``spec`` too). For a SecureModel, the policy checks only
+  its spec;
+- ``may-run-a-model`` (pods and workloads only): the pod (template) is sent when it could run or
+  read a model, which is when at least one of these holds:
+  * it carries the ``samd.dev/model`` annotation or label (it claims a model: full verification);
+  * it mounts a Secret (a ``secret`` volume or a ``projected`` volume with a ``secret`` source), or
+    a container reads one (``env[].valueFrom.secretKeyRef``, ``envFrom[].secretRef``): a pod that
+    mounts a model's key Secret without claiming the model is a bypass attempt;
+  * a container's command, args or env values contain ``://``: a pod that names a model's
+    artifact URI (``s3://``, ``https://``, ``file://``) without claiming the model is a bypass
+    attempt too. This over-matches (many pods name some URL) so that none of those is missed.
+  Every other pod has nothing of a model's to reach and is not sent. The service-account token
+  volume that Kubernetes adds to pods is a ``projected`` volume without a ``secret`` source, so it
+  does not make every pod match.
+
+The CEL is valid for every matched kind: optional field selection (``.?field.orValue(...)``)
+reads fields that may be absent, and ``object`` (null only for DELETE and CONNECT, which are not
+matched) is still guarded so that an unexpected null is sent to the webhook, never skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_SAMD_NAMESPACE = "samd-system"
+VALIDATE_PATH = "/validate"
+MODEL_KEY = "samd.dev/model"
+
+WORKLOAD_RESOURCES = {
+    "apps": ("deployments", "statefulsets", "daemonsets", "replicasets"),
+    "batch": ("jobs",),
+}
+
+
+@dataclass(frozen=True)
+class WebhookService:
+    """The in-cluster Service in front of the webhook pods (the chart's mode)."""
+
+    namespace: str
+    name: str
+    port: int = 443
+
+
+# --- matchConditions ----------------------------------------------------------------------------------
+
+NOT_BEING_DELETED = "object == null || !has(object.metadata.deletionTimestamp)"
+SPEC_CHANGED = (
+    "request.operation != 'UPDATE' || object == null || oldObject == null || "
+    "object.?spec.orValue(null) != oldObject.?spec.orValue(null)"
+)
+
+
+def may_run_a_model(pod: str) -> str:
+    """CEL: true when the pod (template) at `pod` could run or read a model.
+
+    `pod` is a CEL expression for the pod or pod template: a value (``object``) or an optional
+    (``object.?spec.?template``); its fields are read with optional selection either way.
+    """
+    metadata = f"{pod}.?metadata"
+    spec = f"{pod}.?spec"
+    containers = " + ".join(
+        f"{spec}.?{field}.orValue([])" for field in ("initContainers", "containers", "ephemeralContainers")
+    )
+    claims_model = (
+        f"'{MODEL_KEY}' in {metadata}.?annotations.orValue({{}}) || "
+        f"'{MODEL_KEY}' in {metadata}.?labels.orValue({{}})"
+    )
+    mounts_secret = (
+        f"{spec}.?volumes.orValue([]).exists(v, has(v.secret) || "
+        "v.?projected.?sources.orValue([]).exists(s, has(s.secret)))"
+    )
+    container_reads_secret_or_uri = (
+        f"({containers}).exists(c, "
+        "c.?envFrom.orValue([]).exists(e, has(e.secretRef)) || "
+        "c.?env.orValue([]).exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef) || "
+        "e.?value.orValue('').contains('://')) || "
+        "c.?command.orValue([]).exists(a, a.contains('://')) || "
+        "c.?args.orValue([]).exists(a, a.contains('://')))"
+    )
+    return f"object == null || {claims_model} || {mounts_secret} || {container_reads_secret_or_uri}"
+
+
+def _conditions(pod: str | None) -> list[dict[str, str]]:
+    conditions = [
+        {"name": "not-being-deleted", "expression": NOT_BEING_DELETED},
+        {"name": "spec-changed", "expression": SPEC_CHANGED},
+    ]
+    if pod is not None:
+        conditions.append({"name": "may-run-a-model", "expression": may_run_a_model(pod)})
+    return conditions
+
+
+# --- the configuration -----------------------------------------------------------------------------
+
+
+def _client_config(service: WebhookService | None, url: str | None, ca_bundle: bytes) -> dict[str, Any]:
+    if (service is None) == (url is None):
+        raise ValueError("give exactly one of service (in-cluster) and url (a webhook outside the cluster)")
+    if not ca_bundle.strip().startswith(b"-----BEGIN CERTIFICATE-----"):
+        raise ValueError(
+            "ca_bundle must be the PEM certificate(s) of the CA that signed the webhook's certificate"
+        )
+    config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"the webhook url {url!r} must be https://HOST[:PORT]/PATH")
+        if parts.query or parts.fragment or parts.username:
+            raise ValueError(f"the webhook url {url!r} may not carry a query, fragment or user")
+        config["url"] = url
+    else:
+        assert service is not None  # noqa: S101 - checked above
+        config["service"] = {
+            "namespace": service.namespace,
+            "name": service.name,
+            "path": VALIDATE_PATH,
+            "port": service.port,
+        }
+    return config
+
+
+def _webhook(
+    *,
+    name: str,
+    rules: list[dict[str, Any]],
+    pod: str | None,
+    client_config: dict[str, Any],
+    namespace_selector: dict[str, Any],
+    timeout_seconds: int,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": client_config,
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": timeout_seconds,
+        "namespaceSelector": namespace_selector,
+        "rules": rules,
+        "matchConditions": _conditions(pod),
+    }
+
+
+def _rule(group: str, version: str, resources: Sequence[str]) -> dict[str, Any]:
+    return {
+        "apiGroups": [group],
+        "apiVersions": [version],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": list(resources),
+        "scope": "Namespaced",
+    }
+
+
+def build_webhook_configuration(
+    *,
+    name: str,
+    service: WebhookService | None = None,
+    url: str | None = None,
+    ca_bundle: bytes,
+    namespace_exclusions: Sequence[str] = ("kube-system", DEFAULT_SAMD_NAMESPACE),
+    timeout_seconds: int = 5,
+) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration (admissionregistration.k8s.io/v1) as a dict.
+
+    `service` for the chart (the API server calls the Service), `url` for a webhook outside the
+    cluster, such as the local test cluster's (``https://127.0.0.1:PORT/validate``). `ca_bundle`
+    is the PEM of the CA that issued the webhook's serving certificate.
+    """
+    if not 1 <= timeout_seconds <= 30:
+        raise ValueError("timeout_seconds must be between 1 and 30 (the API server's limits)")
+    excluded = sorted(set(namespace_exclusions))
+    if not all(excluded):
+        raise ValueError("namespace_exclusions may not contain an empty name")
+    client_config = _client_config(service, url, ca_bundle)
+    selector: dict[str, Any] = (
+        {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded}
+            ]
+        }
+        if excluded
+        else {}
+    )
+    workload_rules = [_rule(group, "v1", resources) for group, resources in WORKLOAD_RESOURCES.items()]
+
+    def webhook(prefix: str, rules: list[dict[str, Any]], pod: str | None) -> dict[str, Any]:
+        return _webhook(
+            name=f"{prefix}.webhook.samd.dev",
+            rules=rules,
+            pod=pod,
+            client_config=client_config,
+            namespace_selector=selector,
+            timeout_seconds=timeout_seconds,
+        )
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/name": "samd-webhook", "app.kubernetes.io/part-of": "samd"},
+        },
+        "webhooks": [
+            webhook("pods", [_rule("", "v1", ("pods", "pods/ephemeralcontainers"))], "object"),
+            webhook("workloads", workload_rules, "object.?spec.?template"),
+            webhook(
+                "cronjobs", [_rule("batch", "v1", ("cronjobs",))], "object.?spec.?jobTemplate.?spec.?template"
+            ),
+            webhook("securemodels", [_rule("samd.dev", "v1alpha1", ("securemodels",))], None),
+        ],
+    }

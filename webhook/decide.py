@@ -1,0 +1,1007 @@
+"""The admission policy: which Pods, workloads and SecureModels are admitted, and why not.
+
+`PolicyDecider` is the ``Decider`` the server calls. It reads only the watched state (no API call)
+and verifies signature bundles through the verification cache (no model bytes are hashed: the
+bundle's signature and manifest are checked, and the pod must pin the manifest digest that the
+verifying loader then checks against the bytes). The rules themselves are plain functions over
+plain objects, which the unit tests call directly.
+
+The rules (issue 5 §2), in a namespace that a ModelTrustPolicy covers:
+
+- A pod, or the pod template of a workload, that names a SecureModel in its ``samd.dev/model``
+  annotation is admitted only if the model exists, its signature bundle (stored by the operator)
+  verifies under EVERY covering policy, the pod's ``samd.dev/model-digest`` is the verified manifest
+  digest, the model's format obeys the policies, the first init container is the verifying loader
+  exactly as the operator builds it (see `check_loader`), and every container is hardened (see
+  `check_pod_security`).
+- A pod that uses a model's key Secret, TLS Secret or client certificate Secrets, or passes a
+  model's artifact URI to a container, without running that model through its loader, is refused
+  as a bypass attempt (also when it runs another model).
+- A SecureModel is admitted only if its spec parses and obeys the policies (format allow-list,
+  encryption required, no version downgrade on update unless a policy allows it).
+
+Every violation is charged to the policies that require it: a policy's own checks (its signers,
+formats, encryption, downgrades) to that policy, SAMD's baseline checks to every covering policy.
+When all the policies charged with some violation are in ``warn`` mode the request is admitted
+with warnings; a violation charged to an enforcing policy denies. Anything unexpected raises and
+the server denies (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from samd.errors import SamdError, VerificationError
+from samd.operator.builders.context import BuilderSettings, ModelContext
+from samd.operator.builders.metadata import MODEL_ANNOTATION, MODEL_DIGEST_ANNOTATION
+from samd.operator.builders.serving import FETCH_CONTAINER, build_deployment
+from samd.operator.config import OperatorConfig
+from samd.policy import (
+    TrustPolicy,
+    check_spec_against_policies,
+    selector_matches,
+    verify_under_policies,
+)
+from samd.signing import VerificationResult
+from samd.spec import SEMVER, SecureModelSpec, parse_secure_model
+from samd.webhook.cache import VerificationCache, VerificationKey
+from samd.webhook.review import AdmissionRequest, Decision
+from samd.webhook.state import InvalidPolicy, SignatureBundle, WatchedModel, WatchedState
+from samd.webhook.workloads import (
+    MalformedWorkloadError,
+    PodTemplate,
+    containers,
+    items,
+    mentioned_strings,
+    pod_annotations,
+    pod_template,
+    secret_references,
+    sub,
+    template_path,
+    volume_mounters,
+)
+
+DEFAULT_LOADER_IMAGE = OperatorConfig().default_image
+"""The image the operator runs `samd-fetch` from unless told otherwise (SAMD_IMAGE)."""
+
+# Reasons (metav1.Status reasons, CamelCase) ------------------------------------------------------
+NOT_APPLICABLE = "NotApplicable"
+NOT_COVERED = "NotCovered"
+UNCHANGED = "Unchanged"
+NO_MODEL = "NoModelReferenced"
+VERIFIED = "Verified"
+SPEC_ACCEPTED = "PolicySatisfied"
+WARNED = "Warned"
+
+MALFORMED = "MalformedObject"
+INVALID_POLICY = "InvalidPolicy"
+MODEL_NOT_FOUND = "ModelNotFound"
+INVALID_MODEL = "InvalidModel"
+SIGNATURE_MISSING = "SignatureMissing"
+SIGNATURE_INVALID = "SignatureInvalid"
+DIGEST_MISMATCH = "DigestMismatch"
+POLICY_VIOLATION = "PolicyViolation"
+LOADER_MISSING = "LoaderMissing"
+LOADER_ALTERED = "LoaderAltered"
+INSECURE_POD = "InsecurePod"
+KEY_EXPOSED = "KeyExposed"
+BYPASS_ATTEMPT = "BypassAttempt"
+INVALID_SPEC = "InvalidSpec"
+
+SECURE_MODEL_KIND = "SecureModel"
+_GROUPS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps"}
+_GROUPS |= {"Job": "batch", "CronJob": "batch", SECURE_MODEL_KIND: "samd.dev"}
+_CHECKED_OPERATIONS = ("CREATE", "UPDATE")
+_POD_SUBRESOURCES = ("", "ephemeralcontainers")
+SECCOMP_TYPES = ("RuntimeDefault", "Localhost")
+MAX_KEPT_LOADERS = 4096
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """The policy's own settings, built once at start-up (DESIGN §5.7)."""
+
+    allowed_loader_images: tuple[str, ...] = (DEFAULT_LOADER_IMAGE,)
+    """Images `samd-fetch` may run from, compared exactly (pin by digest to be strict)."""
+
+    def __post_init__(self) -> None:
+        if not self.allowed_loader_images or not all(self.allowed_loader_images):
+            raise SamdError(
+                "the webhook needs at least one allowed loader image",
+                hint="set SAMD_WEBHOOK_LOADER_IMAGES to the image(s) the operator runs samd-fetch from",
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DecisionConfig:
+        """SAMD_WEBHOOK_LOADER_IMAGES: comma-separated images; else the operator's SAMD_IMAGE or default."""
+        env = os.environ if env is None else env
+        listed = env.get("SAMD_WEBHOOK_LOADER_IMAGES")
+        if listed is not None:
+            return cls(tuple(image.strip() for image in listed.split(",") if image.strip()))
+        return cls((env.get("SAMD_IMAGE") or DEFAULT_LOADER_IMAGE,))
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One reason to refuse, and the policies that require it (None: every covering policy)."""
+
+    reason: str
+    message: str
+    policies: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The policies that cover a namespace: usable ones, and ones SAMD cannot use (they fail closed)."""
+
+    policies: tuple[TrustPolicy, ...]
+    invalid: tuple[InvalidPolicy, ...] = ()
+
+    @property
+    def covered(self) -> bool:
+        return bool(self.policies or self.invalid)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.policies) | {p.name for p in self.invalid}
+
+    @property
+    def enforcing(self) -> frozenset[str]:
+        """Policies whose violations deny; an unusable policy's mode is unknown, so it enforces."""
+        return frozenset(p.name for p in self.policies if p.enforcing) | {p.name for p in self.invalid}
+
+
+Verifications = Mapping[str, VerificationResult | VerificationError]
+"""Policy name -> the bundle's verification under that policy's signers, or why it failed."""
+
+
+# --- coverage and the conclusion ------------------------------------------------------------------
+
+
+def coverage(state: WatchedState, namespace: str) -> Coverage:
+    """The policies covering `namespace`. A namespace the watch has not seen yet (just created)
+    gets every policy: the strictest reading, so that a race never admits what a policy forbids."""
+    labels = state.namespace_labels(namespace)
+    return Coverage(
+        tuple(
+            sorted(
+                (p for p in state.policies() if labels is None or _covers(p.spec.namespace_selector, labels)),
+                key=lambda p: p.name,
+            )
+        ),
+        tuple(
+            sorted(
+                (
+                    p
+                    for p in state.invalid_policies()
+                    if labels is None or _covers(p.namespace_selector, labels)
+                ),
+                key=lambda p: p.name,
+            )
+        ),
+    )
+
+
+def _covers(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """`samd.policy.selector_matches`, where a selector too malformed to read covers everything."""
+    try:
+        return selector_matches(selector, labels)
+    except (AttributeError, TypeError):
+        return True
+
+
+def invalid_policy_violations(cover: Coverage) -> list[Violation]:
+    return [
+        Violation(
+            INVALID_POLICY,
+            f"ModelTrustPolicy {p.name} covers this namespace but cannot be used ({p.problem}); until a "
+            "cluster admin fixes it, SAMD refuses what it would have to check against it",
+            frozenset({p.name}),
+        )
+        for p in cover.invalid
+    ]
+
+
+def conclude(
+    violations: Sequence[Violation],
+    cover: Coverage,
+    *,
+    model: str | None,
+    allowed_reason: str,
+    allowed_message: str,
+) -> Decision:
+    """Deny if an enforcing policy is charged with a violation; admit with warnings if only warn-mode
+    policies are; admit otherwise."""
+    policy_names = ",".join(sorted(cover.names)) or None
+    enforced: list[Violation] = []
+    warned: list[Violation] = []
+    for violation in violations:
+        charged = violation.policies if violation.policies is not None else cover.names
+        (enforced if charged & cover.enforcing or not charged else warned).append(violation)
+    warnings = tuple(f"{_warn_prefix(v, cover)}{v.message}" for v in warned)
+    if enforced:
+        deciding = frozenset().union(*((v.policies or cover.enforcing) for v in enforced)) & cover.enforcing
+        return Decision(
+            allowed=False,
+            message="; ".join(v.message for v in enforced),
+            reason=enforced[0].reason,
+            warnings=warnings,
+            model=model,
+            policy=",".join(sorted(deciding)) or policy_names,
+        )
+    if warned:
+        return Decision(
+            allowed=True,
+            message=f"admitted because the policies concerned are in warn mode: {warnings[0]}",
+            reason=WARNED,
+            warnings=warnings,
+            model=model,
+            policy=policy_names,
+        )
+    return Decision(
+        allowed=True, message=allowed_message, reason=allowed_reason, model=model, policy=policy_names
+    )
+
+
+def _warn_prefix(violation: Violation, cover: Coverage) -> str:
+    charged = violation.policies if violation.policies is not None else cover.names
+    return f"SAMD (warn mode, {', '.join(sorted(charged))}): "
+
+
+# --- SecureModel create and update -----------------------------------------------------------------
+
+
+def check_secure_model(
+    obj: Mapping[str, Any], old: Mapping[str, Any] | None, cover: Coverage
+) -> list[Violation]:
+    """A SecureModel's spec against the policies: it parses, its format is allowed, it is encrypted
+    where required, and an update does not lower its version unless every policy allows it."""
+    violations = invalid_policy_violations(cover)
+    raw = obj.get("spec")
+    if not isinstance(raw, Mapping):
+        return [
+            *violations,
+            Violation(INVALID_SPEC, "the SecureModel has no spec: add one and apply it again"),
+        ]
+    try:
+        spec = parse_secure_model(raw)
+    except SamdError as error:
+        return [*violations, Violation(INVALID_SPEC, str(error))]
+    previous = _previous_version(old)
+    for policy in cover.policies:
+        for problem in check_spec_against_policies(spec, [policy], previous_version=previous):
+            violations.append(Violation(POLICY_VIOLATION, problem, frozenset({policy.name})))
+    return violations
+
+
+def _previous_version(old: Mapping[str, Any] | None) -> str | None:
+    """The old object's version, when it is one (the CRD makes it semver; anything else is ignored)."""
+    value = sub(old or {}, "spec").get("version")
+    return value if isinstance(value, str) and SEMVER.match(value) else None
+
+
+# --- pods and pod templates ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The thing a message talks about: 'this Pod' or 'the pod template (spec.template) of this Job'."""
+
+    kind: str
+
+    def __str__(self) -> str:
+        if self.kind == "Pod":
+            return "this Pod"
+        return f"the pod template ({template_path(self.kind)}) of this {self.kind}"
+
+
+def referenced_model(template: PodTemplate) -> str | None:
+    """The SecureModel the pod (template) names in its `samd.dev/model` annotation, if any."""
+    return pod_annotations(template.metadata).get(MODEL_ANNOTATION)
+
+
+def signature_problem(model: WatchedModel, signature: SignatureBundle | None) -> Violation | None:
+    """Why the operator-stored signature of `model` cannot be used, or None when it can."""
+    wait = (
+        f"wait until `kubectl get securemodel {model.name} -n {model.namespace}` shows it Verified, "
+        "then create the workload again"
+    )
+    if signature is None:
+        return Violation(
+            SIGNATURE_MISSING,
+            f"SecureModel {model.name} has no verified signature yet (the operator stores it in a ConfigMap "
+            f"once it has fetched it): {wait}",
+        )
+    if model.uid and model.uid not in signature.owner_uids:
+        return Violation(
+            SIGNATURE_MISSING,
+            f"ConfigMap {signature.config_map} is not the signature the operator stored for SecureModel "
+            f"{model.name} (it is not owned by it): {wait}",
+        )
+    if signature.bundle is None:
+        return Violation(
+            SIGNATURE_MISSING,
+            f"ConfigMap {signature.config_map} holds no signature bundle ({signature.problem}): {wait}",
+        )
+    return None
+
+
+def verified_digest(verifications: Verifications) -> str | None:
+    """The manifest digest of the bundle, from any policy under which it verified."""
+    for outcome in verifications.values():
+        if isinstance(outcome, VerificationResult):
+            return outcome.manifest_digest
+    return None
+
+
+def check_model_pod(
+    template: PodTemplate,
+    subject: Subject,
+    model: WatchedModel,
+    *,
+    verifications: Verifications,
+    cover: Coverage,
+    config: DecisionConfig,
+    expected: ExpectedLoader | None = None,
+) -> list[Violation]:
+    """The rules for a pod (template) that names `model`, once its bundle has been verified per policy.
+
+    (Bypass and hardening rules are separate: `check_bypass`, `check_pod_security`.)
+    """
+    assert model.spec is not None  # noqa: S101 - the caller reports a model without a spec
+    violations: list[Violation] = []
+    for policy in cover.policies:
+        outcome = verifications.get(policy.name)
+        if isinstance(outcome, VerificationError):
+            violations.append(
+                Violation(
+                    SIGNATURE_INVALID,
+                    f"the signature of SecureModel {model.name} does not verify under ModelTrustPolicy "
+                    f"{policy.name}: {outcome}",
+                    frozenset({policy.name}),
+                )
+            )
+        elif outcome is None:  # the caller verifies under every covering policy
+            raise RuntimeError(f"no verification of {model.ref} under policy {policy.name} was made")
+        for problem in check_spec_against_policies(model.spec, [policy], previous_version=None):
+            violations.append(
+                Violation(POLICY_VIOLATION, f"SecureModel {model.name}: {problem}", frozenset({policy.name}))
+            )
+    digest = verified_digest(verifications)
+    if digest is not None:
+        violations += check_digest(template, subject, model, digest)
+    violations += check_loader(template, subject, model, digest, config, expected=expected)
+    return violations
+
+
+def check_digest(
+    template: PodTemplate, subject: Subject, model: WatchedModel, digest: str
+) -> list[Violation]:
+    """The pod pins the verified manifest digest, and the model's own pin (if any) agrees."""
+    violations: list[Violation] = []
+    pinned = pod_annotations(template.metadata).get(MODEL_DIGEST_ANNOTATION)
+    if pinned is None:
+        violations.append(
+            Violation(
+                DIGEST_MISMATCH,
+                f"{subject} does not pin the model digest: add the annotation "
+                f"{MODEL_DIGEST_ANNOTATION}: {digest} (the verified signature of SecureModel {model.name})",
+            )
+        )
+    elif pinned != digest:
+        violations.append(
+            Violation(
+                DIGEST_MISMATCH,
+                f"{subject} pins model digest {pinned} ({MODEL_DIGEST_ANNOTATION}), but the verified signature "
+                f"of SecureModel {model.name} covers {digest}: deploy the signed version, or sign this one",
+            )
+        )
+    assert model.spec is not None  # noqa: S101
+    if model.spec.artifact.digest and model.spec.artifact.digest != digest:
+        violations.append(
+            Violation(
+                DIGEST_MISMATCH,
+                f"SecureModel {model.name} pins spec.artifact.digest {model.spec.artifact.digest}, but its "
+                f"signature covers {digest}: sign the model again or fix the pin",
+            )
+        )
+    return violations
+
+
+# --- the verifying loader --------------------------------------------------------------------------
+#
+# The init container `samd-fetch` is what makes the pinned digest true of the bytes: it downloads,
+# decrypts and hashes the model and refuses to start on any mismatch. So it must be the first init
+# container (nothing runs before it), run an allowed image, and run the exact command the operator
+# builds for this model and the verified digest. The expected container is built by the operator's
+# own builder (`build_deployment`), so the webhook and the operator can never disagree on flags.
+# What is compared, and why:
+# - the command line (command + args): its words (`samd fetch <artifact URI>`) exactly, and its
+#   `--flag value` pairs as a set: order-insensitive (also `--flag=value`), but every flag and value
+#   must be the operator's and no flag may be added, repeated or dropped (`--expect-digest` must be
+#   the verified digest);
+# - the environment: exactly the operator's (storage credentials from their Secret), nothing added,
+#   no envFrom: a variable such as PYTHONPATH or LD_PRELOAD could change what the loader runs;
+# - the mounts: only at the operator's paths, each from a volume of the same type and object (the
+#   trust ConfigMap, the key Secret, memory volumes): a volume mounted over the loader's code would
+#   alter it; no volumeDevices;
+# - after it: no other container may write to the volume the model is fetched into, so the
+#   verified bytes are the ones served.
+# Not compared: resources, probes, pull policy, termination settings: they do not change what is
+# loaded. Security settings are checked for every container by `check_pod_security`.
+
+
+_LOADER_SETTINGS = BuilderSettings(
+    default_image=DEFAULT_LOADER_IMAGE, fetch_image=DEFAULT_LOADER_IMAGE, operator_namespace=""
+)
+"""Only the spec and the digest shape the builder's init container; the settings are placeholders."""
+
+
+@dataclass(frozen=True)
+class ExpectedLoader:
+    """What the operator's `samd-fetch` init container is for one model and digest, ready to compare."""
+
+    words: list[str]
+    flags: dict[str, list[str]]
+    env: dict[str, tuple[object, object, object]]
+    mounts: dict[str, tuple[str, str]]
+    """mountPath -> (volume type, object name) of the volume mounted there."""
+    model_dir: str | None
+
+    @classmethod
+    def build(cls, model: WatchedModel, digest: str) -> ExpectedLoader:
+        assert model.spec is not None  # noqa: S101 - callers report a model without a spec
+        context = ModelContext(
+            name=model.name,
+            namespace=model.namespace,
+            uid=model.uid,
+            spec=_serving_on(model.spec),
+            manifest_digest=digest,
+            settings=_LOADER_SETTINGS,
+        )
+        deployment = build_deployment(context)
+        assert deployment is not None  # noqa: S101 - serving is on and the digest is set
+        pod = deployment["spec"]["template"]["spec"]
+        loader = pod["initContainers"][0]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        words, flags = parse_argv(loader["command"])
+        output = flags.get("--output")
+        return cls(
+            words=words,
+            flags=flags,
+            env=_env_entries(loader),
+            mounts={
+                mount["mountPath"]: _volume_identity(volumes.get(mount["name"]))
+                for mount in items(loader, "volumeMounts")
+            },
+            model_dir=output[0] if output else None,
+        )
+
+
+def _serving_on(spec: SecureModelSpec) -> SecureModelSpec:
+    """The spec with serving enabled: the loader is the same whether the operator serves it or not."""
+    if spec.serving.enabled:
+        return spec
+    return spec.model_copy(update={"serving": spec.serving.model_copy(update={"enabled": True})})
+
+
+def parse_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Positional words and `--flag value` (or `--flag=value`) pairs of a command line."""
+    positional: list[str] = []
+    flags: dict[str, list[str]] = {}
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        index += 1
+        if word.startswith("--"):
+            flag, equals, value = word.partition("=")
+            if not equals:
+                if index < len(argv) and not argv[index].startswith("--"):
+                    value = argv[index]
+                    index += 1
+                else:
+                    value = ""
+            flags.setdefault(flag, []).append(value)
+        else:
+            positional.append(word)
+    return positional, flags
+
+
+def compare_argv(actual: Sequence[str], expected: ExpectedLoader) -> list[str]:
+    """How `actual` differs from the operator's `samd fetch` command line (empty when equivalent)."""
+    actual_words, actual_flags = parse_argv(actual)
+    problems: list[str] = []
+    if actual_words != expected.words:
+        problems.append(
+            f"runs {' '.join(actual_words) or '(nothing)'!r} instead of {' '.join(expected.words)!r}"
+        )
+    for flag in sorted(expected.flags.keys() | actual_flags.keys()):
+        want, have = expected.flags.get(flag), actual_flags.get(flag)
+        if have is None:
+            problems.append(f"{flag} is missing (the operator sets {flag} {want[0] if want else ''})")
+        elif want is None:
+            problems.append(f"{flag} is not a flag the operator sets")
+        elif len(have) > 1:
+            problems.append(f"{flag} is given {len(have)} times")
+        elif have != want:
+            problems.append(f"{flag} is {have[0]!r}, the operator sets {want[0]!r}")
+    return problems
+
+
+def _volume_identity(volume: Mapping[str, Any] | None) -> tuple[str, str]:
+    """A volume's type and the object it shows (name of the ConfigMap/Secret/claim; '' for others)."""
+    if volume is None:
+        return ("missing", "")
+    for source, value in volume.items():
+        if source == "name" or not isinstance(value, dict):
+            continue
+        for key in ("secretName", "name", "claimName"):
+            if isinstance(value.get(key), str):
+                return (source, value[key])
+        return (source, "")
+    return ("none", "")
+
+
+def _env_entries(container: Mapping[str, Any]) -> dict[str, tuple[object, object, object]]:
+    entries = {}
+    for env in items(container, "env"):
+        reference = sub(sub(env, "valueFrom"), "secretKeyRef")
+        entries[env["name"]] = (env.get("value"), reference.get("name"), reference.get("key"))
+        if sub(env, "valueFrom").keys() - {"secretKeyRef"}:
+            entries[env["name"]] = (env.get("value"), "(other source)", None)
+    return entries
+
+
+def check_loader(
+    template: PodTemplate,
+    subject: Subject,
+    model: WatchedModel,
+    digest: str | None,
+    config: DecisionConfig,
+    *,
+    expected: ExpectedLoader | None = None,
+) -> list[Violation]:
+    """The first init container is `samd-fetch`, from an allowed image, unaltered (see above).
+
+    Without a verified digest only its presence and image are checked (the pod is refused anyway).
+    `expected` is `ExpectedLoader.build(model, digest)`, which callers may keep between requests.
+    """
+    spec = template.spec
+    init_containers = items(spec, "initContainers")
+    fix = (
+        f"deploy SecureModel {model.name} with the operator's Deployment, or copy its {FETCH_CONTAINER} "
+        "init container unchanged"
+    )
+    if not init_containers or init_containers[0]["name"] != FETCH_CONTAINER:
+        where = (
+            "is not the first init container"
+            if any(c["name"] == FETCH_CONTAINER for c in init_containers)
+            else "is missing"
+        )
+        return [
+            Violation(
+                LOADER_MISSING,
+                f"{subject} runs SecureModel {model.name} but the verifying loader {FETCH_CONTAINER} {where}: "
+                f"nothing may run before it; {fix}",
+            )
+        ]
+    loader = init_containers[0]
+    image = loader.get("image") or ""
+    problems: list[str] = []
+    if image not in config.allowed_loader_images:
+        problems.append(
+            f"its image {image!r} is not an allowed loader image ({', '.join(config.allowed_loader_images)})"
+        )
+    if digest is not None:
+        if expected is None:
+            expected = ExpectedLoader.build(model, digest)
+        argv = [*(loader.get("command") or ()), *(loader.get("args") or ())]
+        problems += [f"its command {p}" for p in compare_argv(argv, expected)]
+        if _env_entries(loader) != expected.env:
+            wanted = ", ".join(sorted(expected.env)) or "none"
+            problems.append(f"its environment differs from the operator's (variables: {wanted})")
+        if items(loader, "envFrom"):
+            problems.append("it takes variables from envFrom, which the operator never sets")
+        if items(loader, "volumeDevices"):
+            problems.append("it has volumeDevices, which the operator never sets")
+        problems += _mount_problems(spec, loader, expected)
+    if not problems:
+        return []
+    return [
+        Violation(
+            LOADER_ALTERED,
+            f"the verifying loader {FETCH_CONTAINER} of {subject} is altered: {'; '.join(problems)}; {fix}",
+        )
+    ]
+
+
+def _mount_problems(
+    spec: Mapping[str, Any], loader: Mapping[str, Any], expected: ExpectedLoader
+) -> list[str]:
+    volumes = {volume["name"]: volume for volume in items(spec, "volumes")}
+    problems: list[str] = []
+    model_volume: str | None = None
+    for mount in items(loader, "volumeMounts"):
+        path = mount["mountPath"]
+        wanted = expected.mounts.get(path)
+        if wanted is None:
+            problems.append(f"it mounts a volume at {path}, where the operator mounts none")
+            continue
+        found = _volume_identity(volumes.get(mount["name"]))
+        if found[0] != wanted[0] or (wanted[1] and found[1] != wanted[1]):
+            problems.append(
+                f"its volume at {path} is {found[0]} {found[1]}".rstrip()
+                + f", the operator mounts {wanted[0]} {wanted[1]}".rstrip()
+            )
+        elif path == expected.model_dir:
+            model_volume = mount["name"]
+    if model_volume is not None:
+        for name, mount in volume_mounters(spec).get(model_volume, []):
+            if name != FETCH_CONTAINER and mount.get("readOnly") is not True:
+                problems.append(
+                    f"container {name} mounts the model volume {model_volume} writable: mount it readOnly so "
+                    "that the verified model cannot be replaced"
+                )
+    return problems
+
+
+# --- hardening ---------------------------------------------------------------------------------------
+
+
+_LIST_LABELS = {
+    "initContainers": "init container",
+    "containers": "container",
+    "ephemeralContainers": "ephemeral container",
+}
+
+
+def check_pod_security(spec: Mapping[str, Any], subject: Subject) -> list[Violation]:
+    """Pod Security Standard `restricted` and more, on every container including init and ephemeral ones:
+    non-root, not privileged, no privilege escalation, all capabilities dropped and none added,
+    read-only root filesystem, seccomp RuntimeDefault or Localhost; no host namespaces or hostPath."""
+    violations: list[Violation] = []
+    pod_context = sub(spec, "securityContext")
+    pod_problems = [
+        f"{field}: true shares the node's namespace"
+        for field in ("hostNetwork", "hostPID", "hostIPC")
+        if spec.get(field) is True
+    ]
+    pod_problems += [
+        f"volume {volume['name']} is a hostPath (the node's files)"
+        for volume in items(spec, "volumes")
+        if "hostPath" in volume
+    ]
+    if pod_problems:
+        violations.append(
+            Violation(
+                INSECURE_POD,
+                f"{subject} is not isolated from the node: {'; '.join(pod_problems)}; remove them",
+            )
+        )
+    for list_name, container in containers(spec):
+        problems = container_security_problems(sub(container, "securityContext"), pod_context)
+        if problems:
+            violations.append(
+                Violation(
+                    INSECURE_POD,
+                    f"{_LIST_LABELS[list_name]} {container['name']} of {subject} is not hardened: "
+                    f"{'; '.join(problems)}",
+                )
+            )
+    return violations
+
+
+def container_security_problems(context: Mapping[str, Any], pod_context: Mapping[str, Any]) -> list[str]:
+    """What a container's securityContext (with the pod's as fallback) lacks; each says what to set."""
+    problems: list[str] = []
+
+    def effective(key: str) -> Any:
+        value = context.get(key)
+        return pod_context.get(key) if value is None else value
+
+    if effective("runAsNonRoot") is not True:
+        problems.append("set runAsNonRoot: true")
+    if effective("runAsUser") == 0:
+        problems.append("runAsUser is 0 (root): use an unprivileged user")
+    if context.get("privileged") is True:
+        problems.append("privileged: true gives it the node: remove it")
+    if context.get("allowPrivilegeEscalation") is not False:
+        problems.append("set allowPrivilegeEscalation: false")
+    capabilities = sub(context, "capabilities")
+    if "ALL" not in (capabilities.get("drop") or ()):
+        problems.append("set capabilities.drop: [ALL]")
+    if capabilities.get("add"):
+        problems.append(f"capabilities.add {list(capabilities['add'])} must be empty")
+    if context.get("readOnlyRootFilesystem") is not True:
+        problems.append("set readOnlyRootFilesystem: true")
+    seccomp = sub(context, "seccompProfile").get("type") or sub(pod_context, "seccompProfile").get("type")
+    if seccomp not in SECCOMP_TYPES:
+        problems.append("set seccompProfile.type: RuntimeDefault (or Localhost)")
+    if context.get("procMount") not in (None, "Default"):
+        problems.append("procMount must be Default")
+    return problems
+
+
+# --- bypass ------------------------------------------------------------------------------------------
+
+_URI_CONTINUES = re.compile(r"[A-Za-z0-9._~%/+-]")
+
+
+def mentions_uri(text: str, uri: str) -> bool:
+    """Whether `text` contains `uri` as a whole (not as the start of a longer path: s3://b/m2 is not s3://b/m)."""
+    start = text.find(uri)
+    while start != -1:
+        end = start + len(uri)
+        if end == len(text) or not _URI_CONTINUES.match(text[end]):
+            return True
+        start = text.find(uri, start + 1)
+    return False
+
+
+def check_bypass(
+    spec: Mapping[str, Any], subject: Subject, models: Iterable[WatchedModel], running: WatchedModel | None
+) -> list[Violation]:
+    """A pod must not get at a model's Secrets or artifact other than through that model's loader.
+
+    - the key Secret, TLS Secret or client certificate Secrets of a model it does not run (named in
+      `samd.dev/model`), by volume (also projected or handed to a volume plugin), env or envFrom;
+    - the artifact URI of a model it does not run, in a container's command, args or env;
+    - the key Secret of the model it runs, in any container but the loader.
+    Secrets and artifacts shared with the model it runs count as that model's.
+    """
+    models = list(models)
+    violations: list[Violation] = []
+    for reference in secret_references(spec):
+        if running is not None and running.protected_secret_role(reference.secret) is not None:
+            role = running.protected_secret_role(reference.secret)
+            if role == "key Secret" and reference.container not in (None, FETCH_CONTAINER):
+                violations.append(
+                    Violation(
+                        KEY_EXPOSED,
+                        f"container {reference.container} of {subject} gets the key Secret {reference.secret} "
+                        f"of SecureModel {running.name} ({reference.how}): only the loader {FETCH_CONTAINER} "
+                        "may read the model key",
+                    )
+                )
+            continue
+        for model in models:
+            role = model.protected_secret_role(reference.secret)
+            if role is None:
+                continue
+            violations.append(
+                Violation(
+                    BYPASS_ATTEMPT,
+                    f"{subject} uses Secret {reference.secret} ({reference.how}), the {role} of SecureModel "
+                    f"{model.name}, {_without(running, model)}: models are only loaded by their verifying loader; "
+                    "remove the reference",
+                )
+            )
+            break
+    for _, container in containers(spec):
+        texts = mentioned_strings(container)
+        for model in models:
+            uri = model.artifact_uri
+            if not uri or not any(mentions_uri(text, uri) for text in texts):
+                continue
+            if running is not None and (model is running or uri == running.artifact_uri):
+                continue
+            violations.append(
+                Violation(
+                    BYPASS_ATTEMPT,
+                    f"container {container['name']} of {subject} is given the artifact {uri} of SecureModel "
+                    f"{model.name} {_without(running, model)}: models are only loaded by their verifying "
+                    "loader; remove it",
+                )
+            )
+    return violations
+
+
+def _without(running: WatchedModel | None, model: WatchedModel) -> str:
+    if running is None:
+        return f"without running it (annotation {MODEL_ANNOTATION}: {model.name} and its loader)"
+    return f"while it runs SecureModel {running.name}"
+
+
+# --- the decider ---------------------------------------------------------------------------------------
+
+
+def _same_template(kind: str, new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether an update leaves the pod (template) spec and SAMD's annotations as they were."""
+    if old is None:
+        return False
+    try:
+        before, after = pod_template(kind, old), pod_template(kind, new)
+    except MalformedWorkloadError:
+        return False
+
+    def samd_annotations(template: PodTemplate) -> dict[str, str]:
+        return {k: v for k, v in pod_annotations(template.metadata).items() if k.startswith("samd.dev/")}
+
+    return before.spec == after.spec and samd_annotations(before) == samd_annotations(after)
+
+
+class PolicyDecider:
+    """The production `Decider`: the rules above over the watched state and the verification cache."""
+
+    def __init__(
+        self,
+        state: WatchedState,
+        cache: VerificationCache[VerificationResult],
+        config: DecisionConfig | None = None,
+    ) -> None:
+        self.state = state
+        self.cache = cache
+        self.config = config or DecisionConfig()
+        self._loaders: dict[tuple[str, str], tuple[WatchedModel, str, ExpectedLoader]] = {}
+        state.add_policy_listener(self._policy_changed)
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    def _expected_loader(self, model: WatchedModel, digest: str) -> ExpectedLoader:
+        """The operator's loader for `model`, kept while the model object (replaced on every change of
+        the SecureModel) and the digest stay the same."""
+        key = (model.namespace, model.name)
+        kept = self._loaders.get(key)
+        if kept is not None and kept[0] is model and kept[1] == digest:
+            return kept[2]
+        expected = ExpectedLoader.build(model, digest)
+        if len(self._loaders) >= MAX_KEPT_LOADERS:
+            self._loaders.clear()
+        self._loaders[key] = (model, digest, expected)
+        return expected
+
+    def _policy_changed(self, name: str) -> None:
+        self.cache.invalidate_policy(name)
+
+    async def decide(self, request: AdmissionRequest) -> Decision:
+        kind = request.kind.kind
+        if (
+            _GROUPS.get(kind) != request.kind.group
+            or request.operation not in _CHECKED_OPERATIONS
+            or request.sub_resource not in (_POD_SUBRESOURCES if kind == "Pod" else ("",))
+        ):
+            return Decision(
+                allowed=True,
+                message=f"SAMD does not check {request.operation} of {request.kind}"
+                + (f"/{request.sub_resource}" if request.sub_resource else ""),
+                reason=NOT_APPLICABLE,
+            )
+        cover = coverage(self.state, request.namespace)
+        if not cover.covered:
+            return Decision(
+                allowed=True,
+                message=f"no ModelTrustPolicy covers namespace {request.namespace}",
+                reason=NOT_COVERED,
+            )
+        obj = request.object
+        if kind == SECURE_MODEL_KIND:
+            return self._decide_secure_model(request, obj, cover)
+        return await self._decide_workload(request, kind, obj, cover)
+
+    def _decide_secure_model(
+        self, request: AdmissionRequest, obj: Mapping[str, Any] | None, cover: Coverage
+    ) -> Decision:
+        model = f"{request.namespace}/{request.object_name}"
+        if not isinstance(obj, Mapping):
+            violations = [Violation(MALFORMED, "the request carries no SecureModel object")]
+        elif (
+            request.operation == "UPDATE"
+            and request.old_object is not None
+            and (request.old_object.get("spec") == obj.get("spec"))
+        ):
+            # Metadata, finalizers and status do not change what is loaded; never block them
+            # (deleting a model whose policy has since tightened must still finish).
+            return Decision(True, "the SecureModel's spec is unchanged", UNCHANGED, model=model)
+        else:
+            old = request.old_object if request.operation == "UPDATE" else None
+            violations = check_secure_model(obj, old, cover)
+        return conclude(
+            violations,
+            cover,
+            model=model,
+            allowed_reason=SPEC_ACCEPTED,
+            allowed_message="the SecureModel obeys every ModelTrustPolicy covering its namespace",
+        )
+
+    async def _decide_workload(
+        self, request: AdmissionRequest, kind: str, obj: Mapping[str, Any] | None, cover: Coverage
+    ) -> Decision:
+        subject = Subject(kind)
+        try:
+            template = pod_template(kind, obj)
+        except MalformedWorkloadError as error:
+            return conclude(
+                [Violation(MALFORMED, f"{subject} cannot be checked: {error}")],
+                cover,
+                model=None,
+                allowed_reason=NO_MODEL,
+                allowed_message="",
+            )
+        if request.operation == "UPDATE" and _same_template(kind, obj or {}, request.old_object):
+            return Decision(True, f"the pod spec of this {kind} is unchanged", UNCHANGED)
+        namespace = request.namespace
+        name = referenced_model(template)
+        if name is None:
+            violations = check_bypass(template.spec, subject, self.state.models_in(namespace), None)
+            return conclude(
+                violations,
+                cover,
+                model=None,
+                allowed_reason=NO_MODEL,
+                allowed_message=f"{subject} runs no SecureModel and uses none of their Secrets or artifacts",
+            )
+        model = self.state.model(namespace, name)
+        violations = invalid_policy_violations(cover)
+        if model is None:
+            violations.append(
+                Violation(
+                    MODEL_NOT_FOUND,
+                    f"{subject} references SecureModel {name!r} which does not exist in namespace {namespace}: "
+                    f"create the SecureModel first, or fix the {MODEL_ANNOTATION} annotation",
+                )
+            )
+        elif model.spec is None:
+            violations.append(
+                Violation(
+                    INVALID_MODEL,
+                    f"SecureModel {name} cannot be used ({model.problem}): fix its spec first",
+                )
+            )
+        else:
+            signature = self.state.signature_of(model)
+            problem = signature_problem(model, signature)
+            if problem is not None:
+                violations.append(problem)
+                violations += check_loader(template, subject, model, None, self.config)
+            else:
+                assert signature is not None  # noqa: S101 - signature_problem said it is usable
+                verifications = await self.verify(signature, cover.policies)
+                digest = verified_digest(verifications)
+                violations += check_model_pod(
+                    template,
+                    subject,
+                    model,
+                    verifications=verifications,
+                    cover=cover,
+                    config=self.config,
+                    expected=self._expected_loader(model, digest) if digest else None,
+                )
+        violations += check_pod_security(template.spec, subject)
+        violations += check_bypass(template.spec, subject, self.state.models_in(namespace), model)
+        return conclude(
+            violations,
+            cover,
+            model=f"{namespace}/{name}",
+            allowed_reason=VERIFIED,
+            allowed_message=f"SecureModel {name}'s signature verifies under "
+            f"{', '.join(p.name for p in cover.policies)} and {subject} loads it unaltered",
+        )
+
+    async def verify(
+        self, signature: SignatureBundle, policies: Sequence[TrustPolicy]
+    ) -> dict[str, VerificationResult | VerificationError]:
+        """The bundle verified under each policy through the cache (one verification per bundle and
+        policy generation, however many pods ask at once)."""
+        bundle = signature.bundle
+        assert bundle is not None  # noqa: S101
+        outcomes: dict[str, VerificationResult | VerificationError] = {}
+        for policy in policies:
+            key = VerificationKey(signature.sha256, policy.name, policy.generation)
+            try:
+                outcomes[policy.name] = await self.cache.get_or_compute(key, _verifier(bundle, policy))
+            except VerificationError as error:
+                outcomes[policy.name] = error
+        return outcomes
+
+
+def _verifier(bundle: bytes, policy: TrustPolicy) -> Callable[[], VerificationResult]:
+    def verify() -> VerificationResult:
+        return verify_under_policies(bundle, [policy])[0]
+
+    return verify

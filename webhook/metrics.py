@@ -1,0 +1,133 @@
+"""Prometheus metrics of the admission webhook, in a registry of their own (no global state).
+
+- ``samd_webhook_admission_decisions_total{result, kind}``: result is ``allowed``, ``denied``,
+  ``warned`` (allowed with warnings) or ``error`` (denied because the webhook could not decide);
+- ``samd_webhook_admission_duration_seconds{kind}``: time from the body read to the answer;
+- ``samd_webhook_invalid_reviews_total{reason}``: bodies answered with HTTP 400 or 413;
+- ``samd_webhook_verification_cache_lookups_total{result}`` (hit, miss, coalesced),
+  ``samd_webhook_verification_cache_evictions_total`` and ``..._entries``;
+- ``samd_webhook_certificate_reloads_total{result}`` and ``samd_webhook_certificate_expiry_timestamp_seconds``;
+- ``samd_webhook_ready``: 1 once the watched state is synced.
+
+``kind`` is bounded to the kinds the webhook configuration sends (anything else counts as
+``other``), so a client cannot grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from samd.webhook.cache import CacheStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+KNOWN_KINDS = frozenset(
+    {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "SecureModel"}
+)
+RESULTS = ("allowed", "denied", "warned", "error")
+# Admission answers take well under a millisecond when cached; the API server gives up at 5 s.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def kind_label(kind: str) -> str:
+    return kind if kind in KNOWN_KINDS else "other"
+
+
+class _CacheCollector(Collector):
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._stats()
+        lookups = CounterMetricFamily(
+            "samd_webhook_verification_cache_lookups",
+            "Signature verification cache lookups: hit (answered from the cache), miss (verified), "
+            "coalesced (waited for an identical verification in progress)",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], stats.hits)
+        lookups.add_metric(["miss"], stats.misses)
+        lookups.add_metric(["coalesced"], stats.coalesced)
+        yield lookups
+        yield CounterMetricFamily(
+            "samd_webhook_verification_cache_evictions",
+            "Entries dropped because the verification cache was full",
+            value=stats.evictions,
+        )
+        yield GaugeMetricFamily(
+            "samd_webhook_verification_cache_entries",
+            "Entries in the verification cache",
+            value=stats.entries,
+        )
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return iter(())
+
+
+class WebhookMetrics:
+    def __init__(self, cache_stats: Callable[[], CacheStats] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.decisions = Counter(
+            "samd_webhook_admission_decisions",
+            "Admission decisions by result (allowed, denied, warned, error) and object kind",
+            ["result", "kind"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "samd_webhook_admission_duration_seconds",
+            "Time to answer one AdmissionReview, from the body read to the response",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.invalid_reviews = Counter(
+            "samd_webhook_invalid_reviews",
+            "Bodies refused before any decision (HTTP 400 or 413), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.certificate_reloads = Counter(
+            "samd_webhook_certificate_reloads",
+            "Serving certificate reloads after the files changed, by result (loaded, failed)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "samd_webhook_certificate_expiry_timestamp_seconds",
+            "When the serving certificate in use expires (Unix time)",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "samd_webhook_ready",
+            "1 once the watched state is synced and decisions can be made",
+            registry=self.registry,
+        )
+        self._decision_children: dict[tuple[str, str], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+        # Every combination exists from the start, so that rate() works before the first event.
+        for result in RESULTS:
+            for kind in (*sorted(KNOWN_KINDS), "other"):
+                self.decisions.labels(result, kind)
+        for result in ("loaded", "failed"):
+            self.certificate_reloads.labels(result)
+        if cache_stats is not None:
+            self.registry.register(_CacheCollector(cache_stats))
+
+    def observe_decision(self, result: str, kind: str, seconds: float) -> None:
+        label = kind_label(kind)
+        # The labelled children are looked up once: `labels()` costs more than the increment.
+        counter = self._decision_children.get((result, label))
+        if counter is None:
+            counter = self._decision_children[(result, label)] = self.decisions.labels(result, label)
+        histogram = self._duration_children.get(label)
+        if histogram is None:
+            histogram = self._duration_children[label] = self.duration.labels(label)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

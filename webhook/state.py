@@ -1,0 +1,516 @@
+"""The cluster state the admission webhook decides from, kept current by watches.
+
+The admission path makes no API call (issue 5 §3): everything it needs is here, in memory, kept
+current by a list+watch of four kinds (the informer pattern):
+
+- SecureModels in every namespace (parsed once, when they change, not per request);
+- ModelTrustPolicies (parsed, each with a generation counter of the webhook's own for cache keys);
+- Namespaces (their labels decide which policies cover them);
+- ConfigMaps labelled ``samd.dev/signature=true``: the signature bundles the operator fetched.
+
+Each kind is listed, then watched from the list's resourceVersion. A watch that fails (410 Gone
+when the version is too old, a dropped connection, an API error) is started again from a fresh
+list, after a backoff for errors other than 410, so that no change missed meanwhile is kept
+wrong; the stale state keeps serving in the meantime. `ready` becomes True once every kind has
+been listed once.
+
+``WatchedState.from_objects`` builds the same state from plain objects without a cluster (unit
+tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from lightkube import ALL_NS, ApiError, AsyncClient
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.resources.core_v1 import ConfigMap, Namespace
+
+from samd.errors import SamdError
+from samd.operator.builders.names import client_secret_name, signature_config_map_name, tls_secret_name
+from samd.operator.builders.serving import SIGNATURE_FILE, SIGNATURE_LABEL
+from samd.policy import TrustPolicy
+from samd.spec import GROUP, VERSION, SecureModelSpec, parse_secure_model, parse_trust_policy
+
+log = logging.getLogger(__name__)
+
+SecureModelResource = create_namespaced_resource(GROUP, VERSION, "SecureModel", "securemodels")
+ModelTrustPolicyResource = create_global_resource(GROUP, VERSION, "ModelTrustPolicy", "modeltrustpolicies")
+
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+RESYNC_PERIOD = 300.0
+"""Seconds a watch runs before it is replaced by a fresh list and watch. Watches have no read
+timeout (they may be quiet for long), so a connection that died without a word would otherwise
+leave the state stale for good; this bounds how stale it can get."""
+
+
+class Kind(StrEnum):
+    """The kinds the webhook watches."""
+
+    MODELS = "SecureModel"
+    POLICIES = "ModelTrustPolicy"
+    NAMESPACES = "Namespace"
+    SIGNATURES = "ConfigMap"
+
+
+# --- what the state holds --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchedModel:
+    """One SecureModel: its parsed spec, or why it could not be parsed."""
+
+    namespace: str
+    name: str
+    uid: str
+    spec: SecureModelSpec | None
+    problem: str | None
+    """Why the spec could not be parsed (then `spec` is None)."""
+    key_secret: str | None
+    """The Secret holding the model's local keyset (read from the raw spec, parsed or not)."""
+    client_names: tuple[str, ...]
+    artifact_uri: str | None
+    raw_spec: object = field(default=None, repr=False, compare=False)
+    """The spec as the API server returned it: an unchanged spec is not parsed again."""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def protected_secret_role(self, secret: str) -> str | None:
+        """What `secret` is to this model (its key, TLS or a client certificate), or None."""
+        if self.key_secret and secret == self.key_secret:
+            return "key Secret"
+        if secret == tls_secret_name(self.name):
+            return "TLS Secret"
+        declared = {client_secret_name(self.name, client) for client in self.client_names}
+        if secret in declared or secret.startswith(f"{self.name}-client-"):
+            return "client certificate Secret"
+        return None
+
+
+@dataclass(frozen=True)
+class SignatureBundle:
+    """The signature bundle the operator stored for a model (ConfigMap `<model>-signature`)."""
+
+    namespace: str
+    config_map: str
+    owner_uids: frozenset[str]
+    """The uids of the SecureModels in the ConfigMap's ownerReferences."""
+    bundle: bytes | None
+    sha256: str
+    problem: str | None
+    """Why the ConfigMap holds no usable bundle (then `bundle` is None)."""
+
+
+@dataclass(frozen=True)
+class InvalidPolicy:
+    """A ModelTrustPolicy the API server accepted but SAMD cannot use: it fails closed."""
+
+    name: str
+    namespace_selector: Mapping[str, Any]
+    problem: str
+
+
+@dataclass
+class _Stores:
+    models: dict[tuple[str, str], WatchedModel] = field(default_factory=dict)
+    models_by_namespace: dict[str, dict[str, WatchedModel]] = field(default_factory=dict)
+    policies: dict[str, TrustPolicy] = field(default_factory=dict)
+    invalid_policies: dict[str, InvalidPolicy] = field(default_factory=dict)
+    policy_fingerprints: dict[str, str] = field(default_factory=dict)
+    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    signatures: dict[tuple[str, str], SignatureBundle] = field(default_factory=dict)
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = obj.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(_metadata(obj).get("name") or "")
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    return str(_metadata(obj).get("namespace") or "")
+
+
+def _dig(obj: object, *path: str) -> object:
+    for part in path:
+        obj = obj.get(part) if isinstance(obj, Mapping) else None
+    return obj
+
+
+def read_model(obj: Mapping[str, Any]) -> WatchedModel:
+    """A SecureModel object as the webhook keeps it; never raises for a bad spec."""
+    metadata = _metadata(obj)
+    raw = obj.get("spec")
+    spec: SecureModelSpec | None = None
+    problem: str | None = None
+    if not isinstance(raw, Mapping):
+        problem = "the SecureModel has no spec"
+    else:
+        try:
+            spec = parse_secure_model(raw)
+        except SamdError as error:
+            problem = error.message
+    key_secret = _dig(raw, "encryption", "keyRef", "secretName")
+    clients = _dig(raw, "serving", "clients")
+    client_names = tuple(
+        str(client["name"])
+        for client in (clients if isinstance(clients, list) else ())
+        if isinstance(client, Mapping) and isinstance(client.get("name"), str)
+    )
+    artifact_uri = _dig(raw, "artifact", "uri")
+    return WatchedModel(
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        uid=str(metadata.get("uid") or ""),
+        spec=spec,
+        problem=problem,
+        key_secret=key_secret if isinstance(key_secret, str) and key_secret else None,
+        client_names=client_names,
+        artifact_uri=artifact_uri if isinstance(artifact_uri, str) and artifact_uri else None,
+        raw_spec=raw,
+    )
+
+
+def read_signature(obj: Mapping[str, Any]) -> SignatureBundle:
+    """A signature ConfigMap as the webhook keeps it (the bundle's SHA-256 computed once, here)."""
+    metadata = _metadata(obj)
+    owners = metadata.get("ownerReferences")
+    owner_uids = frozenset(
+        str(owner["uid"])
+        for owner in (owners if isinstance(owners, list) else ())
+        if isinstance(owner, Mapping) and owner.get("kind") == "SecureModel" and owner.get("uid")
+    )
+    text = _dig(obj, "data", SIGNATURE_FILE)
+    bundle: bytes | None = None
+    problem: str | None = None
+    if isinstance(text, str) and text:
+        bundle = text.encode("utf-8")
+    else:
+        problem = f"it has no {SIGNATURE_FILE} entry"
+    return SignatureBundle(
+        namespace=str(metadata.get("namespace") or ""),
+        config_map=str(metadata.get("name") or ""),
+        owner_uids=owner_uids,
+        bundle=bundle,
+        sha256=hashlib.sha256(bundle).hexdigest() if bundle is not None else "",
+        problem=problem,
+    )
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    labels = _metadata(obj).get("labels")
+    if not isinstance(labels, Mapping):
+        return {}
+    return {str(key): str(value) for key, value in labels.items()}
+
+
+# --- the state -------------------------------------------------------------------------------------
+
+PolicyListener = Callable[[str], None]
+"""Called with a policy's name when it changes or is deleted (to invalidate cached verifications)."""
+
+
+class WatchedState:
+    """What the webhook knows of the cluster; read by the decider, written by the watches."""
+
+    def __init__(self, *, resync_period: float = RESYNC_PERIOD) -> None:
+        self.resync_period = resync_period
+        self._stores = _Stores()
+        self._generations = itertools.count(1)
+        self._listeners: list[PolicyListener] = []
+        self._synced: set[Kind] = set()
+        self._reflectors: dict[Kind, Reflector] = {}
+
+    @classmethod
+    def from_objects(
+        cls,
+        *,
+        models: Iterable[Mapping[str, Any]] = (),
+        policies: Iterable[Mapping[str, Any]] = (),
+        namespaces: Iterable[Mapping[str, Any]] = (),
+        config_maps: Iterable[Mapping[str, Any]] = (),
+    ) -> WatchedState:
+        """A ready state built from plain Kubernetes objects (dicts as the API returns them)."""
+        state = cls()
+        state.replace(Kind.MODELS, models)
+        state.replace(Kind.POLICIES, policies)
+        state.replace(Kind.NAMESPACES, namespaces)
+        state.replace(Kind.SIGNATURES, config_maps)
+        return state
+
+    # --- reads (the admission path) ----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once every kind has been listed at least once."""
+        return self._synced >= set(Kind)
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        """The namespace's labels, or None when the namespace is not (yet) known."""
+        return self._stores.namespaces.get(namespace)
+
+    def policies(self) -> list[TrustPolicy]:
+        return list(self._stores.policies.values())
+
+    def invalid_policies(self) -> list[InvalidPolicy]:
+        return list(self._stores.invalid_policies.values())
+
+    def policy_count(self) -> int:
+        return len(self._stores.policies) + len(self._stores.invalid_policies)
+
+    def model(self, namespace: str, name: str) -> WatchedModel | None:
+        return self._stores.models.get((namespace, name))
+
+    def models_in(self, namespace: str) -> Iterable[WatchedModel]:
+        return self._stores.models_by_namespace.get(namespace, {}).values()
+
+    def signature_of(self, model: WatchedModel) -> SignatureBundle | None:
+        """The signature ConfigMap the operator keeps for `model`, if any (ownership not checked)."""
+        return self._stores.signatures.get((model.namespace, signature_config_map_name(model.name)))
+
+    def add_policy_listener(self, listener: PolicyListener) -> None:
+        self._listeners.append(listener)
+
+    # --- writes (the watches, and tests) -----------------------------------------------------------
+
+    def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Replace everything known of `kind` by a full list (after a list or a re-list)."""
+        objects = list(objects)
+        if kind is Kind.MODELS:
+            listed_models = {(_namespace(obj), _name(obj)) for obj in objects}
+            for namespace, name in set(self._stores.models) - listed_models:
+                self._apply_model({"metadata": {"namespace": namespace, "name": name}}, deleted=True)
+        elif kind is Kind.NAMESPACES:
+            self._stores.namespaces.clear()
+        elif kind is Kind.SIGNATURES:
+            self._stores.signatures.clear()
+        elif kind is Kind.POLICIES:
+            listed = {_name(obj) for obj in objects}
+            for gone in set(self._stores.policy_fingerprints) - listed:
+                self._delete_policy(gone)
+        for obj in objects:
+            self.apply(kind, "ADDED", obj)
+        self._synced.add(kind)
+
+    def apply(self, kind: Kind, event: str, obj: Mapping[str, Any]) -> None:
+        """Apply one watch event (ADDED, MODIFIED or DELETED) of `kind`."""
+        deleted = event == "DELETED"
+        if kind is Kind.MODELS:
+            self._apply_model(obj, deleted)
+        elif kind is Kind.POLICIES:
+            if deleted:
+                self._delete_policy(_name(obj))
+            else:
+                self._put_policy(obj)
+        elif kind is Kind.NAMESPACES:
+            if deleted:
+                self._stores.namespaces.pop(_name(obj), None)
+            else:
+                self._stores.namespaces[_name(obj)] = _labels(obj)
+        elif kind is Kind.SIGNATURES:
+            key = (_namespace(obj), _name(obj))
+            if deleted:
+                self._stores.signatures.pop(key, None)
+            else:
+                self._stores.signatures[key] = read_signature(obj)
+
+    def _apply_model(self, obj: Mapping[str, Any], deleted: bool) -> None:
+        key = (_namespace(obj), _name(obj))
+        in_namespace = self._stores.models_by_namespace.setdefault(key[0], {})
+        if deleted:
+            self._stores.models.pop(key, None)
+            in_namespace.pop(key[1], None)
+            if not in_namespace:
+                del self._stores.models_by_namespace[key[0]]
+            return
+        known = self._stores.models.get(key)
+        uid = str(_metadata(obj).get("uid") or "")
+        if known is not None and known.uid == uid and known.raw_spec == obj.get("spec"):
+            return  # a status or metadata change (the operator writes status often): nothing to parse
+        model = read_model(obj)
+        self._stores.models[key] = model
+        in_namespace[key[1]] = model
+
+    def _put_policy(self, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        raw = obj.get("spec")
+        fingerprint = json.dumps([_metadata(obj).get("uid"), raw], sort_keys=True, default=str)
+        if self._stores.policy_fingerprints.get(name) == fingerprint:
+            return  # a re-list or a metadata-only change: same policy, same generation, cache kept
+        self._stores.policy_fingerprints[name] = fingerprint
+        self._stores.policies.pop(name, None)
+        self._stores.invalid_policies.pop(name, None)
+        try:
+            spec = parse_trust_policy(raw if isinstance(raw, Mapping) else {})
+        except SamdError as error:
+            selector = _dig(raw, "namespaceSelector")
+            self._stores.invalid_policies[name] = InvalidPolicy(
+                name, selector if isinstance(selector, Mapping) else {}, error.message
+            )
+            log.warning("ModelTrustPolicy %s cannot be used, it fails closed: %s", name, error.message)
+        else:
+            # The webhook's own counter, not metadata.generation: a policy deleted and created again
+            # starts at generation 1 once more and must not meet the old one's cached verifications.
+            self._stores.policies[name] = TrustPolicy(
+                name=name, generation=next(self._generations), spec=spec
+            )
+        self._notify(name)
+
+    def _delete_policy(self, name: str) -> None:
+        known = self._stores.policy_fingerprints.pop(name, None)
+        self._stores.policies.pop(name, None)
+        self._stores.invalid_policies.pop(name, None)
+        if known is not None:
+            self._notify(name)
+
+    def _notify(self, name: str) -> None:
+        for listener in self._listeners:
+            listener(name)
+
+    # --- the watches -------------------------------------------------------------------------------
+
+    def start(self, client: AsyncClient) -> None:
+        """Start listing and watching every kind with `client` (in the running event loop)."""
+        if self._reflectors:
+            raise RuntimeError("the watches are already running")
+        self._reflectors = {kind: Reflector(self, kind, client) for kind in Kind}
+        for reflector in self._reflectors.values():
+            reflector.start()
+
+    async def stop(self) -> None:
+        """Stop every watch; the state keeps what it knows (and stays ready if it was)."""
+        reflectors, self._reflectors = list(self._reflectors.values()), {}
+        await asyncio.gather(*(reflector.stop() for reflector in reflectors))
+
+    def reflector(self, kind: Kind) -> Reflector:
+        """The running list+watch of `kind` (for status and tests)."""
+        return self._reflectors[kind]
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until every kind has been listed; TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            while not self.ready:
+                await asyncio.sleep(0.05)
+
+
+_RESOURCES: Mapping[Kind, Any] = {
+    Kind.MODELS: SecureModelResource,
+    Kind.POLICIES: ModelTrustPolicyResource,
+    Kind.NAMESPACES: Namespace,
+    Kind.SIGNATURES: ConfigMap,
+}
+_NAMESPACED = frozenset({Kind.MODELS, Kind.SIGNATURES})
+_LABELS: Mapping[Kind, dict[str, str]] = {Kind.SIGNATURES: {SIGNATURE_LABEL: "true"}}
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = obj.to_dict()
+    return result
+
+
+def _is_gone(error: BaseException) -> bool:
+    return isinstance(error, ApiError) and error.status.code == 410
+
+
+class Reflector:
+    """List then watch one kind into the state; on any watch failure, and every `resync_period`,
+    list again.
+
+    `lists` counts the lists made (1 after the first sync), `failures` the failures since the last
+    good list (they set the backoff), `resource_version` is the last version seen.
+    """
+
+    def __init__(self, state: WatchedState, kind: Kind, client: AsyncClient) -> None:
+        self.state = state
+        self.kind = kind
+        self.client = client
+        self.lists = 0
+        self.failures = 0
+        self.resource_version: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"samd-webhook-watch-{self.kind.value}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _scope(self) -> dict[str, Any]:
+        scope: dict[str, Any] = {}
+        if self.kind in _NAMESPACED:
+            scope["namespace"] = ALL_NS
+        if self.kind in _LABELS:
+            scope["labels"] = _LABELS[self.kind]
+        return scope
+
+    async def _list(self) -> None:
+        listing = self.client.list(_RESOURCES[self.kind], **self._scope())
+        objects = [_as_dict(obj) async for obj in listing]
+        self.state.replace(self.kind, objects)
+        self.resource_version = listing.resourceVersion
+        self.lists += 1
+        log.info(
+            "listed %d %s objects at resourceVersion %s",
+            len(objects),
+            self.kind.value,
+            self.resource_version,
+            extra={"kind": self.kind.value, "objects": len(objects), "lists": self.lists},
+        )
+
+    async def _watch(self) -> None:
+        watch = self.client.watch(
+            _RESOURCES[self.kind], resource_version=self.resource_version, **self._scope()
+        )
+        async for event, obj in watch:
+            self.state.apply(self.kind, event, _as_dict(obj))
+            version = obj.metadata.resourceVersion if obj.metadata is not None else None
+            if version:
+                self.resource_version = version
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._list()
+                self.failures = 0
+                async with asyncio.timeout(self.state.resync_period):
+                    await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                log.debug("resyncing %s", self.kind.value, extra={"kind": self.kind.value})
+                continue
+            except Exception as error:  # every failure leads to a fresh list: never a silent gap
+                if _is_gone(error):
+                    log.info(
+                        "watch of %s expired (410 Gone): listing again",
+                        self.kind.value,
+                        extra={"kind": self.kind.value},
+                    )
+                    continue
+                self.failures += 1
+                delay = min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (self.failures - 1))
+                log.warning(
+                    "watch of %s failed (%s); listing again in %.1f s",
+                    self.kind.value,
+                    error,
+                    delay,
+                    extra={"kind": self.kind.value, "failures": self.failures},
+                )
+                await asyncio.sleep(delay)

@@ -1,0 +1,416 @@
+"""Where the pod template of each workload kind lives, read strictly.
+
+The admission webhook checks what a pod will run, so for a workload it checks the pod template the
+controller will stamp pods from, and refuses the workload itself (not later its pods) when the
+template is bad. Only the fields the policy reads are type-checked; a wrong type there is a clear
+``MalformedWorkloadError`` (the webhook denies), never a crash or a silent skip: a field the policy
+cannot read is a field it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from samd.errors import UsageError
+
+TEMPLATE_PATHS: Mapping[str, tuple[str, ...]] = {
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+"""Kind -> the path from the object to its pod (template); () is the Pod itself."""
+
+WORKLOAD_KINDS = frozenset(TEMPLATE_PATHS)
+
+CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+"""Every list of containers in a pod spec; the checks apply to all of them."""
+
+
+class MalformedWorkloadError(UsageError):
+    """A pod or pod template whose fields do not have the types Kubernetes gives them."""
+
+
+class PodTemplate(NamedTuple):
+    """The metadata and spec of a pod, or of the pod template of a workload."""
+
+    metadata: Mapping[str, Any]
+    spec: Mapping[str, Any]
+
+
+def template_path(kind: str) -> str:
+    """The dotted path of the pod template within an object of `kind`, for messages."""
+    parts = TEMPLATE_PATHS[kind]
+    return ".".join(parts) if parts else "(the Pod)"
+
+
+def pod_template(kind: str, obj: object) -> PodTemplate:
+    """The pod (template) metadata and spec of a Pod or workload object.
+
+    Raises KeyError for a kind that has no pod template here, and MalformedWorkloadError when the object
+    does not hold a well-typed pod (template) at the kind's path.
+    """
+    path = TEMPLATE_PATHS[kind]
+    node = _mapping(obj, f"the {kind}", required=True)
+    for depth, part in enumerate(path, start=1):
+        node = _mapping(node.get(part), f"{kind} {'.'.join(path[:depth])}", required=True)
+    prefix = f"{kind} {'.'.join(path)}." if path else f"{kind} "
+    metadata = _mapping(node.get("metadata"), prefix + "metadata", required=False)
+    spec = _mapping(node.get("spec"), prefix + "spec", required=True)
+    _check_metadata(metadata, prefix + "metadata")
+    _check_pod_spec(spec, prefix + "spec")
+    return PodTemplate(metadata, spec)
+
+
+# --- typed readers ---------------------------------------------------------------------------------
+# Used by the policy after `pod_template` has checked the shapes, so they only normalise absent
+# fields to empty values.
+
+
+def pod_annotations(metadata: Mapping[str, Any]) -> Mapping[str, str]:
+    value = metadata.get("annotations")
+    return value if isinstance(value, dict) else {}
+
+
+def containers(spec: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(list name, container) for every container, init and ephemeral ones included, in pod order."""
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    for list_name in CONTAINER_LISTS:
+        for container in spec.get(list_name) or ():
+            found.append((list_name, container))
+    return found
+
+
+def items(mapping: Mapping[str, Any], key: str) -> Sequence[Mapping[str, Any]]:
+    """A list of objects (checked by `pod_template`), empty when absent."""
+    value = mapping.get(key)
+    return value if isinstance(value, list) else ()
+
+
+def sub(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A nested object (checked by `pod_template`), empty when absent."""
+    value = mapping.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+SECRET_VOLUME_SOURCES: Mapping[str, tuple[str, ...]] = {
+    "secret": ("secretName",),
+    "azureFile": ("secretName",),
+    "csi": ("nodePublishSecretRef", "name"),
+    "flexVolume": ("secretRef", "name"),
+    "cephfs": ("secretRef", "name"),
+    "rbd": ("secretRef", "name"),
+    "iscsi": ("secretRef", "name"),
+    "scaleIO": ("secretRef", "name"),
+    "storageos": ("secretRef", "name"),
+}
+"""Volume source -> the path to the name of a Secret it hands to the pod or to a node plugin.
+
+Projected volumes are handled apart (a list of sources). A volume plugin that receives a Secret
+can expose it as surely as a mount does, so all of them count."""
+
+
+@dataclass(frozen=True)
+class SecretReference:
+    """One way a pod gets at a Secret's data."""
+
+    secret: str
+    container: str | None
+    """The container that sees it; None for a volume that no container mounts."""
+    how: str
+    """For messages: 'volume keys', 'env AWS_ACCESS_KEY_ID', 'envFrom'."""
+
+
+def volume_secrets(volume: Mapping[str, Any]) -> list[str]:
+    """The names of the Secrets a pod volume draws from."""
+    names: list[str] = []
+    for source_name, source in volume.items():
+        path = SECRET_VOLUME_SOURCES.get(source_name)
+        if path is None:
+            continue
+        node: object = source
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and node:
+            names.append(node)
+    for source in items(sub(volume, "projected"), "sources"):
+        name = sub(source, "secret").get("name")
+        if isinstance(name, str) and name:
+            names.append(name)
+    return names
+
+
+def volume_mounters(spec: Mapping[str, Any]) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
+    """Volume name -> (container name, volumeMount) for every container that mounts it."""
+    mounters: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for _, container in containers(spec):
+        for mount in items(container, "volumeMounts"):
+            mounters.setdefault(mount["name"], []).append((container["name"], mount))
+    return mounters
+
+
+def secret_references(spec: Mapping[str, Any]) -> list[SecretReference]:
+    """Every Secret the pod (template) mounts or reads into the environment, and who sees it."""
+    references: list[SecretReference] = []
+    mounters = volume_mounters(spec)
+    for volume in items(spec, "volumes"):
+        users: list[str | None] = [name for name, _ in mounters.get(volume["name"], [])] or [None]
+        for secret in volume_secrets(volume):
+            for user in users:
+                references.append(SecretReference(secret, user, f"volume {volume['name']}"))
+    for _, container in containers(spec):
+        name = container["name"]
+        for env in items(container, "env"):
+            from_env = sub(sub(env, "valueFrom"), "secretKeyRef").get("name")
+            if isinstance(from_env, str) and from_env:
+                references.append(SecretReference(from_env, name, f"env {env['name']}"))
+        for source in items(container, "envFrom"):
+            from_source = sub(source, "secretRef").get("name")
+            if isinstance(from_source, str) and from_source:
+                references.append(SecretReference(from_source, name, "envFrom"))
+    return references
+
+
+def mentioned_strings(container: Mapping[str, Any]) -> list[str]:
+    """The command, args and literal env values of a container: where a URI could be passed."""
+    texts = [*(container.get("command") or ()), *(container.get("args") or ())]
+    for env in items(container, "env"):
+        value = env.get("value")
+        if isinstance(value, str):
+            texts.append(value)
+    return texts
+
+
+# --- shape checks ----------------------------------------------------------------------------------
+# A small declarative schema of the fields the policy reads, walked once per request. The path of
+# the field being checked is kept as parts and spelled out only for the error message, so that a
+# well-formed object (every request from the API server) costs no string building.
+
+_HINT = "the object is malformed; fix it and apply it again"
+
+
+class _Key(str):
+    """A path part that is a map key (spelled ['key'])."""
+
+    __slots__ = ()
+
+
+def _spell(path: Sequence[str | int]) -> str:
+    parts = []
+    for part in path:
+        if isinstance(part, _Key):
+            parts.append(f"[{str(part)!r}]")
+        elif isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(part)
+    return "".join(parts)
+
+
+def _type_name(value: object) -> str:
+    names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    return names.get(type(value), type(value).__name__)
+
+
+def _fail(path: Sequence[str | int], expected: str, value: object) -> MalformedWorkloadError:
+    return MalformedWorkloadError(f"{_spell(path)} must be {expected}, not {_type_name(value)}", hint=_HINT)
+
+
+class _Shape:
+    expected = "a value"
+    leaf = False
+
+    def check(self, value: object, path: list[str | int]) -> None:
+        raise NotImplementedError
+
+
+class _Leaf(_Shape):
+    """A string, boolean or number: checked inline by its container (no path bookkeeping)."""
+
+    leaf = True
+
+    def __init__(self, expected: str, kind: type) -> None:
+        self.expected = expected
+        self.kind = kind
+
+    def accepts(self, value: object) -> bool:
+        # bool is an int in Python, never a number in JSON.
+        return isinstance(value, self.kind) and (self.kind is bool or not isinstance(value, bool))
+
+    def check(self, value: object, path: list[str | int]) -> None:
+        if not self.accepts(value):
+            raise _fail(path, self.expected, value)
+
+
+class _List(_Shape):
+    def __init__(self, item: _Shape) -> None:
+        self.item = item
+        self.expected = "a list of strings" if item.leaf else "a list"
+
+    def check(self, value: object, path: list[str | int]) -> None:
+        if not isinstance(value, list):
+            raise _fail(path, self.expected, value)
+        item_shape = self.item
+        if isinstance(item_shape, _Leaf):
+            for index, item in enumerate(value):
+                if not item_shape.accepts(item):
+                    raise _fail([*path, index], item_shape.expected, item)
+            return
+        for index, item in enumerate(value):
+            path.append(index)
+            if item is None:
+                raise _fail(path, item_shape.expected, item)
+            item_shape.check(item, path)
+            path.pop()
+
+
+class _Obj(_Shape):
+    """An object: known `fields`, `required` ones among them, and `values` for every other key."""
+
+    expected = "an object"
+
+    def __init__(
+        self,
+        fields: Mapping[str, _Shape] | None = None,
+        *,
+        required: Iterable[str] = (),
+        values: _Shape | None = None,
+        values_are_fields: bool = False,
+    ) -> None:
+        self.fields = dict(fields or {})
+        self.labels = {name: "." + name for name in self.fields}
+        self.required = tuple(required)
+        self.values = values
+        self.values_are_fields = values_are_fields
+
+    def check(self, value: object, path: list[str | int]) -> None:
+        if not isinstance(value, dict):
+            raise _fail(path, self.expected, value)
+        for name in self.required:
+            if value.get(name) is None:
+                raise _fail([*path, self.labels[name]], self.fields[name].expected, None)
+        fields = self.fields
+        for name, item in value.items():
+            if item is None:
+                continue
+            shape = fields.get(name)
+            label: str
+            if shape is not None:
+                label = self.labels[name]
+            elif self.values is not None:
+                shape = self.values
+                label = "." + name if self.values_are_fields else _Key(name)
+            else:
+                continue
+            if isinstance(shape, _Leaf):
+                if not shape.accepts(item):
+                    raise _fail([*path, label], shape.expected, item)
+                continue
+            path.append(label)
+            shape.check(item, path)
+            path.pop()
+
+
+_STRING, _BOOLEAN, _NUMBER = _Leaf("a string", str), _Leaf("a boolean", bool), _Leaf("a number", int)
+_NAMED = _Obj({"name": _STRING})
+_SECURITY_CONTEXT = _Obj(
+    {
+        "privileged": _BOOLEAN,
+        "allowPrivilegeEscalation": _BOOLEAN,
+        "readOnlyRootFilesystem": _BOOLEAN,
+        "runAsNonRoot": _BOOLEAN,
+        "runAsUser": _NUMBER,
+        "capabilities": _Obj({"add": _List(_STRING), "drop": _List(_STRING)}),
+        "seccompProfile": _Obj({"type": _STRING}),
+        "procMount": _STRING,
+    }
+)
+_CONTAINER = _Obj(
+    {
+        "name": _STRING,
+        "image": _STRING,
+        "command": _List(_STRING),
+        "args": _List(_STRING),
+        "env": _List(
+            _Obj(
+                {
+                    "name": _STRING,
+                    "value": _STRING,
+                    "valueFrom": _Obj({"secretKeyRef": _NAMED, "configMapKeyRef": _NAMED}),
+                },
+                required=("name",),
+            )
+        ),
+        "envFrom": _List(_Obj({"secretRef": _NAMED, "configMapRef": _NAMED})),
+        "volumeMounts": _List(
+            _Obj(
+                {"name": _STRING, "mountPath": _STRING, "readOnly": _BOOLEAN}, required=("name", "mountPath")
+            )
+        ),
+        "volumeDevices": _List(_Obj()),
+        "securityContext": _SECURITY_CONTEXT,
+    },
+    required=("name",),
+)
+
+
+def _secret_source(path: tuple[str, ...]) -> _Obj:
+    """The shape of a volume source whose Secret name is at `path`."""
+    shape: _Shape = _STRING
+    for part in reversed(path):
+        shape = _Obj({part: shape})
+    assert isinstance(shape, _Obj)  # noqa: S101 - every path has at least one part
+    return shape
+
+
+_VOLUME = _Obj(
+    {
+        "name": _STRING,
+        **{source: _secret_source(path) for source, path in SECRET_VOLUME_SOURCES.items()},
+        "configMap": _NAMED,
+        "projected": _Obj({"sources": _List(_Obj({"secret": _NAMED, "configMap": _NAMED}))}),
+    },
+    required=("name",),
+    values=_Obj(),  # every other volume source (hostPath, emptyDir, ...) is an object
+    values_are_fields=True,
+)
+_POD_SPEC = _Obj(
+    {
+        "initContainers": _List(_CONTAINER),
+        "containers": _List(_CONTAINER),
+        "ephemeralContainers": _List(_CONTAINER),
+        "volumes": _List(_VOLUME),
+        "hostNetwork": _BOOLEAN,
+        "hostPID": _BOOLEAN,
+        "hostIPC": _BOOLEAN,
+        "securityContext": _SECURITY_CONTEXT,
+    }
+)
+_METADATA = _Obj({"annotations": _Obj(values=_STRING), "labels": _Obj(values=_STRING)})
+
+
+def _mapping(value: object, where: str, *, required: bool) -> Mapping[str, Any]:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail([where], "an object", value)
+    return value
+
+
+def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
+    _METADATA.check(metadata, [where])
+
+
+def _check_pod_spec(spec: Mapping[str, Any], where: str) -> None:
+    _POD_SPEC.check(spec, [where])
+    if not spec.get("containers"):
+        raise MalformedWorkloadError(f"{where}.containers must list at least one container", hint=_HINT)
