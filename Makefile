@@ -62,9 +62,11 @@ e2e: deps ## e2e tier against the cluster named by KUBECONFIG (or the local cont
 bench: deps control-plane ## Benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python -m bench
 
-.PHONY: demo
-demo: deps control-plane ## Start a local control plane and run the demo
-	hack/demo
+.PHONY: demo demo-down
+demo: deps control-plane ## The demo: local control plane, operator, webhook, the example model signed, encrypted, served
+	hack/demo up
+demo-down: ## Stop everything the demo started
+	hack/demo down
 
 .PHONY: cluster-up cluster-down cluster-status
 cluster-up: control-plane ## Start the local control plane

@@ -1,0 +1,283 @@
+"""`make demo`: the whole flow of one model on a real local control plane.
+
+1. start the local control plane, install the CRDs;
+2. run the webhook (registered with the API server over TLS) and the operator, in the background;
+3. build the example fraud-detection model (a real ONNX graph), `samd keygen`, `samd sign`,
+   `samd encrypt` it;
+4. apply the namespace, the trust policy, the key Secret and the SecureModel; wait until it is Ready;
+5. show a tampered signature: the SecureModel is not verified, and a pod claiming it is refused by
+   the API server with the webhook's message; so is a pod that mounts the model's key directly.
+
+`hack/demo down` (or `make demo-down`) stops everything. State lives in `.local/demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from samd.webhook.configuration import build_webhook_configuration
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL = Path(os.environ.get("SAMD_LOCAL_DIR", REPO / ".local"))
+DEMO = LOCAL / "demo"
+KUBECONFIG = LOCAL / "kubeconfig"
+EXAMPLE = REPO / "examples" / "fraud-detection"
+NAMESPACE = "fraud-detection"
+WEBHOOK_PORT = int(os.environ.get("SAMD_DEMO_WEBHOOK_PORT", "16900"))
+BIN = Path(sys.executable).parent
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1m==> {title}\033[0m", flush=True)
+
+
+def run(*argv: str | Path, stdin: str | None = None, check: bool = True, show: bool = True) -> str:
+    words = [str(a) for a in argv]
+    if show:
+        shown = [Path(w).name if w.startswith(str(BIN)) else w for w in words]
+        print("$ " + " ".join(shlex.quote(w) for w in shown).replace(str(REPO) + "/", ""), flush=True)
+    result = subprocess.run(
+        words, input=stdin, capture_output=True, text=True, check=False,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise SystemExit(
+            f"demo: command failed ({result.returncode}): {' '.join(words)}\n{result.stderr.strip()}"
+        )
+    return result.stdout + (result.stderr if not check else "")
+
+
+def tool(name: str) -> Path:
+    folder = subprocess.run(
+        [str(REPO / "hack" / "build-control-plane")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return Path(folder) / name
+
+
+def kubectl(*argv: str, stdin: str | None = None, check: bool = True, show: bool = True) -> str:
+    return run(tool("kubectl"), *argv, stdin=stdin, check=check, show=show)
+
+
+def start_daemon(name: str, argv: list[str]) -> None:
+    log = (DEMO / f"{name}.log").open("ab")
+    proc = subprocess.Popen(  # a daemon: `hack/demo down` stops it
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)}, cwd=DEMO,
+    )  # fmt: skip
+    (DEMO / f"{name}.pid").write_text(f"{proc.pid}\n")
+    print(f"started {name} (pid {proc.pid}), log: {DEMO / f'{name}.log'}")
+
+
+def stop_daemons() -> None:
+    for pid_file in sorted(DEMO.glob("*.pid")):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            print(f"stopped {pid_file.stem}")
+        except (ProcessLookupError, ValueError):
+            pass
+        pid_file.unlink()
+
+
+def wait_for(what: str, check: Any, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: timed out waiting for {what}; see the logs in {DEMO}")
+        time.sleep(1)
+
+
+def condition(name: str, kind: str) -> dict[str, Any]:
+    out = kubectl("get", "securemodel", name, "-n", NAMESPACE, "-o", "json", check=False, show=False)
+    try:
+        conditions = json.loads(out).get("status", {}).get("conditions", [])
+    except json.JSONDecodeError:
+        return {}
+    return next((dict(c) for c in conditions if c["type"] == kind), {})
+
+
+def build_model(model_dir: Path) -> None:
+    """A real ONNX logistic-regression graph scoring 8 card-transaction features."""
+    import numpy as np  # noqa: PLC0415 - demo-only dependencies
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    weights = np.array([[0.8], [1.6], [-0.4], [2.1], [0.3], [-1.2], [0.9], [1.1]], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "weights"], ["logit0"]),
+            helper.make_node("Add", ["logit0", "bias"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["fraud_probability"]),
+        ],
+        "fraud-detection",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("fraud_probability", TensorProto.FLOAT, [None, 1])],
+        [
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.array([-3.0], np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="samd-demo")
+    onnx.checker.check_model(model)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(model_dir / "model.onnx"))
+    (model_dir / "metadata.json").write_text(
+        json.dumps({"name": "fraud-detection", "version": "1.4.0"}) + "\n"
+    )
+
+
+def webhook_configuration() -> str:
+    ca = (DEMO / "webhook-tls" / "ca.crt").read_bytes()
+    configuration = build_webhook_configuration(
+        name="samd-demo", url=f"https://127.0.0.1:{WEBHOOK_PORT}/validate", ca_bundle=ca
+    )
+    return json.dumps(configuration)
+
+
+def up() -> None:
+    DEMO.mkdir(parents=True, exist_ok=True)
+    stop_daemons()
+    step("Start a real local control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK node)")
+    print(run(REPO / "hack" / "local-cluster", "up").strip())
+    step("Install the SecureModel and ModelTrustPolicy CRDs")
+    print(kubectl("apply", "--server-side", "-f", str(REPO / "crds")).strip())
+    print(kubectl("apply", "--server-side", "-f", "-", show=False,
+                  stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "samd-system"}})).strip())  # fmt: skip
+
+    step("Run the admission webhook over TLS and register it with the API server")
+    run(BIN / "python", "-m", "samd.webhook", "--write-dev-certificates", DEMO / "webhook-tls")
+    start_daemon("webhook", [str(BIN / "python"), "-m", "samd.webhook", "--host", "127.0.0.1",
+                             "--port", str(WEBHOOK_PORT), "--cert", str(DEMO / "webhook-tls" / "tls.crt"),
+                             "--key", str(DEMO / "webhook-tls" / "tls.key"), "--log-format", "json"])  # fmt: skip
+    print(kubectl("apply", "--server-side", "-f", "-", stdin=webhook_configuration(), show=False).strip())
+
+    step("Run the operator")
+    start_daemon(
+        "operator", [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""]
+    )
+
+    step("ML CI: build the fraud-detection model (ONNX), make keys, sign and encrypt it")
+    model_dir = DEMO / "model" / "fraud-detection"
+    build_model(model_dir)
+    samd = BIN / "samd"
+    keyset, signer = DEMO / "keyset.json", DEMO / "signer.pem"
+    run(samd, "keygen", f"local:{keyset}", "--signing-key", signer, "--force")
+    run(samd, "sign", model_dir, "--private-key", signer, "--signature", DEMO / "fraud-detection.sig")
+    run(
+        samd,
+        "encrypt",
+        model_dir,
+        "--key",
+        f"local:{keyset}",
+        "--output",
+        DEMO / "fraud-detection.samd",
+        "--force",
+    )
+    print(run(samd, "inspect", DEMO / "fraud-detection.samd").strip())
+
+    step("Platform team: namespace, trust policy, key Secret and the SecureModel")
+    kubectl("apply", "--server-side", "-f", str(EXAMPLE / "namespace.yaml"))
+    policy = yaml.safe_load((EXAMPLE / "trustpolicy.yaml").read_text())
+    policy["spec"]["signers"][0]["publicKey"] = (DEMO / "signer.pub.pem").read_text()
+    kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(policy))
+    secret = {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fraud-detection-key", "namespace": NAMESPACE},
+        "data": {"keyset.json": base64.b64encode(keyset.read_bytes()).decode()},
+    }  # fmt: skip
+    kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(secret))
+    kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        stdin=json.dumps(secure_model("fraud-detection", DEMO / "fraud-detection.sig")),
+    )
+    wait_for(
+        "the SecureModel to be Ready", lambda: condition("fraud-detection", "Ready").get("status") == "True"
+    )
+    print(kubectl("get", "securemodels", "-n", NAMESPACE).strip())
+    print(kubectl("get", "modeltrustpolicies").strip())
+    print(kubectl("get", "deployment,service,networkpolicy,role,rolebinding,pod", "-n", NAMESPACE).strip())
+
+    step("A tampered signature: the operator refuses to verify it, nothing is served")
+    tampered = DEMO / "fraud-detection-tampered.sig"
+    bundle = json.loads((DEMO / "fraud-detection.sig").read_text())
+    signature = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+    signature[8] ^= 0x01
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(signature)).decode()
+    tampered.write_text(json.dumps(bundle))
+    kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        stdin=json.dumps(secure_model("fraud-detection-tampered", tampered)),
+    )
+    wait_for(
+        "the tampered model's Verified condition",
+        lambda: condition("fraud-detection-tampered", "Verified").get("status") == "False",
+    )
+    print(kubectl("get", "securemodels", "-n", NAMESPACE).strip())
+    print("Verified:", condition("fraud-detection-tampered", "Verified").get("message"))
+
+    step("Admission: a pod that claims the tampered model is refused by the API server")
+    template = json.loads(
+        kubectl("get", "deployment", "fraud-detection", "-n", NAMESPACE, "-o", "json", show=False)
+    )["spec"]["template"]
+    template["metadata"]["annotations"]["samd.dev/model"] = "fraud-detection-tampered"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": "tampered-model", "namespace": NAMESPACE}, "spec": template["spec"]}  # fmt: skip
+    print(kubectl("apply", "-f", "-", stdin=json.dumps(pod), check=False).strip())
+
+    step("Admission: a pod that mounts the model's key without going through its SecureModel is refused")
+    thief = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "key-thief", "namespace": NAMESPACE},
+        "spec": {"containers": [{"name": "sh", "image": "busybox", "command": ["cat", "/keys/keyset.json"],
+                                 "volumeMounts": [{"name": "keys", "mountPath": "/keys"}]}],
+                 "volumes": [{"name": "keys", "secret": {"secretName": "fraud-detection-key"}}]},
+    }  # fmt: skip
+    print(kubectl("apply", "-f", "-", stdin=json.dumps(thief), check=False).strip())
+
+    step("Done")
+    print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
+    print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
+    print("stop everything: make demo-down")
+
+
+def secure_model(name: str, signature: Path) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((EXAMPLE / "securemodel.yaml").read_text())
+    body["metadata"]["name"] = name
+    body["spec"]["artifact"] = {"uri": f"file://{DEMO / 'fraud-detection.samd'}"}
+    body["spec"]["signature"] = {"uri": f"file://{signature}"}
+    return body
+
+
+def down() -> None:
+    if DEMO.exists():
+        stop_daemons()
+    print(run(REPO / "hack" / "local-cluster", "down", show=False).strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="hack/demo", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("command", nargs="?", choices=["up", "down"], default="up")
+    args = parser.parse_args()
+    up() if args.command == "up" else down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
