@@ -30,7 +30,6 @@ the server denies (fail closed).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +49,14 @@ from samd.signing import VerificationResult
 from samd.spec import SEMVER, SecureModelSpec, parse_secure_model
 from samd.webhook.cache import VerificationCache, VerificationKey
 from samd.webhook.review import AdmissionRequest, Decision
-from samd.webhook.state import InvalidPolicy, SignatureBundle, WatchedModel, WatchedState
+from samd.webhook.state import (
+    URI_CONTINUES,
+    InvalidPolicy,
+    NamespaceIndex,
+    SignatureBundle,
+    WatchedModel,
+    WatchedState,
+)
 from samd.webhook.workloads import (
     MalformedWorkloadError,
     PodTemplate,
@@ -728,22 +734,23 @@ def container_security_problems(context: Mapping[str, Any], pod_context: Mapping
 
 # --- bypass ------------------------------------------------------------------------------------------
 
-_URI_CONTINUES = re.compile(r"[A-Za-z0-9._~%/+-]")
-
 
 def mentions_uri(text: str, uri: str) -> bool:
     """Whether `text` contains `uri` as a whole (not as the start of a longer path: s3://b/m2 is not s3://b/m)."""
     start = text.find(uri)
     while start != -1:
         end = start + len(uri)
-        if end == len(text) or not _URI_CONTINUES.match(text[end]):
+        if end == len(text) or not URI_CONTINUES.match(text[end]):
             return True
         start = text.find(uri, start + 1)
     return False
 
 
 def check_bypass(
-    spec: Mapping[str, Any], subject: Subject, models: Iterable[WatchedModel], running: WatchedModel | None
+    spec: Mapping[str, Any],
+    subject: Subject,
+    models: NamespaceIndex | Iterable[WatchedModel],
+    running: WatchedModel | None,
 ) -> list[Violation]:
     """A pod must not get at a model's Secrets or artifact other than through that model's loader.
 
@@ -752,8 +759,11 @@ def check_bypass(
     - the artifact URI of a model it does not run, in a container's command, args or env;
     - the key Secret of the model it runs, in any container but the loader.
     Secrets and artifacts shared with the model it runs count as that model's.
+
+    `models` are the namespace's models, best as the state's `NamespaceIndex` of them (kept between
+    requests; otherwise it is built here).
     """
-    models = list(models)
+    index = models if isinstance(models, NamespaceIndex) else NamespaceIndex.build(models)
     violations: list[Violation] = []
     for reference in secret_references(spec):
         if running is not None and running.protected_secret_role(reference.secret) is not None:
@@ -768,7 +778,9 @@ def check_bypass(
                     )
                 )
             continue
-        for model in models:
+        if not index.may_protect(reference.secret):
+            continue
+        for model in index.models:
             role = model.protected_secret_role(reference.secret)
             if role is None:
                 continue
@@ -781,11 +793,15 @@ def check_bypass(
                 )
             )
             break
+    if index.uri_pattern is None:
+        return violations
     for _, container in containers(spec):
-        texts = mentioned_strings(container)
-        for model in models:
+        mentioned = index.mentioned_uris(mentioned_strings(container))
+        if not mentioned:
+            continue
+        for model in index.models:
             uri = model.artifact_uri
-            if not uri or not any(mentions_uri(text, uri) for text in texts):
+            if uri not in mentioned:
                 continue
             if running is not None and (model is running or uri == running.artifact_uri):
                 continue
@@ -928,7 +944,7 @@ class PolicyDecider:
         namespace = request.namespace
         name = referenced_model(template)
         if name is None:
-            violations = check_bypass(template.spec, subject, self.state.models_in(namespace), None)
+            violations = check_bypass(template.spec, subject, self.state.namespace_index(namespace), None)
             return conclude(
                 violations,
                 cover,
@@ -973,7 +989,7 @@ class PolicyDecider:
                     expected=self._expected_loader(model, digest) if digest else None,
                 )
         violations += check_pod_security(template.spec, subject)
-        violations += check_bypass(template.spec, subject, self.state.models_in(namespace), model)
+        violations += check_bypass(template.spec, subject, self.state.namespace_index(namespace), model)
         return conclude(
             violations,
             cover,

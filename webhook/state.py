@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -96,6 +97,72 @@ class WatchedModel:
         if secret in declared or secret.startswith(f"{self.name}-client-"):
             return "client certificate Secret"
         return None
+
+
+URI_CONTINUES = re.compile(r"[A-Za-z0-9._~%/+-]")
+"""A character that continues a URI's path: a URI followed by one is a longer URI, not a mention."""
+_TEXT_SEPARATOR = "\n"
+
+
+@dataclass(frozen=True)
+class NamespaceIndex:
+    """What the bypass rule looks for in a namespace, precomputed once per change of its models
+    rather than per admission request: the Secret names a model protects, and one pattern that
+    finds every model's artifact URI in a text in a single pass."""
+
+    models: tuple[WatchedModel, ...]
+    """In the order the state lists them (the first model a Secret belongs to is the one named)."""
+    protected_secrets: frozenset[str]
+    """Every key, TLS and declared client certificate Secret of the namespace's models."""
+    client_secret_prefixes: tuple[str, ...]
+    """`<model>-client-`: any Secret so named is a client certificate Secret of that model."""
+    uri_pattern: re.Pattern[str] | None
+    """Matches (zero-width, capturing) where the longest artifact URI starting there begins."""
+    uri_prefixes: Mapping[str, tuple[str, ...]]
+    """URI -> the namespace's URIs that are prefixes of it (itself included), longest first."""
+    separator_in_uri: bool = False
+
+    @classmethod
+    def build(cls, models: Iterable[WatchedModel]) -> NamespaceIndex:
+        models = tuple(models)
+        secrets: set[str] = set()
+        for model in models:
+            if model.key_secret:
+                secrets.add(model.key_secret)
+            secrets.add(tls_secret_name(model.name))
+            secrets.update(client_secret_name(model.name, client) for client in model.client_names)
+        uris = sorted({m.artifact_uri for m in models if m.artifact_uri}, key=lambda u: (-len(u), u))
+        pattern = re.compile("(?=(" + "|".join(map(re.escape, uris)) + "))") if uris else None
+        return cls(
+            models=models,
+            protected_secrets=frozenset(secrets),
+            client_secret_prefixes=tuple(f"{model.name}-client-" for model in models),
+            uri_pattern=pattern,
+            uri_prefixes={uri: tuple(other for other in uris if uri.startswith(other)) for uri in uris},
+            separator_in_uri=any(_TEXT_SEPARATOR in uri for uri in uris),
+        )
+
+    def may_protect(self, secret: str) -> bool:
+        """Whether `secret` could be some model's (False: no model's `protected_secret_role` is set)."""
+        return secret in self.protected_secrets or secret.startswith(self.client_secret_prefixes)
+
+    def mentioned_uris(self, texts: Iterable[str]) -> set[str]:
+        """The artifact URIs that `texts` mention as a whole (not as the start of a longer path)."""
+        found: set[str] = set()
+        if self.uri_pattern is None:
+            return found
+        # One search over the texts joined by a character that does not continue a URI: a URI
+        # ends at a text's end exactly when it ends at a separator. A URI that holds the separator
+        # itself could match across two texts, so such a namespace searches them one by one.
+        for text in texts if self.separator_in_uri else (_TEXT_SEPARATOR.join(texts),):
+            for match in self.uri_pattern.finditer(text):
+                start = match.start()
+                # Every URI that starts here is a prefix of the longest one that does.
+                for uri in self.uri_prefixes[match.group(1)]:
+                    end = start + len(uri)
+                    if end == len(text) or not URI_CONTINUES.match(text, end):
+                        found.add(uri)
+        return found
 
 
 @dataclass(frozen=True)
@@ -234,6 +301,8 @@ class WatchedState:
         self._listeners: list[PolicyListener] = []
         self._synced: set[Kind] = set()
         self._reflectors: dict[Kind, Reflector] = {}
+        self._indexes: dict[str, NamespaceIndex] = {}
+        """Per namespace, built on first use and dropped when one of its models changes."""
 
     @classmethod
     def from_objects(
@@ -277,6 +346,14 @@ class WatchedState:
 
     def models_in(self, namespace: str) -> Iterable[WatchedModel]:
         return self._stores.models_by_namespace.get(namespace, {}).values()
+
+    def namespace_index(self, namespace: str) -> NamespaceIndex:
+        """The bypass rule's index of `namespace`'s models, current with the state."""
+        index = self._indexes.get(namespace)
+        if index is None:
+            index = NamespaceIndex.build(self.models_in(namespace))
+            self._indexes[namespace] = index
+        return index
 
     def signature_of(self, model: WatchedModel) -> SignatureBundle | None:
         """The signature ConfigMap the operator keeps for `model`, if any (ownership not checked)."""
@@ -332,6 +409,7 @@ class WatchedState:
         key = (_namespace(obj), _name(obj))
         in_namespace = self._stores.models_by_namespace.setdefault(key[0], {})
         if deleted:
+            self._indexes.pop(key[0], None)
             self._stores.models.pop(key, None)
             in_namespace.pop(key[1], None)
             if not in_namespace:
@@ -344,6 +422,7 @@ class WatchedState:
         model = read_model(obj)
         self._stores.models[key] = model
         in_namespace[key[1]] = model
+        self._indexes.pop(key[0], None)
 
     def _put_policy(self, obj: Mapping[str, Any]) -> None:
         name = _name(obj)

@@ -187,9 +187,11 @@ def mentioned_strings(container: Mapping[str, Any]) -> list[str]:
 
 
 # --- shape checks ----------------------------------------------------------------------------------
-# A small declarative schema of the fields the policy reads, walked once per request. The path of
-# the field being checked is kept as parts and spelled out only for the error message, so that a
-# well-formed object (every request from the API server) costs no string building.
+# A small declarative schema of the fields the policy reads, walked once per request by `valid`,
+# which only answers yes or no (no path bookkeeping: every request from the API server is
+# well-formed). Only an object it refuses is walked again by `check`, which keeps the path of the
+# field being checked and raises the error that names it. `valid` alone decides: should `check`
+# ever find nothing to name, the object is still refused (`_refuse`).
 
 _HINT = "the object is malformed; fix it and apply it again"
 
@@ -229,6 +231,9 @@ class _Shape:
     expected = "a value"
     leaf = False
 
+    def valid(self, value: object) -> bool:
+        raise NotImplementedError
+
     def check(self, value: object, path: list[str | int]) -> None:
         raise NotImplementedError
 
@@ -241,10 +246,15 @@ class _Leaf(_Shape):
     def __init__(self, expected: str, kind: type) -> None:
         self.expected = expected
         self.kind = kind
+        self.exact = frozenset({kind})
+        """The JSON parser's own types, accepted on sight; anything else goes through `accepts`."""
 
     def accepts(self, value: object) -> bool:
         # bool is an int in Python, never a number in JSON.
         return isinstance(value, self.kind) and (self.kind is bool or not isinstance(value, bool))
+
+    def valid(self, value: object) -> bool:
+        return type(value) in self.exact or self.accepts(value)
 
     def check(self, value: object, path: list[str | int]) -> None:
         if not self.accepts(value):
@@ -256,13 +266,20 @@ class _List(_Shape):
         self.item = item
         self.expected = "a list of strings" if item.leaf else "a list"
 
+    def valid(self, value: object) -> bool:
+        if not isinstance(value, list):
+            return False
+        item_shape = self.item
+        return all(item is not None and item_shape.valid(item) for item in value)
+
     def check(self, value: object, path: list[str | int]) -> None:
         if not isinstance(value, list):
             raise _fail(path, self.expected, value)
         item_shape = self.item
         if isinstance(item_shape, _Leaf):
+            exact = item_shape.exact
             for index, item in enumerate(value):
-                if not item_shape.accepts(item):
+                if type(item) not in exact and not item_shape.accepts(item):
                     raise _fail([*path, index], item_shape.expected, item)
             return
         for index, item in enumerate(value):
@@ -291,29 +308,63 @@ class _Obj(_Shape):
         self.required = tuple(required)
         self.values = values
         self.values_are_fields = values_are_fields
+        # Split once so that the walk does one dict lookup per key and no method call per leaf.
+        self.leaves = {name: shape for name, shape in self.fields.items() if isinstance(shape, _Leaf)}
+        self.nested = {name: shape for name, shape in self.fields.items() if not isinstance(shape, _Leaf)}
+        self.opaque = not self.fields and values is None
+        """Only its type is checked (an object whose content the policy does not read)."""
+
+    def valid(self, value: object) -> bool:
+        if not isinstance(value, dict):
+            return False
+        if self.opaque:
+            return True
+        for name in self.required:
+            if value.get(name) is None:
+                return False
+        fields, values = self.fields, self.values
+        for name, item in value.items():
+            if item is None:
+                continue
+            shape = fields.get(name, values)
+            if shape is None:
+                continue
+            if type(shape) is _Leaf:
+                if type(item) not in shape.exact and not shape.accepts(item):
+                    return False
+            elif not shape.valid(item):
+                return False
+        return True
 
     def check(self, value: object, path: list[str | int]) -> None:
         if not isinstance(value, dict):
             raise _fail(path, self.expected, value)
+        if self.opaque:
+            return
         for name in self.required:
             if value.get(name) is None:
                 raise _fail([*path, self.labels[name]], self.fields[name].expected, None)
-        fields = self.fields
+        leaves, nested, values = self.leaves, self.nested, self.values
         for name, item in value.items():
             if item is None:
                 continue
-            shape = fields.get(name)
+            leaf = leaves.get(name)
+            if leaf is not None:
+                if type(item) not in leaf.exact and not leaf.accepts(item):
+                    raise _fail([*path, self.labels[name]], leaf.expected, item)
+                continue
+            shape = nested.get(name)
             label: str
             if shape is not None:
                 label = self.labels[name]
-            elif self.values is not None:
-                shape = self.values
+            elif values is not None:
+                shape = values
+                if isinstance(shape, _Leaf) and (type(item) in shape.exact or shape.accepts(item)):
+                    continue
                 label = "." + name if self.values_are_fields else _Key(name)
-            else:
-                continue
-            if isinstance(shape, _Leaf):
-                if not shape.accepts(item):
+                if isinstance(shape, _Leaf):
                     raise _fail([*path, label], shape.expected, item)
+            else:
                 continue
             path.append(label)
             shape.check(item, path)
@@ -406,11 +457,19 @@ def _mapping(value: object, where: str, *, required: bool) -> Mapping[str, Any]:
     return value
 
 
+def _refuse(shape: _Obj, value: Mapping[str, Any], where: str) -> None:
+    """Raise the error naming the field of `value` that `shape` refuses."""
+    shape.check(value, [where])
+    raise MalformedWorkloadError(f"{where} has a field of the wrong type", hint=_HINT)
+
+
 def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
-    _METADATA.check(metadata, [where])
+    if not _METADATA.valid(metadata):
+        _refuse(_METADATA, metadata, where)
 
 
 def _check_pod_spec(spec: Mapping[str, Any], where: str) -> None:
-    _POD_SPEC.check(spec, [where])
+    if not _POD_SPEC.valid(spec):
+        _refuse(_POD_SPEC, spec, where)
     if not spec.get("containers"):
         raise MalformedWorkloadError(f"{where}.containers must list at least one container", hint=_HINT)

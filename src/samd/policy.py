@@ -7,6 +7,7 @@ their signers. Pure apart from the signature cryptography: no API calls.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,16 +88,33 @@ def check_spec_against_policies(
 
 
 def verifier_for(signer: TrustedSigner) -> Verifier:
+    """The verifier of a trusted signer, built once per distinct key material.
+
+    Parsing and normalising the material costs more than a cached admission decision, and the
+    webhook needs a policy's verifiers on every verification; a `Verifier` is a frozen value, so
+    the one built for the same material is the same verifier whichever policy (or generation of
+    it) names it. Invalid material raises each time (errors are not cached).
+    """
     if signer.public_key is not None:
-        return Verifier.from_public_key(signer.public_key.encode())
+        return _cached_verifier("key", signer.public_key, "", "")
     if signer.certificate_roots is not None:
-        return Verifier.from_certificate_roots(signer.certificate_roots.encode())
+        return _cached_verifier("certificate", signer.certificate_roots, "", "")
     assert signer.keyless is not None  # the spec model guarantees exactly one  # noqa: S101
-    return Verifier.from_sigstore(
-        identity=signer.keyless.identity,
-        issuer=signer.keyless.issuer,
-        trusted_root=signer.keyless.trusted_root.encode(),
-    )
+    keyless = signer.keyless
+    return _cached_verifier("sigstore", keyless.trusted_root, keyless.identity, keyless.issuer)
+
+
+VERIFIER_CACHE_SIZE = 256
+"""Distinct signers kept (a few per policy in practice); the least recently used go first."""
+
+
+@functools.lru_cache(maxsize=VERIFIER_CACHE_SIZE)
+def _cached_verifier(method: str, material: str, identity: str, issuer: str) -> Verifier:
+    if method == "key":
+        return Verifier.from_public_key(material.encode())
+    if method == "certificate":
+        return Verifier.from_certificate_roots(material.encode())
+    return Verifier.from_sigstore(identity=identity, issuer=issuer, trusted_root=material.encode())
 
 
 def verify_under_policies(bundle: bytes, policies: Sequence[TrustPolicy]) -> tuple[VerificationResult, str]:
