@@ -469,8 +469,9 @@ def fake_node_manifest() -> str:
             },
         },
         "status": {
-            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "250"},
-            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "250"},
+            # Room for `make bench`'s 1,000 single-replica models on the one fake node.
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "2000"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "2000"},
         },
     }
     return json.dumps(node)
@@ -540,7 +541,7 @@ def up(settings: Settings) -> None:
             f"--tls-cert-file={certs / 'apiserver.crt'}",
             f"--tls-private-key-file={certs / 'apiserver.key'}",
             f"--client-ca-file={certs / 'ca.crt'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-cluster-ip-range=10.0.0.0/16",  # a /24 holds only 254 Services
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -585,6 +586,10 @@ def up(settings: Settings) -> None:
             "--use-service-account-credentials=true",
             "--controllers=*",
             "--concurrent-gc-syncs=5",
+            # The default client limit (20 requests/s) caps the controllers at a few Deployments a
+            # second; `make bench` rolls out 1,000 at once.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
             "--v=1",
         ],
     )
@@ -596,6 +601,8 @@ def up(settings: Settings) -> None:
             *with_kubeconfig("kube-scheduler"),
             f"--secure-port={ports.scheduler}",
             f"--cert-dir={certs / 'kube-scheduler'}",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
             "--v=1",
         ],
     )
@@ -607,7 +614,11 @@ def up(settings: Settings) -> None:
             f"--kubeconfig={layout.component_kubeconfig('kwok')}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--cidr=10.0.0.1/24",
+            # Heartbeat through a node Lease: kwok's status updates alone come every ~55 s, past the
+            # node controller's 50 s grace period, so the node flapped NotReady and its pods' Ready
+            # conditions were set to False for good.
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.1.0.1/16",  # pod IPs; a /24 holds only 254 pods
             "--node-ip=10.0.0.1",
             f"--server-address=127.0.0.1:{ports.kwok}",
         ],

@@ -31,7 +31,7 @@ class OperatorConfig:
     reverify_interval: datetime.timedelta = datetime.timedelta(hours=1)
     resync_interval: datetime.timedelta = datetime.timedelta(seconds=5)
     max_signature_bytes: int = 16 * 1024 * 1024
-    workers: int = field(default=8)
+    workers: int = field(default=8)  # SecureModels reconciled at once (SAMD_WORKERS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -8,6 +8,9 @@ model by touching its ``samd.dev/reconcile`` annotation, so all work on one mode
 kopf's per-object handler, one at a time. No timer or daemon runs per model, so SecureModels carry
 no finalizer: nothing outside Kubernetes needs cleaning up when one is deleted (garbage collection
 removes what it owns).
+
+The objects a model owns are also indexed in memory, so that a reconcile finds what to prune
+without listing, and reads its Deployment's rollout without a request.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import kopf
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube, connect
-from samd.operator.reconcile import ModelObject, Reconciler, due_at
+from samd.operator.reconcile import ModelObject, OwnedRef, Reconciler, due_at, owning_model
 from samd.policy import TrustPolicy
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
@@ -43,6 +46,24 @@ OWNED_KINDS = (
 )
 
 
+WATCH_HANDLER_IDS = ("keep-index", *(f"owned-{plural}" for _, _, plural in OWNED_KINDS))
+
+
+class QuietWatchHandlers(logging.Filter):
+    """Drops kopf's "Handler '…' succeeded." line for the watch handlers.
+
+    kopf logs it for every event on every owned object, some 25 lines per model, at INFO; the
+    reconcile handler's lines, and every warning and error, still go through.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._noise = {f"Handler {handler_id!r} succeeded." for handler_id in WATCH_HANDLER_IDS}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or record.msg not in self._noise
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -57,13 +78,29 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.samd.dev", key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
-    settings.batching.worker_limit = None
+    # kopf's own "handler succeeded" messages stay in the log; only warnings and errors, and the
+    # operator's own events, become Kubernetes Events (two fewer API writes per reconcile).
+    settings.posting.level = logging.WARNING
+    settings.queueing.worker_limit = None
+    # Watch only the objects the operator owns, not every Secret, ConfigMap and Deployment in the
+    # cluster; an object that loses the label drops out of the watch as deleted, and is re-applied.
+    owned_selector = ",".join(f"{key}={value}" for key, value in OWNED_LABELS.items())
+    for group, version, plural in OWNED_KINDS:
+        settings.watching.label_selectors[(group, version, plural)] = owned_selector
+    # One line per HTTP request, and one per watch event, are the loudest and least useful logs;
+    # both are kept for DEBUG.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
     config = OperatorConfig.from_env()
     memo.config = config
-    memo.kube_context = connect()
+    memo.kube_context = connect(connections=config.workers * 2 + 8, remember_for=config.reverify_interval / 2)
     memo.kube = await memo.kube_context.__aenter__()
     memo.reconciler = Reconciler(kube=memo.kube, config=config)
+    # Resource handlers get a shallow copy of this memo, so what they must hand to the resync loop
+    # goes into a container shared by all the copies, not into an attribute of their own copy.
+    memo.shared_indexes = {}
     memo.resync = asyncio.create_task(_resync_loop(memo))
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
@@ -77,10 +114,12 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 # --- indexes: in-memory state, no API calls on the hot path ----------------------------------------
+# These and the cheap watch handlers are coroutines: kopf runs plain functions in a thread pool, and
+# the hand-off to a thread costs more than the work in them.
 
 
 @kopf.index("samd.dev", "v1alpha1", "modeltrustpolicies")
-def trust_policies(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, Any]:
+async def trust_policies(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, Any]:
     try:
         parsed = parse_trust_policy(spec)
     except SpecError as error:
@@ -90,12 +129,31 @@ def trust_policies(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dic
 
 
 @kopf.index("", "v1", "namespaces")
-def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, Any]:
+async def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, Any]:
     return {name: dict(labels)}
 
 
+def _index_owned(group: str, version: str, plural: str) -> None:
+    @kopf.index(group, version, plural, labels=OWNED_LABELS, id=f"owned_{plural}")
+    async def owned(namespace: str | None, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+        model = owning_model(meta)
+        return {} if model is None else {(namespace, model): OwnedRef.of(body)}
+
+
+for _group, _version, _plural in OWNED_KINDS:
+    _index_owned(_group, _version, _plural)
+
+
+def owned_objects(namespace: str, model: str, indexes: Mapping[str, Any]) -> list[OwnedRef]:
+    found: list[OwnedRef] = []
+    for _group, _version, plural in OWNED_KINDS:
+        index: kopf.Index[Any, OwnedRef] = indexes[f"owned_{plural}"]
+        found.extend(index.get((namespace, model), []))
+    return found
+
+
 @kopf.index("samd.dev", "v1alpha1", "securemodels")
-def secure_models(
+async def secure_models(
     namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[Any, Any]:
     return {(namespace, name): (dict(spec), dict(status))}
@@ -114,10 +172,14 @@ async def reconcile_model(body: kopf.Body, patch: kopf.Patch, memo: Any, **kwarg
     policies = [policy for name in trust_policies for policy in trust_policies[name]]
     labels = next(iter(namespace_labels.get(model.namespace, [])), {})
     reconciler: Reconciler = memo.reconciler
-    outcome = await reconciler.reconcile(model, policies=policies, namespace_labels=labels, now=now())
+    owned = owned_objects(model.namespace, model.name, kwargs)
+    outcome = await reconciler.reconcile(
+        model, policies=policies, namespace_labels=labels, now=now(), owned=owned
+    )
     patch.status.update(outcome.status)
     for event in outcome.events:
-        (kopf.warn if event.warning else kopf.info)(body, reason=event.reason, message=event.message)
+        kind = "Warning" if event.warning else "Normal"
+        kopf.event(body, type=kind, reason=event.reason, message=event.message)
     if outcome.error is not None:
         raise outcome.error
 
@@ -139,21 +201,18 @@ async def request_reconcile(kube: Kube, namespace: str, name: str, why: str) -> 
 def _on_owned_event(group: str, version: str, plural: str) -> None:
     @kopf.on.event(group, version, plural, labels=OWNED_LABELS, id=f"owned-{plural}")  # type: ignore[arg-type]
     async def owned_changed(
-        event: Mapping[str, Any], meta: Mapping[str, Any], namespace: str, memo: kopf.Memo, **_: Any
+        event: Mapping[str, Any], body: kopf.Body, meta: kopf.Meta, namespace: str, memo: kopf.Memo, **_: Any
     ) -> None:
-        model = meta.get("labels", {}).get("samd.dev/model")
+        model = owning_model(meta)
         kind = event.get("type")
         if not model or kind not in ("DELETED", "MODIFIED"):
             return
-        if kind == "MODIFIED" and _last_writer(meta) == "samd-operator" and plural != "deployments":
-            return  # our own apply; Deployments are watched for their rollout status too
+        reconciler: Reconciler = memo.reconciler
+        if kind == "DELETED":
+            reconciler.forget(body)
+        elif not reconciler.changed_by_others(body):
+            return  # our own apply, or a status update that changes nothing the model reports
         await request_reconcile(memo.kube, namespace, model, f"{plural}/{meta.get('name')} {kind.lower()}")
-
-
-def _last_writer(meta: Mapping[str, Any]) -> str | None:
-    entries = meta.get("managedFields") or []
-    latest = max(entries, key=lambda e: e.get("time") or "", default=None)
-    return None if latest is None else str(latest.get("manager"))
 
 
 for _group, _version, _plural in OWNED_KINDS:
@@ -175,7 +234,7 @@ async def _resync_loop(memo: kopf.Memo) -> None:
     config: OperatorConfig = memo.config
     while True:
         await asyncio.sleep(config.resync_interval.total_seconds())
-        index = memo.get("secure_models_index")
+        index = memo.shared_indexes.get("secure_models")
         if index is None:
             continue
         moment = now()
@@ -186,12 +245,18 @@ async def _resync_loop(memo: kopf.Memo) -> None:
                     namespace, name = key
                     try:
                         await request_reconcile(memo.kube, namespace, name, "scheduled check due")
-                    except kopf.TemporaryError as error:
+                    except (kopf.TemporaryError, kopf.PermanentError) as error:
+                        # One model's failure must not end the loop that serves every model.
                         log.warning("could not re-queue %s/%s: %s", namespace, name, error)
 
 
 @kopf.on.event("samd.dev", "v1alpha1", "securemodels", id="keep-index")
-def expose_index(memo: Any, **kwargs: Any) -> None:
+async def expose_index(
+    event: Mapping[str, Any], namespace: str | None, name: str, memo: Any, **kwargs: Any
+) -> None:
     secure_models: kopf.Index[Any, Any] = kwargs["secure_models"]
     # Indexes are only injected into handlers; keep a reference for the resync loop.
-    memo.secure_models_index = secure_models
+    memo.shared_indexes["secure_models"] = secure_models
+    if event.get("type") == "DELETED" and namespace is not None:
+        reconciler: Reconciler = memo.reconciler
+        reconciler.drop_model(namespace, name)

@@ -3,19 +3,30 @@
 Server-side apply with a single field manager, reads that return ``None`` on
 404, and one mapping of API failures onto kopf's retry semantics: 409 and
 429 and 5xx are temporary (retried with a delay, honouring Retry-After), 4xx
-caused by our own manifests are permanent.
+caused by our own manifests are permanent, and an API server that does not
+answer in time is temporary too.
+
+Applies are remembered: a manifest equal to the one last applied to the same
+object is not sent again. The operator's watch handlers tell the wrapper when
+someone else changed or deleted an object (`forget`), so that the next
+reconcile applies it again and a hand edit is still overwritten.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import kopf
-from lightkube import ApiError, AsyncClient
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.types import PatchType
@@ -27,6 +38,11 @@ log = logging.getLogger(__name__)
 
 SecureModelResource = create_namespaced_resource(GROUP, VERSION, "SecureModel", "securemodels")
 ModelTrustPolicyResource = create_global_resource(GROUP, VERSION, "ModelTrustPolicy", "modeltrustpolicies")
+
+ObjectKey = tuple[str, str | None, str]
+"""(kind, namespace, name): one object the operator applies."""
+
+TRANSPORT_RETRY_DELAY = 2.0
 
 
 def _resource(api_version: str, kind: str) -> Any:
@@ -57,38 +73,138 @@ def translate(error: ApiError, action: str) -> Exception:
     return kopf.PermanentError(message)
 
 
+@contextmanager
+def _transport_errors(action: str) -> Iterator[None]:
+    """A request that timed out or lost its connection is retried soon (kopf's default is a minute)."""
+    try:
+        yield
+    except httpx2.TransportError as error:
+        raise kopf.TemporaryError(
+            f"{action}: the API server did not answer ({type(error).__name__}); retrying",
+            delay=TRANSPORT_RETRY_DELAY,
+        ) from error
+
+
+def object_key(manifest: Mapping[str, Any]) -> ObjectKey:
+    metadata = manifest["metadata"]
+    return (str(manifest["kind"]), metadata.get("namespace"), str(metadata["name"]))
+
+
+def _digest(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the operator last applied to one object, and the object's state right after."""
+
+    digest: str
+    resource_version: str | None
+    generation: int | None
+    at: datetime.datetime
+
+
+@dataclass
+class AppliedCache:
+    """Remembers the last apply per object; entries older than `max_age` are not trusted."""
+
+    max_age: datetime.timedelta
+    entries: dict[ObjectKey, Applied] = field(default_factory=dict)
+    # Objects with an apply in flight; `forget` marks them so the apply's answer is not remembered.
+    _pending: dict[ObjectKey, bool] = field(default_factory=dict)
+
+    def unchanged(self, key: ObjectKey, digest: str, now: datetime.datetime) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and entry.digest == digest and now - entry.at < self.max_age
+
+    def begin(self, key: ObjectKey) -> None:
+        self._pending[key] = True
+
+    def finish(self, key: ObjectKey, entry: Applied | None) -> None:
+        still_valid = self._pending.pop(key, False)
+        if entry is not None and still_valid:
+            self.entries[key] = entry
+        else:
+            self.entries.pop(key, None)
+
+    def forget(self, key: ObjectKey) -> None:
+        self.entries.pop(key, None)
+        if key in self._pending:
+            self._pending[key] = False
+
+    def get(self, key: ObjectKey) -> Applied | None:
+        entry = self.entries.get(key)
+        return entry if entry is not None and _now() - entry.at < self.max_age else None
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
 @dataclass
 class Kube:
     client: AsyncClient
+    applied: AppliedCache = field(default_factory=lambda: AppliedCache(datetime.timedelta(minutes=30)))
 
-    async def apply(self, manifest: Mapping[str, Any]) -> None:
-        """Create or update an object by server-side apply; conflicting hand edits are overwritten."""
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create or update an object by server-side apply; conflicting hand edits are overwritten.
+
+        Returns the object as stored, or None when the same manifest was applied before and nobody
+        has changed the object since (nothing was sent).
+        """
+        key = object_key(manifest)
+        digest = _digest(manifest)
+        if self.applied.unchanged(key, digest, _now()):
+            return None
         resource = _resource(manifest["apiVersion"], manifest["kind"])
         metadata = manifest["metadata"]
+        action = f"applying {manifest['kind']} {metadata['name']}"
+        self.applied.begin(key)
+        stored: dict[str, Any] | None = None
         try:
-            await self.client.patch(
-                resource,
-                metadata["name"],
-                dict(manifest),
-                namespace=metadata.get("namespace"),
-                patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER,
-                force=True,
-            )
+            with _transport_errors(action):
+                obj = await self.client.patch(
+                    resource,
+                    metadata["name"],
+                    dict(manifest),
+                    namespace=metadata.get("namespace"),
+                    patch_type=PatchType.APPLY,
+                    field_manager=FIELD_MANAGER,
+                    force=True,
+                )
+            stored = _to_dict(obj)
         except ApiError as error:
-            raise translate(error, f"applying {manifest['kind']} {metadata['name']}") from error
+            raise translate(error, action) from error
+        finally:
+            meta = (stored or {}).get("metadata") or {}
+            entry = (
+                Applied(digest, meta.get("resourceVersion"), meta.get("generation"), _now())
+                if stored is not None
+                else None
+            )
+            self.applied.finish(key, entry)
+        return stored
+
+    def forget(self, kind: str, namespace: str | None, name: str) -> None:
+        """Someone else changed or deleted this object: apply it again on the next reconcile."""
+        self.applied.forget((kind, namespace, name))
+
+    def last_applied(self, kind: str, namespace: str | None, name: str) -> Applied | None:
+        return self.applied.get((kind, namespace, name))
 
     async def create(self, manifest: Mapping[str, Any]) -> bool:
         """Create an object unless it exists; False if it already did (someone else won a race)."""
         resource = _resource(manifest["apiVersion"], manifest["kind"])
         metadata = manifest["metadata"]
+        action = f"creating {manifest['kind']} {metadata['name']}"
         try:
             obj: Any = resource.from_dict(dict(manifest))
-            await self.client.create(obj)
+            with _transport_errors(action):
+                await self.client.create(obj)
         except ApiError as error:
             if error.status.code == 409:
                 return False
-            raise translate(error, f"creating {manifest['kind']} {metadata['name']}") from error
+            raise translate(error, action) from error
         return True
 
     async def get(
@@ -96,7 +212,8 @@ class Kube:
     ) -> dict[str, Any] | None:
         resource = _resource(api_version, kind)
         try:
-            obj = await self.client.get(resource, name, namespace=namespace)
+            with _transport_errors(f"reading {kind} {name}"):
+                obj = await self.client.get(resource, name, namespace=namespace)
         except ApiError as error:
             if error.status.code == 404:
                 return None
@@ -108,18 +225,21 @@ class Kube:
     ) -> list[dict[str, Any]]:
         resource = _resource(api_version, kind)
         try:
-            return [
-                _to_dict(obj)
-                async for obj in self.client.list(resource, namespace=namespace, labels=dict(labels))
-            ]
+            with _transport_errors(f"listing {kind}"):
+                return [
+                    _to_dict(obj)
+                    async for obj in self.client.list(resource, namespace=namespace, labels=dict(labels))
+                ]
         except ApiError as error:
             raise translate(error, f"listing {kind}") from error
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
         """Delete an object; False if it was already gone."""
         resource = _resource(api_version, kind)
+        self.forget(kind, namespace, name)
         try:
-            await self.client.delete(resource, name, namespace=namespace)
+            with _transport_errors(f"deleting {kind} {name}"):
+                await self.client.delete(resource, name, namespace=namespace)
         except ApiError as error:
             if error.status.code == 404:
                 return False
@@ -131,9 +251,10 @@ class Kube:
     ) -> None:
         resource = _resource(api_version, kind)
         try:
-            await self.client.patch(
-                resource, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
-            )
+            with _transport_errors(f"patching {kind} {name}"):
+                await self.client.patch(
+                    resource, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
+                )
         except ApiError as error:
             if error.status.code == 404:
                 return
@@ -146,10 +267,24 @@ def _to_dict(obj: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def connect() -> AsyncIterator[Kube]:
-    """A client from the in-cluster service account or the KUBECONFIG in use."""
-    client = AsyncClient(field_manager=FIELD_MANAGER)
+async def connect(
+    *, connections: int = 32, remember_for: datetime.timedelta | None = None
+) -> AsyncIterator[Kube]:
+    """A client from the in-cluster service account or the KUBECONFIG in use.
+
+    Up to `connections` connections are kept open: the client's default keeps 20, so that under
+    load every further request paid for a new TLS handshake, on both sides.
+    """
+    config = KubeConfig.from_env().get()
+    if config is None or config.user is None:
+        raise RuntimeError("no Kubernetes configuration: run in a cluster or set KUBECONFIG")
+    transport = httpx2.AsyncHTTPTransport(
+        verify=verify_cluster(config.cluster, config.user, config.abs_file),
+        limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+    client = AsyncClient(config=config, field_manager=FIELD_MANAGER, transport=transport)
+    kube = Kube(client) if remember_for is None else Kube(client, AppliedCache(remember_for))
     try:
-        yield Kube(client)
+        yield kube
     finally:
         await client.close()

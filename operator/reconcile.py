@@ -4,6 +4,11 @@ The order matters: nothing is served unless the signature verified under the tru
 serving objects are built from the verified manifest digest and removed when verification fails.
 Each aspect yields one condition; Ready summarises them. Transient failures (storage or KMS
 unreachable) keep the last known good state, say so in the condition and ask kopf to retry.
+
+A reconcile costs few API calls once a model is in place: the objects it owns come from the
+handlers' in-memory indexes (no list calls), unchanged manifests are not applied again (the API
+wrapper remembers them until someone else changes the object), certificates it issued are not read
+back, and the key check is cached like the signature verification.
 """
 
 from __future__ import annotations
@@ -29,28 +34,17 @@ from samd.operator.builders.certificates import (
     needs_renewal,
 )
 from samd.operator.builders.context import BuilderSettings, ModelContext
-from samd.operator.builders.names import client_secret_name, model_label_value, serving_name, tls_secret_name
+from samd.operator.builders.names import client_secret_name, serving_name, tls_secret_name
 from samd.operator.builders.serving import build_signature_config_map
 from samd.operator.conditions import Condition, ConditionType, merge_conditions, ready_condition
 from samd.operator.config import OperatorConfig
-from samd.operator.kube import Kube
+from samd.operator.kube import Applied, Kube
 from samd.policy import TrustPolicy, applicable_policies, check_spec_against_policies, verify_under_policies
-from samd.spec import SecureModelSpec, SpecError, parse_secure_model
+from samd.spec import GROUP, SecureModelSpec, SpecError, parse_secure_model
 
 log = logging.getLogger(__name__)
 
 C = ConditionType
-OWNED_KINDS_TO_PRUNE = (
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("rbac.authorization.k8s.io/v1", "Role"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("v1", "ServiceAccount"),
-    ("v1", "ConfigMap"),
-    ("v1", "Secret"),
-    ("policy/v1", "PodDisruptionBudget"),
-)
 
 
 @dataclass(frozen=True)
@@ -75,6 +69,70 @@ class ModelObject:
             spec=dict(body.get("spec") or {}),
             status=dict(body.get("status") or {}),
         )
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the Serving condition reads from a Deployment."""
+
+    replicas: int  # as the Deployment's spec asks
+    available: int
+    current: bool  # the Deployment controller has acted on the latest spec
+
+    @classmethod
+    def of(cls, deployment: Mapping[str, Any]) -> Rollout:
+        status = deployment.get("status") or {}
+        generation = (deployment.get("metadata") or {}).get("generation")
+        return cls(
+            replicas=int((deployment.get("spec") or {}).get("replicas") or 0),
+            available=int(status.get("availableReplicas") or 0),
+            current=generation is not None and generation == status.get("observedGeneration"),
+        )
+
+    def view(self, wanted: int) -> ServingView:
+        """What the model's status reports of this rollout: replicas available, and whether enough are."""
+        return (self.available, self.available >= wanted and self.current)
+
+
+ServingView = tuple[int, bool]
+
+
+@dataclass(frozen=True)
+class OwnedRef:
+    """An object that carries the operator's labels and an ownerReference to a SecureModel."""
+
+    api_version: str
+    kind: str
+    name: str
+    owner_uids: frozenset[str]
+    generation: int | None = None
+    rollout: Rollout | None = None  # Deployments only
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> OwnedRef:
+        meta = obj.get("metadata") or {}
+        kind = str(obj.get("kind"))
+        return cls(
+            api_version=str(obj.get("apiVersion")),
+            kind=kind,
+            name=str(meta.get("name")),
+            owner_uids=frozenset(str(ref.get("uid")) for ref in meta.get("ownerReferences") or []),
+            generation=meta.get("generation"),
+            rollout=Rollout.of(obj) if kind == "Deployment" else None,
+        )
+
+
+def owning_model(meta: Mapping[str, Any]) -> str | None:
+    """The name of the SecureModel that owns an object, from its ownerReferences."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "SecureModel" and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return str(ref.get("name"))
+    return None
+
+
+# Kinds whose metadata.generation moves only when their spec does, so that a write by someone else
+# that leaves it alone (a controller updating status) needs no re-apply.
+GENERATION_KINDS = frozenset({"Deployment", "NetworkPolicy", "PodDisruptionBudget"})
 
 
 @dataclass(frozen=True)
@@ -164,14 +222,76 @@ class _Cached:
     value: Any
 
 
+@dataclass(frozen=True)
+class _IssuedCertificate:
+    """A certificate this operator issued and stored; its key is not kept."""
+
+    not_after: datetime.datetime
+    authority: CertificateAuthority
+    applied: Applied  # the API wrapper's record of the apply; gone or replaced once someone changes it
+
+
+ModelKey = tuple[str, str]  # (namespace, name)
+
+
 @dataclass
 class Reconciler:
     kube: Kube
     config: OperatorConfig
-    _verifications: dict[tuple[str, str], _Cached] = field(default_factory=dict)
-    _postures: dict[tuple[str, str], _Cached] = field(default_factory=dict)
+    _verifications: dict[ModelKey, _Cached] = field(default_factory=dict)
+    _postures: dict[ModelKey, _Cached] = field(default_factory=dict)
+    _keys: dict[ModelKey, _Cached] = field(default_factory=dict)
+    _certificates_issued: dict[tuple[str, str], _IssuedCertificate] = field(default_factory=dict)
+    # Per model: what the last reconcile saw of its Deployment, and the owned objects it applied.
+    _serving_views: dict[ModelKey, ServingView | None] = field(default_factory=dict)
+    _desired: dict[ModelKey, set[tuple[str, str, str]]] = field(default_factory=dict)
+    _in_flight: set[ModelKey] = field(default_factory=set)
     _ca: CertificateAuthority | None = None
     _ca_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _slots: asyncio.Semaphore | None = None
+
+    def __post_init__(self) -> None:
+        # At most `workers` reconciles talk to the API server at once; more only queue up inside it
+        # and time out.
+        self._slots = asyncio.Semaphore(max(1, self.config.workers))
+
+    # --- what the watch handlers ask --------------------------------------------------------------
+
+    def changed_by_others(self, obj: Mapping[str, Any]) -> bool:
+        """Whether a modified owned object needs its model reconciled again.
+
+        Not when it is the echo of our own apply (same resourceVersion), nor when someone else only
+        wrote its status (same generation) — except for a Deployment whose rollout moved on from
+        what the model's last reconcile saw. Otherwise (a hand edit) the object is applied again.
+        """
+        meta = obj.get("metadata") or {}
+        kind, namespace, name = str(obj.get("kind")), meta.get("namespace"), str(meta.get("name"))
+        applied = self.kube.last_applied(kind, namespace, name)
+        if applied is not None and applied.resource_version == meta.get("resourceVersion"):
+            return False
+        if applied is not None and kind in GENERATION_KINDS and applied.generation == meta.get("generation"):
+            model = owning_model(meta)
+            if kind != "Deployment" or model is None or namespace is None:
+                return False
+            key = (namespace, model)
+            rollout = Rollout.of(obj)
+            return key in self._in_flight or self._serving_views.get(key) != rollout.view(rollout.replicas)
+        self.forget(obj)
+        return True
+
+    def forget(self, obj: Mapping[str, Any]) -> None:
+        """An owned object was changed or deleted by someone else: apply it again next time."""
+        meta = obj.get("metadata") or {}
+        self.kube.forget(str(obj.get("kind")), meta.get("namespace"), str(meta.get("name")))
+
+    def drop_model(self, namespace: str, name: str) -> None:
+        """The SecureModel is gone: drop what was remembered about it."""
+        key = (namespace, name)
+        for _, kind, object_name in self._desired.get(key, set()):
+            if kind == "Secret":
+                self._certificates_issued.pop((namespace, object_name), None)
+        for cache in (self._verifications, self._postures, self._keys, self._serving_views, self._desired):
+            cache.pop(key, None)
 
     @property
     def builder_settings(self) -> BuilderSettings:
@@ -195,6 +315,28 @@ class Reconciler:
         policies: Sequence[TrustPolicy],
         namespace_labels: Mapping[str, str],
         now: datetime.datetime,
+        owned: Sequence[OwnedRef] = (),
+    ) -> Outcome:
+        """Reconcile one model; `owned` is what the indexes hold of the objects it owns."""
+        assert self._slots is not None  # noqa: S101 - set in __post_init__
+        async with self._slots:
+            key = (model.namespace, model.name)
+            self._in_flight.add(key)
+            try:
+                return await self._reconcile(
+                    model, policies=policies, namespace_labels=namespace_labels, now=now, owned=owned
+                )
+            finally:
+                self._in_flight.discard(key)
+
+    async def _reconcile(
+        self,
+        model: ModelObject,
+        *,
+        policies: Sequence[TrustPolicy],
+        namespace_labels: Mapping[str, str],
+        now: datetime.datetime,
+        owned: Sequence[OwnedRef],
     ) -> Outcome:
         try:
             spec = parse_secure_model(model.spec)
@@ -219,8 +361,8 @@ class Reconciler:
             manifest_digest=verification.get("manifestDigest") if run.conditions[C.VERIFIED].status else None,
             settings=self.builder_settings,
         )
-        certificates = await self._certificates(run, context)
-        serving = await self._apply_owned(run, context, covering)
+        certificates = await self._certificates(run, context, owned)
+        serving = await self._apply_owned(run, context, covering, owned)
 
         status = _status(model, run.conditions, now)
         status.update(
@@ -335,8 +477,23 @@ class Reconciler:
                 run.set(C.ENCRYPTED, False, "KeySecretMissing", message)
                 run.temporary.append(message)
                 return previous
+        key = (model.namespace, model.name)
+        fingerprint = _fingerprint(
+            spec.artifact.model_dump_json(),
+            key_ref.model_dump_json(),
+            hashlib.sha256(keyset or b"").hexdigest(),
+        )
+        cached = self._keys.get(key)
         try:
-            state = await asyncio.to_thread(artifacts.inspect_key, spec, keyset)
+            if (
+                cached is not None
+                and cached.fingerprint == fingerprint
+                and now - cached.checked_at < self.config.reverify_interval
+            ):
+                state = cached.value
+            else:
+                state = await asyncio.to_thread(artifacts.inspect_key, spec, keyset)
+                self._keys[key] = _Cached(fingerprint, now, state)
             rotated_at = _parse_time(previous.get("rotatedAt")) or state.current_created or now
             version = state.artifact_key_version
             if rotated_at + spec.encryption.rotation_interval <= now:
@@ -349,21 +506,25 @@ class Reconciler:
                     )
                     keyset = new_keyset
                 rotated_at = now
+                self._keys.pop(key, None)  # the artifact's header changes
                 version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset)
                 run.event(
                     "KeyRotated",
                     f"{state.provider} key {state.key_id} rotated; data key re-wrapped under version {version}",
                 )
             elif version != state.current_version:
+                self._keys.pop(key, None)
                 version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset)
                 run.event("KeyRewrapped", f"data key re-wrapped under key version {version}")
         except (KeyProviderError, StorageError) as error:
+            self._keys.pop(key, None)
             if error.transient:
                 return run.retry_later(C.ENCRYPTED, "KeyServiceUnreachable", error, previous)
             run.set(C.ENCRYPTED, False, "KeyInvalid", str(error))
             run.event("KeyInvalid", str(error), warning=True)
             return previous
         except SamdError as error:
+            self._keys.pop(key, None)
             run.set(C.ENCRYPTED, False, "ArtifactInvalid", str(error))
             run.event("ArtifactInvalid", str(error), warning=True)
             return previous
@@ -445,27 +606,67 @@ class Reconciler:
             self._ca = CertificateAuthority.from_secret_data(secret.get("data") or {})
             return self._ca
 
-    async def _certificates(self, run: _Run, context: ModelContext) -> dict[str, Any]:
+    def _issued_certificate(
+        self, namespace: str, secret_name: str, authority: CertificateAuthority
+    ) -> _IssuedCertificate | None:
+        """A certificate this operator issued, unless someone has changed its Secret since."""
+        issued = self._certificates_issued.get((namespace, secret_name))
+        if (
+            issued is not None
+            and issued.authority is authority
+            and self.kube.last_applied("Secret", namespace, secret_name) is issued.applied
+        ):
+            return issued
+        self._certificates_issued.pop((namespace, secret_name), None)
+        return None
+
+    async def _stored_certificate(
+        self, namespace: str, secret_name: str, owned: Sequence[OwnedRef]
+    ) -> Mapping[str, Any]:
+        """The certificate Secret's data; no read when the indexes show there is no such Secret."""
+        if not any(ref.kind == "Secret" and ref.name == secret_name for ref in owned):
+            return {}
+        existing = await self.kube.get("v1", "Secret", secret_name, namespace)
+        return dict((existing or {}).get("data") or {})
+
+    async def _certificates(
+        self, run: _Run, context: ModelContext, owned: Sequence[OwnedRef]
+    ) -> dict[str, Any]:
         authority = await self._authority(run.now)
         clients = [client.name for client in context.spec.serving.clients]
         wanted: list[tuple[str, str | None]] = [(tls_secret_name(context.name), None)]
         wanted += [(client_secret_name(context.name, client), client) for client in clients]
         server_not_after = None
+        namespace, renew_before = context.namespace, self.config.renew_before
         for secret_name, client in wanted:
-            existing = await self.kube.get("v1", "Secret", secret_name, context.namespace)
-            data = (existing or {}).get("data") or {}
-            if needs_renewal(data, authority, run.now, renew_before=self.config.renew_before):
+            issued = self._issued_certificate(namespace, secret_name, authority)
+            if issued is not None:
+                existed, renew = True, run.now >= issued.not_after - renew_before
+                not_after: datetime.datetime | None = issued.not_after
+            else:
+                data = await self._stored_certificate(namespace, secret_name, owned)
+                existed, renew = (
+                    bool(data),
+                    needs_renewal(data, authority, run.now, renew_before=renew_before),
+                )
+                not_after = certificate_not_after(data)
+            if renew:
                 manifest = (
                     issue_server_certificate(authority, context, run.now)
                     if client is None
                     else issue_client_certificate(authority, context, client, run.now)
                 )
                 await self.kube.apply(manifest)
-                data = manifest["data"]
-                if existing:
+                not_after = certificate_not_after(manifest["data"])
+                applied = self.kube.last_applied("Secret", namespace, secret_name)
+                if applied is not None and not_after is not None:
+                    self._certificates_issued[(namespace, secret_name)] = _IssuedCertificate(
+                        not_after, authority, applied
+                    )
+                if existed:
                     run.event("CertificateRenewed", f"Secret {secret_name} renewed")
             if client is None:
-                server_not_after = certificate_not_after(data)
+                server_not_after = not_after
         until = _iso(server_not_after) if server_not_after else "unknown"
         run.set(
             C.CERTIFICATES_READY,
@@ -478,29 +679,40 @@ class Reconciler:
     # --- owned objects: RBAC, NetworkPolicies, serving ---------------------------------------------------
 
     async def _apply_owned(
-        self, run: _Run, context: ModelContext, policies: Sequence[TrustPolicy]
+        self,
+        run: _Run,
+        context: ModelContext,
+        policies: Sequence[TrustPolicy],
+        owned: Sequence[OwnedRef],
     ) -> dict[str, Any]:
         signers = [signer for policy in policies for signer in policy.spec.signers]
         desired = build_owned_objects(context, run.now, signers)
         if run.signature is not None:
             # Before the Deployment: the admission webhook verifies pods against this bundle.
             desired.insert(0, build_signature_config_map(context, run.signature))
-        keep = {(m["kind"], m["metadata"]["name"]) for m in desired}
-        keep.add(("Secret", tls_secret_name(context.name)))
-        keep |= {("Secret", client_secret_name(context.name, c.name)) for c in context.spec.serving.clients}
-        for manifest in desired:
-            await self.kube.apply(manifest)
-        selector = {
-            "samd.dev/model": model_label_value(context.name),
-            "app.kubernetes.io/managed-by": "samd-operator",
+        wanted = {(m["apiVersion"], m["kind"], m["metadata"]["name"]) for m in desired}
+        wanted.add(("v1", "Secret", tls_secret_name(context.name)))
+        wanted |= {
+            ("v1", "Secret", client_secret_name(context.name, c.name)) for c in context.spec.serving.clients
         }
+        keep = {(kind, name) for _, kind, name in wanted}
+        deployment: dict[str, Any] | None = None
+        for manifest in desired:
+            stored = await self.kube.apply(manifest)
+            if manifest["kind"] == "Deployment":
+                deployment = stored
+        # What to prune: what the indexes show this model owns, and what this operator applied for
+        # it last time (the indexes may not have seen that yet).
+        model_key = (context.namespace, context.name)
+        candidates = {(ref.api_version, ref.kind, ref.name) for ref in owned if context.uid in ref.owner_uids}
+        candidates |= self._desired.get(model_key, set())
         removed = []
-        for api_version, kind in OWNED_KINDS_TO_PRUNE:
-            for existing in await self.kube.list(api_version, kind, context.namespace, selector):
-                name = existing["metadata"]["name"]
-                if (kind, name) not in keep and _owned_by(existing, context.uid):
-                    await self.kube.delete(api_version, kind, name, context.namespace)
-                    removed.append(f"{kind}/{name}")
+        for api_version, kind, name in sorted(candidates):
+            if (kind, name) not in keep and await self.kube.delete(
+                api_version, kind, name, context.namespace
+            ):
+                removed.append(f"{kind}/{name}")
+        self._desired[model_key] = wanted
         if removed:
             run.event("Pruned", "removed " + ", ".join(sorted(removed)))
 
@@ -519,10 +731,30 @@ class Reconciler:
             )
         else:
             run.set(C.NETWORK_ISOLATED, False, "PoliciesMissing", "no NetworkPolicy was built")
-        return await self._serving_status(run, context, "Deployment" in kinds)
+        return await self._serving_status(run, context, "Deployment" in kinds, deployment, owned)
 
-    async def _serving_status(self, run: _Run, context: ModelContext, deployed: bool) -> dict[str, Any]:
+    def _indexed_rollout(self, context: ModelContext, name: str, owned: Sequence[OwnedRef]) -> Rollout | None:
+        """The Deployment as indexed, unless the index has not seen our last apply to it yet."""
+        applied = self.kube.last_applied("Deployment", context.namespace, name)
+        for ref in owned:
+            if ref.kind == "Deployment" and ref.name == name and context.uid in ref.owner_uids:
+                if applied is not None and (ref.generation or 0) < (applied.generation or 0):
+                    return None
+                return ref.rollout
+        return None
+
+    async def _serving_status(
+        self,
+        run: _Run,
+        context: ModelContext,
+        deployed: bool,
+        applied: Mapping[str, Any] | None,
+        owned: Sequence[OwnedRef],
+    ) -> dict[str, Any]:
+        """Serving from the Deployment: as our apply returned it, else as indexed, else as read."""
         serving = context.spec.serving
+        model_key = (context.namespace, context.name)
+        self._serving_views[model_key] = None
         if not serving.enabled:
             run.set(C.SERVING, True, "ServingDisabled", "spec.serving.enabled is false")
             return {}
@@ -530,11 +762,13 @@ class Reconciler:
             run.set(C.SERVING, False, "NotVerified", "nothing is served until the signature verifies")
             return {}
         name = serving_name(context.name)
-        deployment = await self.kube.get("apps/v1", "Deployment", name, context.namespace) or {}
-        status = deployment.get("status") or {}
-        available = int(status.get("availableReplicas") or 0)
-        current = deployment.get("metadata", {}).get("generation") == status.get("observedGeneration")
-        if available >= serving.replicas and current:
+        rollout = Rollout.of(applied) if applied is not None else self._indexed_rollout(context, name, owned)
+        if rollout is None:
+            rollout = Rollout.of(await self.kube.get("apps/v1", "Deployment", name, context.namespace) or {})
+        available, enough = rollout.view(serving.replicas)
+        # Recorded with no await since it was read, so a watch event after this compares against it.
+        self._serving_views[model_key] = (available, enough)
+        if enough:
             run.set(C.SERVING, True, "Available", f"{available}/{serving.replicas} replicas available")
         else:
             run.set(C.SERVING, False, "RollingOut", f"{available}/{serving.replicas} replicas available")
@@ -550,11 +784,6 @@ def _status(
         model.status.get("conditions") or [], conditions.values(), generation=model.generation, now=now
     )
     return {"observedGeneration": model.generation, "conditions": merged, "lastReconciled": _iso(now)}
-
-
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = obj.get("metadata", {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid for ref in refs)
 
 
 def _fingerprint(*parts: object) -> str:
