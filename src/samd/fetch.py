@@ -5,13 +5,15 @@ The order of work:
 1. verify the signature bundle (cheap: no model bytes are read), which yields the signed manifest;
 2. stream the artifact: storage reader -> decrypt segments (in a worker thread) -> safe tar reader
    -> files written into a staging directory, while the main thread hashes the same bytes; the
-   worker and the hasher overlap, so decryption and SHA-256 run on two cores (`cryptography` and
-   `hashlib` release the GIL on large buffers);
+   two threads run on two cores (`hashlib` releases the GIL while it hashes, and reads and writes
+   release it; AES-GCM in `cryptography` holds it, but for about a tenth of the hashing time), so
+   fetch runs at the speed of one core hashing SHA-256;
 3. compare every digest with the manifest;
 4. only then move the files into the output directory (renames on one filesystem).
 
 On any failure the staging directory is removed, so nothing of the model is left in the output.
-Memory stays constant: at most a few decrypted segments are in flight at any time.
+Memory stays constant: segments are decrypted into a few buffers that the hashing thread hands
+back once it is done with them, so nothing is allocated per segment.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from samd.errors import IntegrityError, UsageError, VerificationError
 from samd.modelpack import DEFAULT_LIMITS, DirectoryWriter, TarStreamReader, UnpackLimits
 
 if TYPE_CHECKING:
+    from samd.envelope.stream import SegmentBuffers
     from samd.keys.base import KeyProvider, KeyResolver
     from samd.signing import VerificationResult, Verifier
 
@@ -50,6 +53,13 @@ NAME_ATTRIBUTE = "samd.name"
 
 # Decrypted segments queued between the decrypting worker and the hasher; bounds memory.
 _QUEUE_DEPTH = 4
+# fetch_model decrypts into reused buffers of whole segments, about _BUFFER_BYTES each (one
+# segment at the default size), and _BUFFER_MEMORY in all: enough that the worker can run several
+# megabytes ahead, so a short stall of either thread does not stall the other. A buffer is written
+# out as soon as it is full, so a stalled download leaves no more than one buffer unwritten.
+_BUFFER_BYTES = 1 << 20
+_BUFFER_MEMORY = 8 << 20
+_MIN_BUFFERS = 2
 _ABANDON_AFTER_SECONDS = 5.0
 
 Packing = Literal["tar", "file"]
@@ -249,26 +259,34 @@ def _new_hasher(algorithm: str) -> Any:
     return hashlib.sha256()
 
 
-class _Done:
-    """Sentinel: the worker finished (with `error` set if it failed)."""
+# What the worker hands the hashing thread, in order: tuples led by one of these tags.
+_HASH = 0  # (_HASH, hasher, bytes, buffer index or -1, starts at its buffer's start, ends at its end)
+_END_FILE = 1  # (_END_FILE, name, size, hasher)
+_RECYCLE = 2  # (_RECYCLE, segment): everything before it that used the segment is done
+_DONE = 3  # (_DONE, error or None): the worker finished
 
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+
+class _CancelledError(Exception):
+    """The consumer stopped; the worker unwinds quietly."""
 
 
 class _HashingWriter:
     """A `TarSink` that writes files into the staging directory and queues their bytes for hashing.
 
     It runs in the worker thread, which also reads and decrypts; the consumer of `work` hashes.
-    (Measured: handing part of the writing to the hashing thread does not help, since hashing
-    alone keeps its core busy.) Files the signer chose to leave out of the manifest (`skip`) are
+    (Measured: moving the writes to the hashing thread makes it slower, since hashing alone
+    keeps its core busy.) Files the signer chose to leave out of the manifest (`skip`) are
     dropped, not written: the output holds only signed files.
+
+    Each piece queued for hashing says which ring buffer it lies in and whether it starts at the
+    buffer's start and ends at its end, so that the hashing thread can hash the pieces of one file
+    in neighbouring buffers with one call (see `_Hasher`).
     """
 
     def __init__(  # noqa: PLR0917
         self,
         writer: DirectoryWriter,
-        work: queue.Queue[Any],
+        work: queue.SimpleQueue[tuple[Any, ...]],
         expected: Mapping[str, str],
         skip: Callable[[str], bool],
         allow_unsigned_files: bool,
@@ -284,23 +302,32 @@ class _HashingWriter:
         self._skipping = False
         self._name = ""
         self._size = 0
+        self._declared_size = 0
+        self._buffer = -1
+        self._fills_buffer = False
+        self._in_file = False
+        self._resumed = False
         self.skipped: list[str] = []
 
-    def put(self, item: Any) -> None:
-        while True:
-            if self._cancelled.is_set():
-                raise _CancelledError
-            try:
-                self._work.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+    def put(self, item: tuple[Any, ...]) -> None:
+        if self._cancelled.is_set():
+            raise _CancelledError
+        self._work.put(item)
+
+    def next_segment(self, buffer: int, fills_buffer: bool) -> None:
+        """The next bytes fed come from the start of ring buffer `buffer` (-1: not from a ring)."""
+        self._buffer = buffer
+        self._fills_buffer = fills_buffer
+        self._resumed = self._in_file  # a file's content continues at the start of the segment
 
     def directory(self, name: str) -> None:
+        self._resumed = False
         if not self._skip(name):
             self._writer.directory(name)
 
     def begin_file(self, name: str, size: int, executable: bool) -> None:
+        self._resumed = False
+        self._in_file = True
         algorithm = self._expected.get(name)
         self._skipping = False
         if algorithm is None:
@@ -318,45 +345,173 @@ class _HashingWriter:
         self._hasher = _new_hasher(algorithm)
         self._name = name
         self._size = 0
+        self._declared_size = size
         self._writer.begin_file(name, size, executable)
 
     def file_data(self, data: memoryview) -> None:
+        starts_at_buffer_start, self._resumed = self._resumed, False
         if self._skipping:
             return
         self._writer.file_data(data)
         self._size += len(data)
-        self.put((self._hasher, data))
+        # The parser hands over all of a segment's content or the rest of the file, so a piece
+        # that does not finish its file runs to the end of the segment (a size below 0: unknown).
+        continues = self._declared_size < 0 or self._size < self._declared_size
+        ends_at_buffer_end = continues and self._fills_buffer
+        self.put((_HASH, self._hasher, data, self._buffer, starts_at_buffer_start, ends_at_buffer_end))
 
     def end_file(self) -> None:
+        self._in_file = False
+        self._resumed = False
         if self._skipping:
             self._skipping = False
             return
         self._writer.end_file()
-        self.put((self._name, self._size, self._hasher))
+        self.put((_END_FILE, self._name, self._size, self._hasher))
 
 
-class _CancelledError(Exception):
-    """The consumer stopped; the worker unwinds quietly."""
+class _InFlight:
+    """Bounds how many segments of a plain iterable are queued but not yet hashed (its memory).
+
+    `acquire` blocks while `limit` are in flight; after `close` it raises `_CancelledError`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._available = limit
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._condition:
+            while not self._closed and not self._available:
+                self._condition.wait()
+            if self._closed:
+                raise _CancelledError
+            self._available -= 1
+
+    def release(self, _segment: memoryview) -> None:
+        with self._condition:
+            self._available += 1
+            self._condition.notify()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
 
 
-def _pump(
-    segments: Iterable[bytes],
-    feed: Callable[[bytes], None],
+def _bounded(segments: Iterable[bytes | memoryview], in_flight: _InFlight) -> Iterator[memoryview]:
+    for segment in segments:
+        in_flight.acquire()
+        yield memoryview(segment)
+
+
+def _pump(  # noqa: PLR0917
+    segments: Iterable[memoryview],
+    feed: Callable[[memoryview], None],
     finish: Callable[[], None],
     sink: _HashingWriter,
+    cancelled: threading.Event,
+    buffers: SegmentBuffers | None,
 ) -> None:
+    """The worker: parse and write each segment, then let the hashing thread recycle it."""
     try:
-        for segment in segments:
+        for number, segment in enumerate(segments):
+            if buffers is None:
+                sink.next_segment(-1, False)
+            else:  # the views come from the ring in order, one buffer each
+                sink.next_segment(number % buffers.count, len(segment) == buffers.size)
             feed(segment)
+            sink.put((_RECYCLE, segment))
         finish()
-    except _CancelledError:
-        return
-    except BaseException as error:  # handed to the consumer, which re-raises it
+    except BaseException as error:
+        if cancelled.is_set():
+            return  # the consumer stopped first; this is the worker unwinding (e.g. buffers closed)
         with contextlib.suppress(_CancelledError):
-            sink.put(_Done(error))
+            sink.put((_DONE, error))  # the consumer re-raises it
         return
     with contextlib.suppress(_CancelledError):
-        sink.put(_Done())
+        sink.put((_DONE, None))
+
+
+class _Hasher:
+    """The hashing thread's side of the queue.
+
+    Hashing is what bounds a fetch, so this thread does little else. When it has fallen behind,
+    the queue holds the pieces of one file in consecutive ring buffers; where one piece ends at
+    its buffer's end and the next starts at the following buffer's start, they are one span of
+    memory, hashed with one call. Fewer calls means fewer hand-offs of the GIL between the two
+    threads (the worker holds it while AES-GCM decrypts). A buffer is recycled only after every
+    piece in it has been hashed.
+    """
+
+    def __init__(
+        self,
+        work: queue.SimpleQueue[tuple[Any, ...]],
+        recycle: Callable[[memoryview], None],
+        buffers: SegmentBuffers | None,
+    ) -> None:
+        self._work = work
+        self._recycle = recycle
+        self._buffers = buffers
+        self._held_back: tuple[Any, ...] | None = None
+        self.results: list[StreamedFile] = []
+
+    def _next(self, *, block: bool) -> tuple[Any, ...]:
+        if self._held_back is not None:
+            item, self._held_back = self._held_back, None
+            return item
+        return self._work.get() if block else self._work.get_nowait()
+
+    def run(self) -> None:
+        """Consume the queue until the worker is done; re-raise the worker's error."""
+        while True:
+            item = self._next(block=True)
+            kind = item[0]
+            if kind == _HASH:
+                self._hash(item)
+            elif kind == _RECYCLE:
+                self._recycle(item[1])
+            elif kind == _END_FILE:
+                _, name, size, hasher = item
+                self.results.append(StreamedFile(name=name, size=size, digest=hasher.hexdigest()))
+            else:
+                if item[1] is not None:
+                    raise item[1]
+                return
+
+    def _hash(self, item: tuple[Any, ...]) -> None:
+        _, hasher, data, buffer, _, ends_at_buffer_end = item
+        ring = self._buffers
+        if ring is None or not ends_at_buffer_end or buffer + 1 >= ring.count:
+            hasher.update(data)
+            return
+        size = ring.size
+        start = (buffer + 1) * size - len(data)
+        end = (buffer + 1) * size
+        recycled: list[tuple[Any, ...]] = []
+        while ends_at_buffer_end and buffer + 1 < ring.count:
+            try:
+                following = self._next(block=False)
+            except queue.Empty:
+                break
+            if following[0] == _RECYCLE:
+                recycled.append(following)  # of a buffer whose pieces came before: after hashing
+                continue
+            if (
+                following[0] == _HASH
+                and following[1] is hasher
+                and following[3] == buffer + 1
+                and following[4]
+            ):
+                _, _, data, buffer, _, ends_at_buffer_end = following
+                end = buffer * size + len(data)
+                continue
+            self._held_back = following
+            break
+        hasher.update(ring.block[start:end])
+        for done in recycled:
+            self._recycle(done[1])
 
 
 @dataclass(frozen=True)
@@ -371,7 +526,7 @@ def _never(_name: str) -> bool:
 
 
 def stream_into_directory(
-    segments: Iterable[bytes],
+    segments: Iterable[bytes | memoryview],
     root: Path,
     *,
     packing: Packing,
@@ -380,6 +535,7 @@ def stream_into_directory(
     file_name: str | None = None,
     allow_unsigned_files: bool = False,
     limits: UnpackLimits = DEFAULT_LIMITS,
+    buffers: SegmentBuffers | None = None,
 ) -> list[StreamedFile]:
     """Write decrypted `segments` under `root` while hashing them; return each file's digest.
 
@@ -389,14 +545,28 @@ def stream_into_directory(
     unless `skip(name)` (it is then left out) or `allow_unsigned_files`. `packing` says whether the
     plaintext is a tar archive of a directory, or the bytes of one file to be written as
     `file_name`.
+
+    With `buffers`, `segments` yields views of those buffers (`EnvelopeReader.decrypted_views`);
+    each is given back once its bytes are written and hashed, and the buffers are closed when
+    this function returns, which releases a worker waiting for one. Memory in flight is then the
+    buffers; without them, at most `_QUEUE_DEPTH` segments.
     """
-    work: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+    work: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
     cancelled = threading.Event()
     writer = DirectoryWriter(root)
     sink = _HashingWriter(writer, work, expected, skip, allow_unsigned_files, cancelled)
+    recycle: Callable[[memoryview], None]
+    stop: Callable[[], None]
+    if buffers is None:
+        in_flight = _InFlight(_QUEUE_DEPTH)
+        views: Iterable[memoryview] = _bounded(segments, in_flight)
+        recycle, stop = in_flight.release, in_flight.close
+    else:
+        views = cast("Iterable[memoryview]", segments)  # views of the buffers, as documented
+        recycle, stop = buffers.give_back, buffers.close
     if packing == CONTENT_TAR:
         reader = TarStreamReader(sink, limits)
-        feed: Callable[[bytes], None] = reader.feed
+        feed: Callable[[memoryview], None] = reader.feed
         finish: Callable[[], None] = reader.finish
     else:
         if not file_name:
@@ -404,30 +574,24 @@ def stream_into_directory(
         single = _SingleFile(sink, file_name, limits)
         feed, finish = single.feed, single.finish
     worker = threading.Thread(
-        target=_pump, args=(segments, feed, finish, sink), name="samd-unpack", daemon=True
+        target=_pump,
+        args=(views, feed, finish, sink, cancelled, buffers),
+        name="samd-unpack",
+        daemon=True,
     )
-    results: list[StreamedFile] = []
+    hasher = _Hasher(work, recycle, buffers)
     worker.start()
     try:
-        while True:
-            item = work.get()
-            if isinstance(item, _Done):
-                if item.error is not None:
-                    raise item.error
-                break
-            if len(item) == 2:
-                item[0].update(item[1])
-            else:
-                name, size, hasher = item
-                results.append(StreamedFile(name=name, size=size, digest=hasher.hexdigest()))
+        hasher.run()
     finally:
         cancelled.set()
+        stop()
         # A worker blocked on a stalled download cannot be interrupted: after a signal, give up
         # on it (it is a daemon thread) rather than hang, and leave its file descriptor alone.
         worker.join(timeout=_ABANDON_AFTER_SECONDS)
         if not worker.is_alive():
             writer.close()
-    return results
+    return hasher.results
 
 
 class _SingleFile:
@@ -440,14 +604,14 @@ class _SingleFile:
         self._size = 0
         self._started = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: memoryview) -> None:
         if not self._started:
             self._sink.begin_file(self._name, -1, False)
             self._started = True
         self._size += len(data)
         if self._size > self._limits.max_file_size:
             raise IntegrityError(f"the model file is larger than the {self._limits.max_file_size}-byte cap")
-        self._sink.file_data(memoryview(data))
+        self._sink.file_data(data)
 
     def finish(self) -> None:
         if not self._started:
@@ -490,6 +654,13 @@ def single_file_name(recorded: str | None, verification: VerificationResult) -> 
         "the artifact is a single file but neither its header nor its signature gives a usable file name",
         hint="re-encrypt the model with `samd encrypt`, which records the file name",
     )
+
+
+def _segment_buffers(segment_size: int) -> SegmentBuffers:
+    from samd.envelope.stream import SegmentBuffers  # noqa: PLC0415 - see fetch_model
+
+    size = segment_size * max(1, _BUFFER_BYTES // segment_size)
+    return SegmentBuffers(max(_MIN_BUFFERS, _BUFFER_MEMORY // size), size)
 
 
 def read_signature(uri: str, *, max_bytes: int | None = None) -> bytes:
@@ -552,10 +723,12 @@ def fetch_model(
                     "the artifact holds a directory but the signature covers a single file",
                     hint="is this the signature of another model?",
                 )
+            buffers = _segment_buffers(reader.header.segment_size)
             streamed = stream_into_directory(
-                # prefetch=0: stream_into_directory already runs the decryption in its own thread
-                reader.segments(prefetch=0, progress=progress),
+                # stream_into_directory runs the decryption in its own thread
+                reader.decrypted_views(buffers, progress=progress),
                 staged.root,
+                buffers=buffers,
                 packing=packing,
                 expected=expected,
                 skip=verification.is_ignored,

@@ -209,6 +209,71 @@ def open_artifact(
     return header, dek
 
 
+class SegmentBuffersClosedError(Exception):
+    """`SegmentBuffers.take` after `close`: the consumer has stopped, so the producer should too."""
+
+
+class SegmentBuffers:
+    """A ring of `count` plaintext buffers of `size` bytes each, passed from a producing thread to
+    a consuming one and back, in order.
+
+    Memory stays at `count * size` bytes however long the stream, and nothing is allocated per
+    segment (a fresh megabyte per segment costs page faults on every one). The buffers are
+    consecutive slices of one block, `block`: `take` hands out buffer 0, 1, ..., count - 1, 0, ...
+    and `give_back` returns the oldest buffer still out, so buffers must come back in the order
+    they were taken. A consumer may therefore treat the ends of neighbouring buffers as one span
+    of memory (buffer i ends where buffer i + 1 starts, except after the last).
+
+    When all buffers are out, `take` waits until half of them are back, not just one: the
+    producer then runs for several buffers at a stretch, and on a busy machine each thread waits
+    for the other's turn on a CPU once per batch of buffers instead of once per buffer. After
+    `close`, `take` raises `SegmentBuffersClosedError`, so a producer waiting on a consumer that
+    has gone away stops.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        if count < 1 or size < 1:
+            raise ValueError(f"need at least one buffer of at least one byte, not {count} of {size}")
+        self.count = count
+        self.size = size
+        # Zero pages until first written: a small artifact makes only the buffers it uses resident.
+        self._memory = bytearray(count * size)
+        self.block = memoryview(self._memory)
+        self._resume_at = max(1, count // 2)
+        self._next = 0
+        self._out = 0
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def take(self) -> memoryview:
+        with self._condition:
+            if self._out == self.count:
+                while not self._closed and self.count - self._out < self._resume_at:
+                    self._condition.wait()
+            if self._closed:
+                raise SegmentBuffersClosedError("the consumer of the decrypted segments has stopped")
+            index = self._next
+            self._next = (index + 1) % self.count
+            self._out += 1
+        return self.block[index * self.size : (index + 1) * self.size]
+
+    def give_back(self, view: memoryview) -> None:
+        """Return the oldest buffer still out; `view` is (a slice of) that buffer."""
+        if view.obj is not self._memory:
+            raise ValueError("give_back takes a view of a buffer from this pool")
+        with self._condition:
+            if not self._out:
+                raise ValueError("more buffers given back than were taken")
+            self._out -= 1
+            if self.count - self._out >= self._resume_at:
+                self._condition.notify()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
 class EnvelopeReader:
     """Decrypts an artifact segment by segment; the header is authenticated on construction.
 
@@ -294,7 +359,64 @@ class EnvelopeReader:
             stop.set()
             worker.join()
 
+    def decrypted_views(
+        self, buffers: SegmentBuffers, *, progress: Progress | None = None
+    ) -> Generator[memoryview, None, None]:
+        """Yield authenticated plaintext decrypted into buffers taken from `buffers`, in order.
+
+        The allocation-free form of `segments`: each view covers as many whole segments as fit
+        in one buffer, from the buffer's start, every one of them authenticated before the view
+        is yielded; each view is in the next buffer of the ring. The buffer is not reused until
+        the consumer gives it back (`buffers.give_back(view)`, in order, from any thread), so the
+        consumer may hand the view to another thread. The same caveats as `segments`
+        apply: errors come at the position they occur, truncation is known only at the end.
+        `progress` is called in this generator's thread with the artifact bytes consumed.
+        """
+        if self._started:
+            raise RuntimeError("the segments of an artifact can be read only once")
+        self._started = True
+        if buffers.size < self.header.segment_size:
+            raise ValueError(
+                f"buffers of {buffers.size} bytes cannot hold a segment of {self.header.segment_size} bytes"
+            )
+        prefix = self.header.nonce_prefix
+        decrypt_into = self._aead.decrypt_into
+        buffer: memoryview | None = None
+        filled = 0
+        for chunk, index, last in self._sealed_segments():
+            if buffer is None:
+                buffer, filled = buffers.take(), 0
+            plaintext_size = len(chunk) - GCM_TAG_SIZE
+            try:
+                decrypt_into(
+                    _nonce(prefix, index, last), chunk, None, buffer[filled : filled + plaintext_size]
+                )
+            except InvalidTag:
+                raise self._diagnose(chunk, index, last=last, full=self._is_full(chunk, index)) from None
+            filled += plaintext_size
+            if progress is not None:
+                progress(len(chunk) + (self.header.size + STREAM_HEADER_SIZE if index == 0 else 0))
+            if last or filled + self.header.segment_size > len(buffer):
+                yield buffer[:filled]
+                buffer = None
+
     def _decrypt(self) -> Iterator[tuple[bytes, int]]:
+        prefix = self.header.nonce_prefix
+        for chunk, index, last in self._sealed_segments():
+            try:
+                plaintext = self._aead.decrypt(_nonce(prefix, index, last), chunk, None)
+            except InvalidTag:
+                raise self._diagnose(chunk, index, last=last, full=self._is_full(chunk, index)) from None
+            yield plaintext, len(chunk)
+
+    def _is_full(self, chunk: memoryview, index: int) -> bool:
+        """Whether `chunk` has the size of a segment that is not the last (the first is shorter)."""
+        full = self.header.segment_size + GCM_TAG_SIZE
+        return len(chunk) == (full - STREAM_HEADER_SIZE if index == 0 else full)
+
+    def _sealed_segments(self) -> Iterator[tuple[memoryview, int, bool]]:
+        """Yield each sealed segment (a view valid until the next one), its index, and whether it
+        is the last: known by reading one segment ahead, in two buffers reused throughout."""
         segment_size = self.header.segment_size
         full = segment_size + GCM_TAG_SIZE
         current, following = bytearray(full), bytearray(full)
@@ -307,17 +429,16 @@ class EnvelopeReader:
             )
         index = 0
         while True:
+            if index >= MAX_SEGMENTS:
+                raise IntegrityError(
+                    f"the artifact has more than {MAX_SEGMENTS} segments, which its format cannot hold"
+                )
             if length < capacity:
                 last, next_length = True, 0
             else:
                 next_length = _fill(self._src, memoryview(following))
                 last = next_length == 0
-            chunk = memoryview(current)[:length]
-            try:
-                plaintext = self._aead.decrypt(_nonce(self.header.nonce_prefix, index, last), chunk, None)
-            except InvalidTag:
-                raise self._diagnose(chunk, index, last=last, full=length == capacity) from None
-            yield plaintext, length
+            yield memoryview(current)[:length], index, last
             if last:
                 return
             current, following = following, current

@@ -11,25 +11,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from samd.errors import UsageError
-from samd.storage.https import DEFAULT_TIMEOUT as HTTPS_TIMEOUT
-from samd.storage.https import HttpClient, https_size, open_https
+from samd.storage.defaults import NETWORK_TIMEOUT, S3_CONCURRENCY, S3_PART_SIZE
 from samd.storage.local import local_size, open_local, put_local
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy
-from samd.storage.s3 import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_PART_SIZE,
-    UploadSettings,
-    make_s3_client,
-    normalize_sse,
-    open_s3,
-    put_s3,
-    s3_size,
-)
-from samd.storage.s3 import DEFAULT_TIMEOUT as S3_TIMEOUT
 from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader
 from samd.storage.uri import HttpUrl, LocalPath, S3Location, parse_artifact_uri
 
-DEFAULT_TIMEOUT = max(HTTPS_TIMEOUT, S3_TIMEOUT)
+# The remote backends are imported when a URI of theirs is used: a fetch from a local file (the
+# init container's common case) then never loads boto3, botocore or the TLS stack.
+
+DEFAULT_TIMEOUT = NETWORK_TIMEOUT
 
 
 @contextlib.contextmanager
@@ -58,9 +49,13 @@ def open_artifact(
     if isinstance(location, LocalPath):
         reader = open_local(location, buffer_size=buffer_size)
     elif isinstance(location, S3Location):
+        from samd.storage.s3 import make_s3_client, open_s3  # noqa: PLC0415 - see the imports
+
         client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
         reader = open_s3(location, client=client, policy=policy, buffer_size=buffer_size)
     else:
+        from samd.storage.https import HttpClient, open_https  # noqa: PLC0415
+
         http = HttpClient(ca_bundle=ca_bundle, allow_http=allow_http, timeout=timeout)
         reader = open_https(location, client=http, policy=policy, buffer_size=buffer_size)
     with reader:
@@ -78,8 +73,8 @@ def put_artifact(
     region: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    part_size: int = DEFAULT_PART_SIZE,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    part_size: int = S3_PART_SIZE,
+    concurrency: int = S3_CONCURRENCY,
 ) -> None:
     """Write everything ``src`` yields to ``uri``, all or nothing.
 
@@ -103,6 +98,8 @@ def put_artifact(
             )
         put_local(location, src, progress=progress)
         return
+    from samd.storage.s3 import UploadSettings, make_s3_client, normalize_sse, put_s3  # noqa: PLC0415
+
     normalize_sse(sse, kms_key_id)  # reject bad options before any connection is made
     settings = UploadSettings(part_size=part_size, concurrency=concurrency)
     client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
@@ -136,8 +133,12 @@ def artifact_size(
     if isinstance(location, LocalPath):
         return local_size(location)
     if isinstance(location, S3Location):
+        from samd.storage.s3 import make_s3_client, s3_size  # noqa: PLC0415
+
         client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
         return s3_size(location, client=client, policy=policy)
+    from samd.storage.https import HttpClient, https_size  # noqa: PLC0415
+
     http = HttpClient(ca_bundle=ca_bundle, allow_http=allow_http, timeout=timeout)
     return https_size(location, client=http, policy=policy)
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from samd.errors import StorageError, UsageError
+from samd.storage.defaults import NETWORK_TIMEOUT
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy, TransientStorageError, call_with_retries
 from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader, OpenedBody, ResumingReader
 from samd.storage.uri import HttpUrl, redact_url
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = NETWORK_TIMEOUT
 MAX_REDIRECTS = 5
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")

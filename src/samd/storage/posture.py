@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from samd.errors import StorageError, UsageError
+from samd.storage.defaults import NETWORK_TIMEOUT
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy
-from samd.storage.s3 import DEFAULT_TIMEOUT, call_s3, make_s3_client
 from samd.storage.uri import S3Location, parse_artifact_uri
+
+# boto3 and botocore (through samd.storage.s3) are imported when a posture is checked, not with
+# this module: `import samd.storage` must stay light for `samd fetch` from a local file.
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -92,7 +93,7 @@ def check_bucket_posture(
     endpoint_url: str | None = None,
     region: str | None = None,
     retry: RetryPolicy | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = NETWORK_TIMEOUT,
     client: S3Client | None = None,
 ) -> BucketPosture:
     """Read the posture of the bucket in ``uri`` (``s3://bucket`` or ``s3://bucket/key``).
@@ -103,6 +104,8 @@ def check_bucket_posture(
     location = parse_artifact_uri(uri, require_key=False)
     if not isinstance(location, S3Location):
         raise UsageError(f"the posture check applies to s3:// buckets, not {location}")
+    from samd.storage.s3 import call_s3, make_s3_client  # noqa: PLC0415 - see the imports
+
     policy = retry or DEFAULT_RETRY
     s3 = client or make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
     bucket = location.bucket
@@ -227,6 +230,8 @@ def check_bucket_posture(
 def _policy_public_from_document(s3: S3Client, bucket: str, policy: RetryPolicy) -> bool | None:
     """When GetBucketPolicyStatus is unavailable: public if an Allow statement names any principal
     without conditions. None when the policy cannot be read either."""
+    from samd.storage.s3 import call_s3  # noqa: PLC0415
+
     try:
         response = call_s3(
             lambda: s3.get_bucket_policy(Bucket=bucket), policy=policy, action="check", uri=f"s3://{bucket}"
@@ -261,6 +266,8 @@ def _statement_is_public(statement: dict[str, Any]) -> bool:
 
 def _error_code(error: StorageError) -> str | None:
     """The S3 error code behind ``error``; None when it did not come from an S3 answer."""
+    from botocore.exceptions import ClientError  # noqa: PLC0415
+
     cause = error.__cause__
     if not isinstance(cause, ClientError):
         return None

@@ -40,6 +40,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from samd.errors import StorageError, UsageError
+from samd.storage.defaults import NETWORK_TIMEOUT, S3_CONCURRENCY, S3_PART_SIZE
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy, TransientStorageError, call_with_retries
 from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader, OpenedBody, ResumingReader
 from samd.storage.uri import S3Location
@@ -50,12 +51,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_PART_SIZE = 8 << 20
+DEFAULT_TIMEOUT = NETWORK_TIMEOUT
+DEFAULT_PART_SIZE = S3_PART_SIZE
 MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = S3_CONCURRENCY
 # Each part carries a checksum that S3 verifies on arrival, as boto3's own managed transfer does.
 CHECKSUM_ALGORITHM: Literal["CRC32"] = "CRC32"
 

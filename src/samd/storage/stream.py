@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUFFER_SIZE = 1 << 20
+DEFAULT_BUFFER_SIZE = 64 << 10
+"""Small on purpose: `io.BufferedReader` copies a read through its buffer whenever the request is
+not larger than the buffer, so a buffer as large as an envelope segment (1 MiB) would copy every
+segment twice. Reads larger than this go straight into the caller's buffer."""
 
 
 class Body(Protocol):
@@ -191,8 +194,8 @@ class ResumingReader(io.RawIOBase):
 class ArtifactReader(io.BufferedReader):
     """A buffered, forward-only binary stream over one artifact.
 
-    ``read(n)`` returns exactly ``n`` bytes until the end; ``readinto(buffer)`` with a large
-    buffer reads straight into it (no intermediate copy for local files). ``size`` is the
+    ``read(n)`` returns exactly ``n`` bytes until the end; ``readinto(buffer)`` with a buffer
+    larger than ``buffer_size`` reads straight into it (no intermediate copy). ``size`` is the
     artifact's size in bytes when known.
     """
 
