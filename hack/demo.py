@@ -46,7 +46,8 @@ def step(title: str) -> None:
 def run(*argv: str | Path, stdin: str | None = None, check: bool = True, show: bool = True) -> str:
     words = [str(a) for a in argv]
     if show:
-        shown = [Path(w).name if w.startswith(str(BIN)) else w for w in words]
+        # Show tools by name (`kubectl`, `samd`), not by their folder in the venv or the build cache.
+        shown = [Path(w).name if w.startswith(str(BIN)) or "/control-plane/" in w else w for w in words]
         print("$ " + " ".join(shlex.quote(w) for w in shown).replace(str(REPO) + "/", ""), flush=True)
     result = subprocess.run(
         words, input=stdin, capture_output=True, text=True, check=False,
