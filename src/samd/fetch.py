@@ -440,9 +440,10 @@ class _Hasher:
     Hashing is what bounds a fetch, so this thread does little else. When it has fallen behind,
     the queue holds the pieces of one file in consecutive ring buffers; where one piece ends at
     its buffer's end and the next starts at the following buffer's start, they are one span of
-    memory, hashed with one call. Fewer calls means fewer hand-offs of the GIL between the two
-    threads (the worker holds it while AES-GCM decrypts). A buffer is recycled only after every
-    piece in it has been hashed.
+    memory, hashed with one call (over at most half the ring, so that the worker keeps buffers to
+    fill meanwhile). Fewer calls means fewer hand-offs of the GIL between the two threads (the
+    worker holds it while AES-GCM decrypts). A buffer is recycled only after every piece in it
+    has been hashed.
     """
 
     def __init__(
@@ -490,7 +491,9 @@ class _Hasher:
         start = (buffer + 1) * size - len(data)
         end = (buffer + 1) * size
         recycled: list[tuple[Any, ...]] = []
-        while ends_at_buffer_end and buffer + 1 < ring.count:
+        # At most half the ring per call: the other half stays with the worker meanwhile.
+        spans_left = max(1, ring.count // 2) - 1
+        while ends_at_buffer_end and buffer + 1 < ring.count and spans_left:
             try:
                 following = self._next(block=False)
             except queue.Empty:
@@ -506,6 +509,7 @@ class _Hasher:
             ):
                 _, _, data, buffer, _, ends_at_buffer_end = following
                 end = buffer * size + len(data)
+                spans_left -= 1
                 continue
             self._held_back = following
             break
