@@ -2,11 +2,13 @@
 
 Against the real local control plane (`hack/local-cluster`, started here unless it runs already),
 the SAMD operator runs as its container runs it, a subprocess `python -m samd.operator` watching the
-whole cluster. For each N, in one fresh namespace:
+whole cluster. For each N, each measurement in a fresh namespace of its own:
 
 1. the reference: `python -m bench.noop_operator`, a kopf operator with one no-op handler, gets N
    trivial objects (`noops.bench.samd.dev`) and the time until every one has its status set;
-2. SAMD: a ModelTrustPolicy with the signer's key and the key Secret are in place; N SecureModels
+2. the control plane alone, no operator: N one-replica Deployments, until every one is available
+   (each SecureModel has such a Deployment, so this is a floor under SAMD's time);
+3. SAMD: a ModelTrustPolicy with the signer's key and the key Secret are in place; N SecureModels
    that all point at one signed and encrypted model (file://, one replica each, so the fake node
    holds them) are created at once, and the time until every one is Ready (verified, key checked,
    certificates issued, RBAC, NetworkPolicies, Deployment available on the fake node) is taken.
@@ -124,6 +126,19 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class NoProcess:
+    """The control-plane-alone measurement runs no operator."""
+
+    def cpu_seconds(self) -> float:
+        return 0.0
+
+    def peak_rss_mb(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        pass
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -326,7 +341,9 @@ def measure(api: client.ApiClient, target: Target, count: int, settings: Setting
     with bench_namespace(api, target.namespace_labels) as namespace:
         target.prepare(api, namespace)
         log_path = settings.work / f"{target.label.replace(' ', '-')}-{count}.log"
-        process = OperatorProcess(target.argv, target.env, log_path, target.cwd)
+        process = (
+            OperatorProcess(target.argv, target.env, log_path, target.cwd) if target.argv else NoProcess()
+        )
         try:
             create_all(api, target, namespace, ["warm-up"])
             wait_ready(api, target, namespace, "warm-up", timeout=120)
@@ -357,7 +374,48 @@ def measure(api: client.ApiClient, target: Target, count: int, settings: Setting
     return result
 
 
-# --- the two targets -----------------------------------------------------------------------------------
+# --- the targets ---------------------------------------------------------------------------------------
+
+CONTROL_PLANE_ALONE = "plain Deployments"
+
+
+def deployment_available(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return bool(
+        int(status.get("availableReplicas") or 0) >= 1
+        and status.get("observedGeneration") == obj.get("metadata", {}).get("generation")
+    )
+
+
+def deployments_target() -> Target:
+    """What the control plane alone takes: one-replica Deployments, no operator, until available."""
+
+    def body(namespace: str, name: str) -> dict[str, Any]:
+        labels = {"app": name}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "model", "image": "samd:0.1.0"}]},
+                },
+            },
+        }
+
+    # The generic object calls take any API group's path; apps/v1 Deployments fit them.
+    return Target(
+        label=CONTROL_PLANE_ALONE,
+        argv=[],
+        env={},
+        cwd=REPO,
+        resource=("apps", "v1", "deployments"),
+        body=body,
+        is_ready=deployment_available,
+    )
 
 
 def noop_target(kubeconfig: Path) -> Target:
@@ -471,7 +529,7 @@ def run(settings: Settings) -> list[Row]:
         samd = samd_target(cluster.kubeconfig, artifacts)
         with trust_policy(api, samd.namespace_labels["samd.dev/trust"], artifacts.public_key_pem):
             for count in settings.counts:
-                for target in (noop, samd):
+                for target in (noop, deployments_target(), samd):
                     measurements[(target.label, count)] = measure(api, target, count, settings)
     return build_rows(measurements, settings)
 
@@ -489,6 +547,7 @@ def build_rows(measurements: dict[tuple[str, int], Measurement], settings: Setti
     rows: list[Row] = []
     for count in settings.counts:
         samd, noop = measurements[("samd operator", count)], measurements[("no-op kopf", count)]
+        alone = measurements[(CONTROL_PLANE_ALONE, count)]
         ratio = samd.rate / noop.rate if noop.rate else 0.0
         rows.append(
             Row(
@@ -498,6 +557,14 @@ def build_rows(measurements: dict[tuple[str, int], Measurement], settings: Setti
                 f"{ratio:.2f}x rate",
                 f">= {TARGET_RATE_VS_NOOP}x rate",
                 samd.complete and ratio >= TARGET_RATE_VS_NOOP,
+            )
+        )
+        rows.append(
+            Row(
+                f"control plane alone: {count} one-replica Deployments until available",
+                _time(alone),
+                f"SAMD {_time(samd)}",
+                f"SAMD takes {samd.seconds / alone.seconds:.1f}x" if alone.complete and alone.seconds else "",
             )
         )
         if count == 1000:
@@ -533,7 +600,8 @@ def build_rows(measurements: dict[tuple[str, int], Measurement], settings: Setti
             Row(
                 f"control-plane CPU time per object, {count} objects",
                 f"{samd.control_plane_cpu_seconds / count * 1000:.0f} ms",
-                f"{noop.control_plane_cpu_seconds / count * 1000:.0f} ms no-op kopf",
+                f"{noop.control_plane_cpu_seconds / count * 1000:.0f} ms no-op kopf; "
+                f"{alone.control_plane_cpu_seconds / count * 1000:.0f} ms per plain Deployment",
                 f"{samd.control_plane_cpu_seconds / noop.control_plane_cpu_seconds:.1f}x"
                 if noop.control_plane_cpu_seconds
                 else "",
@@ -560,8 +628,13 @@ the key Secret, certificates issued, RBAC, NetworkPolicies, Service, PodDisrupti
 one-replica Deployment available on the fake node. All N SecureModels point at one signed and
 encrypted model (file://), each verified on its own. The reference is a kopf operator with default
 settings whose one on.create handler patches `status.handled` on a `noops.bench.samd.dev` object.
-The rate ratio is SAMD's models per second over the reference's objects per second. Peak RSS is the
-kernel's high-water mark (VmHWM) of the operator process at the end of the measurement."""
+The rate ratio is SAMD's models per second over the reference's objects per second. A second
+reference, with no operator, is the control plane alone rolling out N one-replica Deployments: a
+floor under SAMD's time that no operator change moves (each SecureModel also has one). Peak RSS is
+the kernel's high-water mark (VmHWM) of the operator process at the end of the measurement. CPU
+times are the operator's and the control plane's (etcd, API server, controller-manager, scheduler,
+KWOK) user plus system time while the clock ran; the machine is shared, so the times are only
+comparable within one run."""
 
 
 def section(rows: Sequence[Row], command: str) -> str:

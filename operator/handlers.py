@@ -9,8 +9,12 @@ kopf's per-object handler, one at a time. No timer or daemon runs per model, so 
 no finalizer: nothing outside Kubernetes needs cleaning up when one is deleted (garbage collection
 removes what it owns).
 
-The objects a model owns are also indexed in memory, so that a reconcile finds what to prune
-without listing, and reads its Deployment's rollout without a request.
+The objects a model owns (some 17 per model) are followed by one label-selected watch per kind that
+keeps a small in-memory index, not by kopf: kopf keeps several kilobytes of state and runs its full
+handling cycle for every object it watches, which made those objects most of the operator's memory
+and CPU. From the index a reconcile finds what to prune without listing, and reads its Deployment's
+rollout without a request; the watch re-queues a model when someone else changes or deletes what it
+owns.
 """
 
 from __future__ import annotations
@@ -34,34 +38,26 @@ log = logging.getLogger(__name__)
 RECONCILE_ANNOTATION = "samd.dev/reconcile"
 OWNED_LABELS = {"app.kubernetes.io/managed-by": "samd-operator"}
 OWNED_KINDS = (
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("rbac.authorization.k8s.io", "v1", "roles"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "secrets"),
-    ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("policy/v1", "PodDisruptionBudget"),
 )
-
-
-WATCH_HANDLER_IDS = ("keep-index", *(f"owned-{plural}" for _, _, plural in OWNED_KINDS))
+RELIST_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+REQUEUE_BACKOFF = (1.0, 5.0)  # then the resync loop's schedule is the last resort
+REQUEUES_AT_ONCE = 4
 
 
 class QuietWatchHandlers(logging.Filter):
-    """Drops kopf's "Handler '…' succeeded." line for the watch handlers.
-
-    kopf logs it for every event on every owned object, some 25 lines per model, at INFO; the
-    reconcile handler's lines, and every warning and error, still go through.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._noise = {f"Handler {handler_id!r} succeeded." for handler_id in WATCH_HANDLER_IDS}
+    """Drops kopf's "Handler 'keep-index' succeeded." line, logged at INFO for every SecureModel event."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.INFO or record.msg not in self._noise
+        return record.levelno > logging.INFO or record.msg != "Handler 'keep-index' succeeded."
 
 
 def now() -> datetime.datetime:
@@ -82,13 +78,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # operator's own events, become Kubernetes Events (two fewer API writes per reconcile).
     settings.posting.level = logging.WARNING
     settings.queueing.worker_limit = None
-    # Watch only the objects the operator owns, not every Secret, ConfigMap and Deployment in the
-    # cluster; an object that loses the label drops out of the watch as deleted, and is re-applied.
-    owned_selector = ",".join(f"{key}={value}" for key, value in OWNED_LABELS.items())
-    for group, version, plural in OWNED_KINDS:
-        settings.watching.label_selectors[(group, version, plural)] = owned_selector
-    # One line per HTTP request, and one per watch event, are the loudest and least useful logs;
-    # both are kept for DEBUG.
+    # One line per HTTP request, and one per SecureModel event, are the loudest and least useful
+    # logs; both are kept for DEBUG.
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -101,15 +92,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Resource handlers get a shallow copy of this memo, so what they must hand to the resync loop
     # goes into a container shared by all the copies, not into an attribute of their own copy.
     memo.shared_indexes = {}
+    memo.owned = OwnedObjects(memo.kube, memo.reconciler)
+    memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await memo.resync
+    for task in (memo.resync, memo.owned_watch):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await memo.kube_context.__aexit__(None, None, None)
 
 
@@ -133,30 +127,12 @@ async def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> di
     return {name: dict(labels)}
 
 
-def _index_owned(group: str, version: str, plural: str) -> None:
-    @kopf.index(group, version, plural, labels=OWNED_LABELS, id=f"owned_{plural}")
-    async def owned(namespace: str | None, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
-        model = owning_model(meta)
-        return {} if model is None else {(namespace, model): OwnedRef.of(body)}
-
-
-for _group, _version, _plural in OWNED_KINDS:
-    _index_owned(_group, _version, _plural)
-
-
-def owned_objects(namespace: str, model: str, indexes: Mapping[str, Any]) -> list[OwnedRef]:
-    found: list[OwnedRef] = []
-    for _group, _version, plural in OWNED_KINDS:
-        index: kopf.Index[Any, OwnedRef] = indexes[f"owned_{plural}"]
-        found.extend(index.get((namespace, model), []))
-    return found
-
-
 @kopf.index("samd.dev", "v1alpha1", "securemodels")
 async def secure_models(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, memo: Any, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, name): (dict(spec), dict(status))}
+    """Every model, with when its time-bound state is next due (kept small: no spec or status copy)."""
+    return {(namespace, name): due_at(spec, status, memo.config)}
 
 
 # --- the SecureModel reconcile handler --------------------------------------------------------------
@@ -172,7 +148,9 @@ async def reconcile_model(body: kopf.Body, patch: kopf.Patch, memo: Any, **kwarg
     policies = [policy for name in trust_policies for policy in trust_policies[name]]
     labels = next(iter(namespace_labels.get(model.namespace, [])), {})
     reconciler: Reconciler = memo.reconciler
-    owned = owned_objects(model.namespace, model.name, kwargs)
+    owned_objects: OwnedObjects = memo.owned
+    await owned_objects.listed.wait()  # like kopf's indexes: complete before the first reconcile
+    owned = owned_objects.of(model.namespace, model.name)
     outcome = await reconciler.reconcile(
         model, policies=policies, namespace_labels=labels, now=now(), owned=owned
     )
@@ -198,25 +176,139 @@ async def request_reconcile(kube: Kube, namespace: str, name: str, why: str) -> 
     )
 
 
-def _on_owned_event(group: str, version: str, plural: str) -> None:
-    @kopf.on.event(group, version, plural, labels=OWNED_LABELS, id=f"owned-{plural}")  # type: ignore[arg-type]
-    async def owned_changed(
-        event: Mapping[str, Any], body: kopf.Body, meta: kopf.Meta, namespace: str, memo: kopf.Memo, **_: Any
-    ) -> None:
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
+ModelKey = tuple[str, str]  # (namespace, SecureModel name)
+
+
+class OwnedObjects:
+    """The objects SecureModels own, followed by one label-selected list-and-watch per kind.
+
+    Keeps an `OwnedRef` per object, indexed by owning model. When someone else modifies or deletes
+    an owned object, its model is re-queued (a change the operator made itself, or a status update
+    that changes nothing the model reports, is not). After a lost watch the kind is listed again and
+    compared with the index, so that a deletion missed meanwhile still re-queues its model.
+    """
+
+    def __init__(self, kube: Kube, reconciler: Reconciler) -> None:
+        self.kube = kube
+        self.reconciler = reconciler
+        self.listed = asyncio.Event()  # set once every kind has been listed
+        self._kind_listed = {kind: asyncio.Event() for _, kind in OWNED_KINDS}
+        self._objects: dict[ObjectKey, tuple[ModelKey, OwnedRef, str | None]] = {}
+        self._by_model: dict[ModelKey, dict[ObjectKey, OwnedRef]] = {}
+        # Re-queues run beside the watches, a few at a time, so that a burst of changes (a thousand
+        # Deployments becoming available) does not hold up the events behind it.
+        self._requeues: set[asyncio.Task[None]] = set()
+        self._requeue_slots = asyncio.Semaphore(REQUEUES_AT_ONCE)
+
+    def of(self, namespace: str, model: str) -> list[OwnedRef]:
+        return list(self._by_model.get((namespace, model), {}).values())
+
+    async def follow(self) -> None:
+        """Run the watches (until cancelled); `listed` is set once each kind has been listed."""
+        kinds = [asyncio.create_task(self._follow(*kind), name=f"watch {kind[1]}") for kind in OWNED_KINDS]
+        try:
+            await asyncio.gather(*(listed.wait() for listed in self._kind_listed.values()))
+            self.listed.set()
+            await asyncio.gather(*kinds)
+        finally:
+            for task in [*kinds, *self._requeues]:
+                task.cancel()
+
+    async def _follow(self, api_version: str, kind: str) -> None:
+        failures = 0
+        while True:
+            try:
+                items, version = await self.kube.list_everywhere(api_version, kind, OWNED_LABELS)
+                self._relisted(kind, items)
+                self._kind_listed[kind].set()
+                failures = 0
+                async for change, obj in self.kube.watch_everywhere(api_version, kind, OWNED_LABELS, version):
+                    self._changed(change, obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the watch must outlive any one failure
+                delay = RELIST_BACKOFF[min(failures, len(RELIST_BACKOFF) - 1)]
+                failures += 1
+                log.warning("watching %s failed, listing again in %.0f s: %s", kind, delay, error)
+                await asyncio.sleep(delay)
+
+    def _remember(self, obj: Mapping[str, Any]) -> ModelKey | None:
+        meta = obj.get("metadata") or {}
+        key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        self._drop(key)
         model = owning_model(meta)
-        kind = event.get("type")
-        if not model or kind not in ("DELETED", "MODIFIED"):
-            return
-        reconciler: Reconciler = memo.reconciler
-        if kind == "DELETED":
-            reconciler.forget(body)
-        elif not reconciler.changed_by_others(body):
-            return  # our own apply, or a status update that changes nothing the model reports
-        await request_reconcile(memo.kube, namespace, model, f"{plural}/{meta.get('name')} {kind.lower()}")
+        if model is None or meta.get("namespace") is None:
+            return None
+        owner = (str(meta["namespace"]), model)
+        ref = OwnedRef.of(obj)
+        self._objects[key] = (owner, ref, meta.get("resourceVersion"))
+        self._by_model.setdefault(owner, {})[key] = ref
+        return owner
 
+    def _drop(self, key: ObjectKey) -> ModelKey | None:
+        known = self._objects.pop(key, None)
+        if known is None:
+            return None
+        owner = known[0]
+        siblings = self._by_model.get(owner, {})
+        siblings.pop(key, None)
+        if not siblings:
+            self._by_model.pop(owner, None)
+        return owner
 
-for _group, _version, _plural in OWNED_KINDS:
-    _on_owned_event(_group, _version, _plural)
+    def _relisted(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A fresh list: what changed or vanished since the index last saw it counts as an event."""
+        before = {key: rv for key, (_, _, rv) in self._objects.items() if key[0] == kind}
+        seen = set()
+        for obj in items:
+            meta = obj.get("metadata") or {}
+            key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+            seen.add(key)
+            if key not in before:
+                self._remember(obj)
+            elif before[key] != meta.get("resourceVersion"):
+                self._changed("MODIFIED", obj)
+        for key in before.keys() - seen:
+            owner = self._drop(key)
+            self.kube.forget(*key)
+            if owner is not None:
+                self._requeue(owner, f"{kind}/{key[2]} deleted")
+
+    def _changed(self, change: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        if change == "DELETED":
+            owner = self._drop((str(obj.get("kind")), str(meta.get("namespace")), str(name)))
+            self.reconciler.forget(obj)
+        else:
+            # Indexed first: a reconcile that runs after this sees the object as it is now.
+            owner = self._remember(obj)
+            if change != "MODIFIED" or not self.reconciler.changed_by_others(obj):
+                return  # new, our own apply, or a status update that changes nothing the model reports
+        if owner is not None:
+            self._requeue(owner, f"{obj.get('kind')}/{name} {change.lower()}")
+
+    def _requeue(self, owner: ModelKey, why: str) -> None:
+        task = asyncio.create_task(self._request(owner, why))
+        self._requeues.add(task)
+        task.add_done_callback(self._requeues.discard)
+
+    async def _request(self, owner: ModelKey, why: str) -> None:
+        namespace, model = owner
+        async with self._requeue_slots:
+            for delay in (*REQUEUE_BACKOFF, None):
+                try:
+                    await request_reconcile(self.kube, namespace, model, why)
+                    return
+                except kopf.TemporaryError as error:
+                    if delay is None:
+                        log.warning("could not re-queue %s/%s: %s", namespace, model, error)
+                        return
+                    await asyncio.sleep(delay)
+                except kopf.PermanentError as error:
+                    log.warning("could not re-queue %s/%s: %s", namespace, model, error)
+                    return
 
 
 @kopf.on.create("samd.dev", "v1alpha1", "modeltrustpolicies")
@@ -239,8 +331,7 @@ async def _resync_loop(memo: kopf.Memo) -> None:
             continue
         moment = now()
         for key in list(index):
-            for spec, status in index[key]:
-                deadline = due_at(spec, status, config)
+            for deadline in index[key]:
                 if deadline is not None and deadline <= moment:
                     namespace, name = key
                     try:

@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx2
 import kopf
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
+from lightkube.core.exceptions import NotReadyError
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.types import PatchType
@@ -220,18 +221,40 @@ class Kube:
             raise translate(error, f"reading {kind} {name}") from error
         return _to_dict(obj)
 
-    async def list(
-        self, api_version: str, kind: str, namespace: str | None, labels: Mapping[str, str]
-    ) -> list[dict[str, Any]]:
+    async def list_everywhere(
+        self, api_version: str, kind: str, labels: Mapping[str, str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Every object of a kind with these labels, in all namespaces, and the list's resourceVersion."""
         resource = _resource(api_version, kind)
         try:
             with _transport_errors(f"listing {kind}"):
-                return [
-                    _to_dict(obj)
-                    async for obj in self.client.list(resource, namespace=namespace, labels=dict(labels))
-                ]
+                listing = self.client.list(resource, namespace=ALL_NS, labels=dict(labels))
+                items = [_typed(_to_dict(obj), api_version, kind) async for obj in listing]
         except ApiError as error:
             raise translate(error, f"listing {kind}") from error
+        try:
+            return items, listing.resourceVersion
+        except NotReadyError:
+            return items, None
+
+    async def watch_everywhere(
+        self, api_version: str, kind: str, labels: Mapping[str, str], resource_version: str | None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Changes to the objects of a kind with these labels, in all namespaces, after a list.
+
+        Reconnects by itself when the server ends the watch; an expired resourceVersion (410) or a
+        lost connection ends it with an error, after which the caller lists again.
+        """
+        resource = _resource(api_version, kind)
+        try:
+            async for change, obj in self.client.watch(
+                resource, namespace=ALL_NS, labels=dict(labels), resource_version=resource_version
+            ):
+                yield change, _typed(_to_dict(obj), api_version, kind)
+        except ApiError as error:
+            raise translate(error, f"watching {kind}") from error
+        except httpx2.TransportError as error:
+            raise kopf.TemporaryError(f"watching {kind}: {error!r}", delay=TRANSPORT_RETRY_DELAY) from error
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
         """Delete an object; False if it was already gone."""
@@ -259,6 +282,13 @@ class Kube:
             if error.status.code == 404:
                 return
             raise translate(error, f"patching {kind} {name}") from error
+
+
+def _typed(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:
+    """List items come without apiVersion and kind; the callers match on them."""
+    obj.setdefault("apiVersion", api_version)
+    obj.setdefault("kind", kind)
+    return obj
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
