@@ -39,6 +39,17 @@ class Condition:
     reason: str  # CamelCase, machine-readable
     message: str  # a sentence a person can act on
 
+    @classmethod
+    def of(cls, written: Mapping[str, Any]) -> Condition:
+        """A condition as a status holds it."""
+        text = written.get("status")
+        return cls(
+            ConditionType(written["type"]),
+            None if text == "Unknown" else text == "True",
+            str(written.get("reason", "")),
+            str(written.get("message", "")),
+        )
+
     @property
     def status_text(self) -> str:
         return "Unknown" if self.status is None else ("True" if self.status else "False")

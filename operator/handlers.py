@@ -23,14 +23,14 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kopf
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube, connect
-from samd.operator.reconcile import ModelObject, OwnedRef, Reconciler, due_at, owning_model
+from samd.operator.reconcile import Change, ModelObject, OwnedRef, Reconciler, Rollout, due_at, owning_model
 from samd.policy import TrustPolicy
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
@@ -141,7 +141,7 @@ async def secure_models(
 @kopf.on.resume("samd.dev", "v1alpha1", "securemodels")
 @kopf.on.create("samd.dev", "v1alpha1", "securemodels")
 @kopf.on.update("samd.dev", "v1alpha1", "securemodels")
-async def reconcile_model(body: kopf.Body, patch: kopf.Patch, memo: Any, **kwargs: Any) -> None:
+async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     trust_policies: kopf.Index[str, TrustPolicy] = kwargs["trust_policies"]
     namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
     model = ModelObject.from_body(body)
@@ -151,10 +151,11 @@ async def reconcile_model(body: kopf.Body, patch: kopf.Patch, memo: Any, **kwarg
     owned_objects: OwnedObjects = memo.owned
     await owned_objects.listed.wait()  # like kopf's indexes: complete before the first reconcile
     owned = owned_objects.of(model.namespace, model.name)
+    # The reconciler writes the status itself (under the model's lock, which the rollout updates
+    # of the owned-object watch share); kopf writes only its own annotations.
     outcome = await reconciler.reconcile(
         model, policies=policies, namespace_labels=labels, now=now(), owned=owned
     )
-    patch.status.update(outcome.status)
     for event in outcome.events:
         kind = "Warning" if event.warning else "Normal"
         kopf.event(body, type=kind, reason=event.reason, message=event.message)
@@ -203,6 +204,10 @@ class OwnedObjects:
 
     def of(self, namespace: str, model: str) -> list[OwnedRef]:
         return list(self._by_model.get((namespace, model), {}).values())
+
+    def rollout(self, owner: ModelKey, name: str) -> Rollout | None:
+        ref = self._by_model.get(owner, {}).get(("Deployment", owner[0], name))
+        return None if ref is None else ref.rollout
 
     async def follow(self) -> None:
         """Run the watches (until cancelled); `listed` is set once each kind has been listed."""
@@ -284,15 +289,34 @@ class OwnedObjects:
         else:
             # Indexed first: a reconcile that runs after this sees the object as it is now.
             owner = self._remember(obj)
-            if change != "MODIFIED" or not self.reconciler.changed_by_others(obj):
+            verdict = self.reconciler.changed_by_others(obj) if change == "MODIFIED" else Change.NONE
+            if verdict is Change.NONE:
                 return  # new, our own apply, or a status update that changes nothing the model reports
+            if verdict is Change.ROLLOUT and owner is not None:
+                self._spawn(self._refresh_serving(owner, str(name)))
+                return
         if owner is not None:
             self._requeue(owner, f"{obj.get('kind')}/{name} {change.lower()}")
 
-    def _requeue(self, owner: ModelKey, why: str) -> None:
-        task = asyncio.create_task(self._request(owner, why))
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._requeues.add(task)
         task.add_done_callback(self._requeues.discard)
+
+    def _requeue(self, owner: ModelKey, why: str) -> None:
+        self._spawn(self._request(owner, why))
+
+    async def _refresh_serving(self, owner: ModelKey, deployment: str) -> None:
+        """A rollout moved: update Serving and Ready alone, or else have the model reconciled."""
+        namespace, model = owner
+        try:
+            if await self.reconciler.refresh_serving(
+                namespace, model, lambda: self.rollout(owner, deployment), now()
+            ):
+                return
+        except (kopf.TemporaryError, kopf.PermanentError) as error:
+            log.warning("could not update the status of %s/%s: %s", namespace, model, error)
+        await self._request(owner, f"Deployment/{deployment} rollout")
 
     async def _request(self, owner: ModelKey, why: str) -> None:
         namespace, model = owner

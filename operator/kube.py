@@ -270,18 +270,29 @@ class Kube:
         return True
 
     async def patch_merge(
-        self, api_version: str, kind: str, name: str, namespace: str | None, patch: Mapping[str, Any]
-    ) -> None:
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Mapping[str, Any],
+        *,
+        status: bool = False,
+    ) -> bool:
+        """A JSON merge patch, of the status subresource if `status`; False if the object is gone."""
         resource = _resource(api_version, kind)
+        target = resource.Status if status else resource
+        what = f"the status of {kind} {name}" if status else f"{kind} {name}"
         try:
-            with _transport_errors(f"patching {kind} {name}"):
+            with _transport_errors(f"patching {what}"):
                 await self.client.patch(
-                    resource, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
+                    target, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
                 )
         except ApiError as error:
             if error.status.code == 404:
-                return
-            raise translate(error, f"patching {kind} {name}") from error
+                return False
+            raise translate(error, f"patching {what}") from error
+        return True
 
 
 def _typed(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:

@@ -17,8 +17,9 @@ import asyncio
 import datetime
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import kopf
@@ -40,7 +41,7 @@ from samd.operator.conditions import Condition, ConditionType, merge_conditions,
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
 from samd.policy import TrustPolicy, applicable_policies, check_spec_against_policies, verify_under_policies
-from samd.spec import GROUP, SecureModelSpec, SpecError, parse_secure_model
+from samd.spec import API_VERSION, GROUP, SecureModelSpec, SpecError, parse_secure_model
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,14 @@ def owning_model(meta: Mapping[str, Any]) -> str | None:
 GENERATION_KINDS = frozenset({"Deployment", "NetworkPolicy", "PodDisruptionBudget"})
 
 
+class Change(Enum):
+    """What a modification of an owned object, seen by the watch, asks of the operator."""
+
+    NONE = "none"  # the echo of our own apply, or a status write that changes nothing the model reports
+    ROLLOUT = "rollout"  # only the Deployment's rollout moved: Serving and Ready are written alone
+    DRIFT = "drift"  # someone else changed what we applied: reconcile, which applies it again
+
+
 @dataclass(frozen=True)
 class Event:
     reason: str
@@ -147,6 +156,16 @@ class Outcome:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     error: Exception | None = None
+    replicas: int | None = None  # as the spec asks, when the model is served
+
+
+@dataclass(frozen=True)
+class _WrittenStatus:
+    """The status the last reconcile wrote, kept so that a rollout alone can update it."""
+
+    generation: int
+    status: Mapping[str, Any]
+    replicas: int | None
 
 
 def _iso(moment: datetime.datetime) -> str:
@@ -242,10 +261,12 @@ class Reconciler:
     _postures: dict[ModelKey, _Cached] = field(default_factory=dict)
     _keys: dict[ModelKey, _Cached] = field(default_factory=dict)
     _certificates_issued: dict[tuple[str, str], _IssuedCertificate] = field(default_factory=dict)
-    # Per model: what the last reconcile saw of its Deployment, and the owned objects it applied.
+    # Per model: what its status reports of the Deployment, the status written, the owned objects
+    # applied, and a lock that serialises the writers of its status.
     _serving_views: dict[ModelKey, ServingView | None] = field(default_factory=dict)
+    _written: dict[ModelKey, _WrittenStatus] = field(default_factory=dict)
     _desired: dict[ModelKey, set[tuple[str, str, str]]] = field(default_factory=dict)
-    _in_flight: set[ModelKey] = field(default_factory=set)
+    _locks: dict[ModelKey, asyncio.Lock] = field(default_factory=dict)
     _ca: CertificateAuthority | None = None
     _ca_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _slots: asyncio.Semaphore | None = None
@@ -257,27 +278,29 @@ class Reconciler:
 
     # --- what the watch handlers ask --------------------------------------------------------------
 
-    def changed_by_others(self, obj: Mapping[str, Any]) -> bool:
-        """Whether a modified owned object needs its model reconciled again.
+    def changed_by_others(self, obj: Mapping[str, Any]) -> Change:
+        """What a modified owned object asks for.
 
-        Not when it is the echo of our own apply (same resourceVersion), nor when someone else only
-        wrote its status (same generation) — except for a Deployment whose rollout moved on from
-        what the model's last reconcile saw. Otherwise (a hand edit) the object is applied again.
+        Nothing when it is the echo of our own apply (same resourceVersion), or when someone else
+        only wrote its status (same generation) — except for a Deployment whose rollout no longer
+        matches what the model's status reports. Otherwise (a hand edit) the object is applied again.
         """
         meta = obj.get("metadata") or {}
         kind, namespace, name = str(obj.get("kind")), meta.get("namespace"), str(meta.get("name"))
         applied = self.kube.last_applied(kind, namespace, name)
-        if applied is not None and applied.resource_version == meta.get("resourceVersion"):
-            return False
         if applied is not None and kind in GENERATION_KINDS and applied.generation == meta.get("generation"):
             model = owning_model(meta)
             if kind != "Deployment" or model is None or namespace is None:
-                return False
+                return Change.NONE
             key = (namespace, model)
+            written = self._written.get(key)
             rollout = Rollout.of(obj)
-            return key in self._in_flight or self._serving_views.get(key) != rollout.view(rollout.replicas)
+            wanted = written.replicas if written is not None and written.replicas else rollout.replicas
+            return Change.NONE if self._serving_views.get(key) == rollout.view(wanted) else Change.ROLLOUT
+        if applied is not None and applied.resource_version == meta.get("resourceVersion"):
+            return Change.NONE
         self.forget(obj)
-        return True
+        return Change.DRIFT
 
     def forget(self, obj: Mapping[str, Any]) -> None:
         """An owned object was changed or deleted by someone else: apply it again next time."""
@@ -290,7 +313,15 @@ class Reconciler:
         for _, kind, object_name in self._desired.get(key, set()):
             if kind == "Secret":
                 self._certificates_issued.pop((namespace, object_name), None)
-        for cache in (self._verifications, self._postures, self._keys, self._serving_views, self._desired):
+        for cache in (
+            self._verifications,
+            self._postures,
+            self._keys,
+            self._serving_views,
+            self._written,
+            self._desired,
+            self._locks,
+        ):
             cache.pop(key, None)
 
     @property
@@ -317,17 +348,69 @@ class Reconciler:
         now: datetime.datetime,
         owned: Sequence[OwnedRef] = (),
     ) -> Outcome:
-        """Reconcile one model; `owned` is what the indexes hold of the objects it owns."""
+        """Reconcile one model and write its status; `owned` is what the indexes hold of its objects."""
         assert self._slots is not None  # noqa: S101 - set in __post_init__
-        async with self._slots:
-            key = (model.namespace, model.name)
-            self._in_flight.add(key)
-            try:
-                return await self._reconcile(
-                    model, policies=policies, namespace_labels=namespace_labels, now=now, owned=owned
-                )
-            finally:
-                self._in_flight.discard(key)
+        key = (model.namespace, model.name)
+        async with self._slots, self._lock(key):
+            outcome = await self._reconcile(
+                model, policies=policies, namespace_labels=namespace_labels, now=now, owned=owned
+            )
+            if await self._write_status(model.namespace, model.name, {"status": outcome.status}):
+                written = {k: v for k, v in outcome.status.items() if v is not None}
+                self._written[key] = _WrittenStatus(model.generation, written, outcome.replicas)
+            return outcome
+
+    def _lock(self, key: ModelKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _write_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """Written here rather than by kopf, so that it happens under the model's lock."""
+        return await self.kube.patch_merge(API_VERSION, "SecureModel", name, namespace, patch, status=True)
+
+    async def refresh_serving(
+        self, namespace: str, name: str, latest: Callable[[], Rollout | None], now: datetime.datetime
+    ) -> bool:
+        """Only the model's Deployment rollout moved: write Serving and Ready, and nothing else.
+
+        `latest` gives the rollout as last seen, read once the model's lock is held. False when this
+        needs a whole reconcile instead (the operator has not written this model's status yet, or the
+        model is not being served).
+        """
+        key = (namespace, name)
+        async with self._lock(key):
+            written, rollout = self._written.get(key), latest()
+            if (
+                written is None
+                or written.replicas is None
+                or rollout is None
+                or key not in self._serving_views
+            ):
+                return False
+            view = rollout.view(written.replicas)
+            if view == self._serving_views[key]:
+                return True
+            conditions = {
+                ConditionType(c["type"]): Condition.of(c)
+                for c in written.status.get("conditions") or []
+                if c.get("type") in {t.value for t in ConditionType}
+            }
+            conditions[C.SERVING] = _serving_condition(view, written.replicas)
+            conditions[C.READY] = ready_condition(conditions)
+            merged = merge_conditions(
+                written.status.get("conditions") or [],
+                [conditions[C.SERVING], conditions[C.READY]],
+                generation=written.generation,
+                now=now,
+            )
+            serving = {**(written.status.get("serving") or {}), "readyReplicas": view[0]}
+            if not await self._write_status(
+                namespace, name, {"status": {"conditions": merged, "serving": {"readyReplicas": view[0]}}}
+            ):
+                return True  # the model is gone
+            status = {**written.status, "conditions": merged, "serving": serving}
+            self._written[key] = _WrittenStatus(written.generation, status, written.replicas)
+            self._serving_views[key] = view
+            return True
 
     async def _reconcile(
         self,
@@ -378,6 +461,8 @@ class Reconciler:
         run.outcome.status = {k: (v if v else None) for k, v in status.items()}
         if run.temporary:
             run.outcome.error = kopf.TemporaryError("; ".join(run.temporary), delay=15)
+        if serving:
+            run.outcome.replicas = spec.serving.replicas
         return run.outcome
 
     # --- Verified ---------------------------------------------------------------------------------
@@ -727,7 +812,7 @@ class Reconciler:
         kinds = {m["kind"] for m in desired}
         if "NetworkPolicy" in kinds:
             run.set(
-                C.NETWORK_ISOLATED, True, "PoliciesApplied", "default deny; ingress only to the mTLS port"
+                C.NETWORK_ISOLATED, True, "PoliciesApplied", "isolated: ingress only from the allowed clients to the mTLS port"
             )
         else:
             run.set(C.NETWORK_ISOLATED, False, "PoliciesMissing", "no NetworkPolicy was built")
@@ -765,14 +850,19 @@ class Reconciler:
         rollout = Rollout.of(applied) if applied is not None else self._indexed_rollout(context, name, owned)
         if rollout is None:
             rollout = Rollout.of(await self.kube.get("apps/v1", "Deployment", name, context.namespace) or {})
-        available, enough = rollout.view(serving.replicas)
+        view = rollout.view(serving.replicas)
         # Recorded with no await since it was read, so a watch event after this compares against it.
-        self._serving_views[model_key] = (available, enough)
-        if enough:
-            run.set(C.SERVING, True, "Available", f"{available}/{serving.replicas} replicas available")
-        else:
-            run.set(C.SERVING, False, "RollingOut", f"{available}/{serving.replicas} replicas available")
+        self._serving_views[model_key] = view
+        run.conditions[C.SERVING] = _serving_condition(view, serving.replicas)
+        available = view[0]
         return {"deployment": name, "service": name, "readyReplicas": available, "replicas": serving.replicas}
+
+
+def _serving_condition(view: ServingView, replicas: int) -> Condition:
+    available, enough = view
+    if enough:
+        return Condition(C.SERVING, True, "Available", f"{available}/{replicas} replicas available")
+    return Condition(C.SERVING, False, "RollingOut", f"{available}/{replicas} replicas available")
 
 
 def _status(

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from samd.operator.builders.context import BuilderSettings, EgressPeer, ModelContext
 from samd.operator.builders.metadata import Manifest
-from samd.operator.builders.network import build_network_policies
+from samd.operator.builders.network import build_network_policy
 from samd.operator.builders.rbac import build_role_bindings, build_roles, next_grant_expiry
 from samd.operator.builders.serving import (
     build_deployment,
@@ -40,15 +40,15 @@ def build_owned_objects(
 ) -> list[Manifest]:
     """Every object the model should own right now, except the certificate Secrets (they need the CA).
 
-    In the order to apply them: identities and permissions first, then the NetworkPolicies, so that
-    the default deny is in place before a model pod can start; the Deployment last but its budget.
+    In the order to apply them: identities and permissions first, then the NetworkPolicy, so that
+    the pods are isolated before one can start; the Deployment last but its budget.
     """
     optional = [build_service(ctx), build_deployment(ctx), build_pdb(ctx)]
     return [
         build_service_account(ctx),
         *build_roles(ctx),
         *build_role_bindings(ctx, now),
-        *build_network_policies(ctx),
+        build_network_policy(ctx),
         build_trust_config_map(ctx, signers),
         *(manifest for manifest in optional if manifest is not None),
     ]

@@ -22,7 +22,6 @@ DNS_SUBDOMAIN_MAX = 253
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 ModelRole = Literal["deployer", "reviewer", "key-reader"]
-NetworkPolicyPurpose = Literal["default-deny", "allow-clients", "egress"]
 
 
 def short_hash(text: str, length: int = 8) -> str:
@@ -81,8 +80,8 @@ def grant_binding_name(model: str, grant: Grant) -> str:
     return fit_name(f"samd-{model}-grant-{short_hash(identity)}", DNS_SUBDOMAIN_MAX)
 
 
-def network_policy_name(model: str, purpose: NetworkPolicyPurpose) -> str:
-    return fit_name(f"samd-{model}-{purpose}", DNS_SUBDOMAIN_MAX)
+def network_policy_name(model: str) -> str:
+    return fit_name(f"samd-{model}-isolation", DNS_SUBDOMAIN_MAX)
 
 
 def tls_secret_name(model: str) -> str:

@@ -49,9 +49,7 @@ def test_example_becomes_ready_with_every_owned_object(scenario: Scenario) -> No
     assert {p.status.phase for p in pods} == {"Running"}
 
     assert names(scenario.core.list_namespaced_service(ns).items) == {"fraud-detection"}
-    assert names(scenario.net.list_namespaced_network_policy(ns).items) == {
-        "samd-fraud-detection-default-deny", "samd-fraud-detection-allow-clients", "samd-fraud-detection-egress",
-    }  # fmt: skip
+    assert names(scenario.net.list_namespaced_network_policy(ns).items) == {"samd-fraud-detection-isolation"}
     assert names(scenario.rbac.list_namespaced_role(ns).items) == {
         "samd-fraud-detection-deployer", "samd-fraud-detection-reviewer", "samd-fraud-detection-key-reader",
     }  # fmt: skip
@@ -91,14 +89,16 @@ def test_tampered_signature_is_not_verified_and_nothing_is_served(scenario: Scen
     assert "Verified" in ready["message"]
     assert names(scenario.apps.list_namespaced_deployment(scenario.namespace).items) == set()
     # Isolation is still in place for whatever might run.
-    assert len(scenario.net.list_namespaced_network_policy(scenario.namespace).items) == 3
+    assert names(scenario.net.list_namespaced_network_policy(scenario.namespace).items) == {
+        "samd-fraud-detection-isolation"
+    }
 
 
 def test_hand_deleted_network_policy_and_hand_edited_role_come_back(scenario: Scenario) -> None:
     scenario.apply_model(scenario.example())
     scenario.wait_condition("fraud-detection", "Ready", "True", timeout=90)
     ns = scenario.namespace
-    scenario.net.delete_namespaced_network_policy("samd-fraud-detection-default-deny", ns)
+    scenario.net.delete_namespaced_network_policy("samd-fraud-detection-isolation", ns)
     role = scenario.rbac.read_namespaced_role("samd-fraud-detection-deployer", ns)
     role.rules[0].verbs = [*role.rules[0].verbs, "delete"]
     scenario.rbac.replace_namespaced_role("samd-fraud-detection-deployer", ns, role)
@@ -106,7 +106,7 @@ def test_hand_deleted_network_policy_and_hand_edited_role_come_back(scenario: Sc
     def restored() -> bool:
         policies = names(scenario.net.list_namespaced_network_policy(ns).items)
         verbs = scenario.rbac.read_namespaced_role("samd-fraud-detection-deployer", ns).rules[0].verbs
-        return "samd-fraud-detection-default-deny" in policies and "delete" not in verbs
+        return "samd-fraud-detection-isolation" in policies and "delete" not in verbs
 
     eventually(restored, 30, "the NetworkPolicy and the Role to be restored")
 
@@ -157,7 +157,7 @@ def test_operator_restart_in_the_middle_converges_without_duplicates(
     ns = scenario.namespace
     assert len(scenario.apps.list_namespaced_deployment(ns).items) == 1
     assert len(scenario.core.list_namespaced_service(ns).items) == 1
-    assert len(scenario.net.list_namespaced_network_policy(ns).items) == 3
+    assert len(scenario.net.list_namespaced_network_policy(ns).items) == 1
     assert len(scenario.apps.list_namespaced_replica_set(ns).items) == 1  # no needless rollout
     assert len(scenario.core.list_namespaced_pod(ns).items) == 2
 

@@ -17,13 +17,13 @@ def test_a_removed_label_a_scaled_deployment_and_a_deleted_certificate_come_back
     ns = scenario.namespace
     # The operator watches its objects by this label: without it the object leaves the watch.
     scenario.net.patch_namespaced_network_policy(
-        "samd-fraud-detection-egress", ns, {"metadata": {"labels": {MANAGED_BY: None}}}
+        "samd-fraud-detection-isolation", ns, {"metadata": {"labels": {MANAGED_BY: None}}}
     )
     scenario.apps.patch_namespaced_deployment("fraud-detection", ns, {"spec": {"replicas": 5}})
     scenario.core.delete_namespaced_secret("fraud-detection-tls", ns)
 
     def restored() -> bool:
-        policy = scenario.net.read_namespaced_network_policy("samd-fraud-detection-egress", ns)
+        policy = scenario.net.read_namespaced_network_policy("samd-fraud-detection-isolation", ns)
         deployment = scenario.apps.read_namespaced_deployment("fraud-detection", ns)
         secrets = {secret.metadata.name for secret in scenario.core.list_namespaced_secret(ns).items}
         return (

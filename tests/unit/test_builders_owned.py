@@ -20,9 +20,7 @@ EXPECTED_ORDER = [
     ("RoleBinding", "samd-fraud-detection-reviewer"),
     ("RoleBinding", "samd-fraud-detection-key-reader"),
     ("RoleBinding", "samd-fraud-detection-grant-4522889e"),
-    ("NetworkPolicy", "samd-fraud-detection-default-deny"),
-    ("NetworkPolicy", "samd-fraud-detection-allow-clients"),
-    ("NetworkPolicy", "samd-fraud-detection-egress"),
+    ("NetworkPolicy", "samd-fraud-detection-isolation"),
     ("ConfigMap", "fraud-detection-trust"),
     ("Service", "fraud-detection"),
     ("Deployment", "fraud-detection"),
@@ -77,7 +75,7 @@ def test_an_unverified_model_is_isolated_but_not_served() -> None:
     kinds = [o["kind"] for o in objects]
     assert "Deployment" not in kinds
     assert "PodDisruptionBudget" not in kinds
-    assert kinds.count("NetworkPolicy") == 3
+    assert kinds.count("NetworkPolicy") == 1
 
 
 def test_certificate_secrets_are_not_among_the_owned_objects() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import AppliedCache, Kube
-from samd.operator.reconcile import Reconciler
+from samd.operator.reconcile import Change, Reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -121,11 +121,11 @@ async def test_the_echo_of_our_own_apply_needs_no_reconcile_but_a_hand_edit_does
     reconciler = Reconciler(kube=kube, config=OperatorConfig())
     stored = await kube.apply(role(["get"]))
     assert stored is not None
-    assert reconciler.changed_by_others(stored) is False
+    assert reconciler.changed_by_others(stored) is Change.NONE
 
     edited = {**stored, "metadata": {**stored["metadata"], "resourceVersion": "99"}}
     edited["rules"] = [{**edited["rules"][0], "verbs": ["get", "delete"]}]
-    assert reconciler.changed_by_others(edited) is True
+    assert reconciler.changed_by_others(edited) is Change.DRIFT
     # ... and the next reconcile applies the Role again, undoing the edit.
     assert await kube.apply(role(["get"])) is not None
     assert len(client.applied) == 2
