@@ -64,6 +64,35 @@ def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+class ModelDiffBaseInMemory(kopf.AnnotationsDiffBaseStorage):
+    """kopf's record of the last handled spec: in memory for SecureModels, in an annotation otherwise.
+
+    The annotation copies the whole spec into the object and costs one more write per change, on
+    the most written objects there are; kept in memory instead, a restart loses it, and kopf then
+    treats each model as new, which runs the same reconcile as resuming it would. Policies keep the
+    annotation: without it, a restart would look like a change of every policy and re-queue every
+    model once per policy.
+    """
+
+    def __init__(self, *, prefix: str, key: str) -> None:
+        super().__init__(prefix=prefix, key=key)
+        self._models: dict[str, kopf.BodyEssence] = {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        if body.get("kind") != "SecureModel":
+            return super().fetch(body=body)
+        return self._models.get(str(body.metadata.uid))
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        if body.get("kind") != "SecureModel":
+            super().store(body=body, patch=patch, essence=essence)
+        else:
+            self._models[str(body.metadata.uid)] = essence
+
+    def forget(self, uid: str) -> None:
+        self._models.pop(uid, None)
+
+
 # --- start-up ---------------------------------------------------------------------------------------
 
 
@@ -71,9 +100,8 @@ def now() -> datetime.datetime:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # kopf's bookkeeping goes to annotations: the status is typed (DESIGN §5.10).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.samd.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kopf.samd.dev", key="last-handled-configuration"
-    )
+    memo.model_diffbase = ModelDiffBaseInMemory(prefix="kopf.samd.dev", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = memo.model_diffbase
     # kopf's own "handler succeeded" messages stay in the log; only warnings and errors, and the
     # operator's own events, become Kubernetes Events (two fewer API writes per reconcile).
     settings.posting.level = logging.WARNING
@@ -375,3 +403,4 @@ async def expose_index(
     if event.get("type") == "DELETED" and namespace is not None:
         reconciler: Reconciler = memo.reconciler
         reconciler.drop_model(namespace, name)
+        memo.model_diffbase.forget(str(kwargs["uid"]))

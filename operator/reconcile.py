@@ -812,7 +812,10 @@ class Reconciler:
         kinds = {m["kind"] for m in desired}
         if "NetworkPolicy" in kinds:
             run.set(
-                C.NETWORK_ISOLATED, True, "PoliciesApplied", "isolated: ingress only from the allowed clients to the mTLS port"
+                C.NETWORK_ISOLATED,
+                True,
+                "PoliciesApplied",
+                "isolated: ingress only from the allowed clients to the mTLS port",
             )
         else:
             run.set(C.NETWORK_ISOLATED, False, "PoliciesMissing", "no NetworkPolicy was built")
