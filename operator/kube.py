@@ -68,9 +68,13 @@ def translate(error: ApiError, action: str) -> Exception:
     if code in (409, 429) or code >= 500:
         return kopf.TemporaryError(message, delay=_retry_after(error))
     if code in (401, 403):
-        return kopf.TemporaryError(
-            message + "; check the operator's RBAC (the Helm chart's ClusterRole)", delay=30
+        # RBAC says "... cannot <verb> resource ..."; an admission refusal (also 403) says why itself.
+        hint = (
+            "; check the operator's RBAC (the Helm chart's ClusterRole)"
+            if " cannot " in message or code == 401
+            else ""
         )
+        return kopf.TemporaryError(message + hint, delay=30)
     return kopf.PermanentError(message)
 
 

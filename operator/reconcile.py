@@ -136,6 +136,16 @@ def owning_model(meta: Mapping[str, Any]) -> str | None:
 GENERATION_KINDS = frozenset({"Deployment", "NetworkPolicy", "PodDisruptionBudget"})
 
 
+# The condition that reports on each kind of owned object, when applying one fails.
+CONDITION_OF_KIND = {
+    "ServiceAccount": ConditionType.ACCESS_CONTROLLED,
+    "Role": ConditionType.ACCESS_CONTROLLED,
+    "RoleBinding": ConditionType.ACCESS_CONTROLLED,
+    "NetworkPolicy": ConditionType.NETWORK_ISOLATED,
+    "Secret": ConditionType.CERTIFICATES_READY,
+}
+
+
 class Change(Enum):
     """What a modification of an owned object, seen by the watch, asks of the operator."""
 
@@ -218,12 +228,24 @@ class _Run:
     conditions: dict[ConditionType, Condition] = field(default_factory=dict)
     temporary: list[str] = field(default_factory=list)
     signature: bytes | None = None  # the bundle as read from storage, verified or not
+    apply_failures: dict[ConditionType, str] = field(default_factory=dict)
 
     def set(self, kind: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.conditions[kind] = Condition(kind, status, reason, message)
 
     def event(self, reason: str, message: str, *, warning: bool = False) -> None:
         self.outcome.events.append(Event(reason, message, warning))
+
+    def apply_failed(self, manifest: Mapping[str, Any], error: Exception) -> None:
+        """An object could not be applied (refused by an admission webhook, a quota, RBAC...).
+
+        The rest of the reconcile goes on and its status is written; the condition that reports on
+        the object says why, and the reconcile is retried.
+        """
+        kind = CONDITION_OF_KIND.get(str(manifest["kind"]), ConditionType.SERVING)
+        self.apply_failures.setdefault(kind, str(error))
+        self.temporary.append(str(error))
+        self.event("ApplyFailed", str(error), warning=True)
 
     def retry_later(
         self, kind: ConditionType, reason: str, error: SamdError, keep: dict[str, Any]
@@ -323,21 +345,6 @@ class Reconciler:
             self._locks,
         ):
             cache.pop(key, None)
-
-    @property
-    def builder_settings(self) -> BuilderSettings:
-        c = self.config
-        return BuilderSettings(
-            default_image=c.default_image,
-            fetch_image=c.default_image,
-            operator_namespace=c.namespace,
-            cluster_domain=c.cluster_domain,
-            storage_egress=c.storage_egress,
-            model_volume_size=c.model_volume_size,
-            keyset_data_key=artifacts.KEYSET_KEY,
-            certificate_validity=c.certificate_validity,
-            certificate_renew_before=c.renew_before,
-        )
 
     async def reconcile(
         self,
@@ -442,10 +449,12 @@ class Reconciler:
             uid=model.uid,
             spec=spec,
             manifest_digest=verification.get("manifestDigest") if run.conditions[C.VERIFIED].status else None,
-            settings=self.builder_settings,
+            settings=builder_settings(self.config),
         )
         certificates = await self._certificates(run, context, owned)
         serving = await self._apply_owned(run, context, covering, owned)
+        for kind, message in run.apply_failures.items():
+            run.set(kind, False, "ApplyFailed", message)
 
         status = _status(model, run.conditions, now)
         status.update(
@@ -741,7 +750,11 @@ class Reconciler:
                     if client is None
                     else issue_client_certificate(authority, context, client, run.now)
                 )
-                await self.kube.apply(manifest)
+                try:
+                    await self.kube.apply(manifest)
+                except (kopf.TemporaryError, kopf.PermanentError) as error:
+                    run.apply_failed(manifest, error)
+                    continue
                 not_after = certificate_not_after(manifest["data"])
                 applied = self.kube.last_applied("Secret", namespace, secret_name)
                 if applied is not None and not_after is not None:
@@ -783,7 +796,11 @@ class Reconciler:
         keep = {(kind, name) for _, kind, name in wanted}
         deployment: dict[str, Any] | None = None
         for manifest in desired:
-            stored = await self.kube.apply(manifest)
+            try:
+                stored = await self.kube.apply(manifest)
+            except (kopf.TemporaryError, kopf.PermanentError) as error:
+                run.apply_failed(manifest, error)
+                continue
             if manifest["kind"] == "Deployment":
                 deployment = stored
         # What to prune: what the indexes show this model owns, and what this operator applied for
@@ -859,6 +876,21 @@ class Reconciler:
         run.conditions[C.SERVING] = _serving_condition(view, serving.replicas)
         available = view[0]
         return {"deployment": name, "service": name, "readyReplicas": available, "replicas": serving.replicas}
+
+
+def builder_settings(config: OperatorConfig) -> BuilderSettings:
+    """What the builders need of the operator's configuration."""
+    return BuilderSettings(
+        default_image=config.default_image,
+        fetch_image=config.default_image,
+        operator_namespace=config.namespace,
+        cluster_domain=config.cluster_domain,
+        storage_egress=config.storage_egress,
+        model_volume_size=config.model_volume_size,
+        keyset_data_key=artifacts.KEYSET_KEY,
+        certificate_validity=config.certificate_validity,
+        certificate_renew_before=config.renew_before,
+    )
 
 
 def _serving_condition(view: ServingView, replicas: int) -> Condition:
