@@ -470,7 +470,8 @@ class Reconciler:
         run.outcome.status = {k: (v if v else None) for k, v in status.items()}
         if run.temporary:
             run.outcome.error = kopf.TemporaryError("; ".join(run.temporary), delay=15)
-        if serving:
+        if serving and C.SERVING not in run.apply_failures:
+            # A rollout alone may then update Serving; not while a serving object is missing.
             run.outcome.replicas = spec.serving.replicas
         return run.outcome
 
