@@ -1,20 +1,20 @@
-"""Thin kopf handlers: they parse, hand typed values to the reconciler and write what it returns.
+"""Thin kopf handlers: they parse and hand typed values to the reconciler, which writes the status.
 
 Level-based: every SecureModel is reconciled as a whole from its current state on create, update
 and resume; a background loop re-queues models whose time-bound state is due (grant expiry, key
 rotation, certificate renewal, periodic re-verification); changes to trust policies and to the
-objects a model owns (a hand-deleted NetworkPolicy, a Deployment becoming Available) re-queue the
-model by touching its ``samd.dev/reconcile`` annotation, so all work on one model runs through
-kopf's per-object handler, one at a time. No timer or daemon runs per model, so SecureModels carry
-no finalizer: nothing outside Kubernetes needs cleaning up when one is deleted (garbage collection
-removes what it owns).
+objects a model owns (a hand-deleted NetworkPolicy, a hand-edited Role) re-queue the model by
+touching its ``samd.dev/reconcile`` annotation, so all work on one model runs through kopf's
+per-object handler, one at a time. A Deployment whose rollout alone moved only updates Serving and
+Ready in the status, under the same per-model lock as the reconcile. No timer or daemon runs per
+model, so SecureModels carry no finalizer: nothing outside Kubernetes needs cleaning up when one is
+deleted (garbage collection removes what it owns).
 
-The objects a model owns (some 17 per model) are followed by one label-selected watch per kind that
+The objects a model owns (some 15 per model) are followed by one label-selected watch per kind that
 keeps a small in-memory index, not by kopf: kopf keeps several kilobytes of state and runs its full
 handling cycle for every object it watches, which made those objects most of the operator's memory
 and CPU. From the index a reconcile finds what to prune without listing, and reads its Deployment's
-rollout without a request; the watch re-queues a model when someone else changes or deletes what it
-owns.
+rollout without a request.
 """
 
 from __future__ import annotations
