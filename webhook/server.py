@@ -128,74 +128,35 @@ def write_development_certificates(
     Writes ca.crt, tls.crt and tls.key (mode 0600) into `directory`; the CA key is not kept. In a
     cluster the chart (or cert-manager) provides the certificate.
     """
-    import ipaddress  # noqa: PLC0415 - development helper only
-
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography import x509  # noqa: PLC0415 - development helper only
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    from samd.operator.builders.certificates import (  # noqa: PLC0415
+        CertificateAuthority,
+        cert_pem,
+        issue_certificate,
+        key_pem,
+    )
 
     now = datetime.datetime.now(datetime.UTC)
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
     # A name of its own: clients pick the CA by issuer name, so two development CAs must differ.
-    ca_name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"samd-webhook development CA {os.urandom(4).hex()}")]
+    ca = CertificateAuthority.generate(
+        now, validity, common_name=f"samd-webhook development CA {os.urandom(4).hex()}"
     )
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    key, cert = issue_certificate(
+        ca,
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        hosts=hosts,
+        now=now,
+        validity=validity,
     )
     paths = DevelopmentCertificates(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
-    paths.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths.ca_file.write_bytes(ca.certificate_pem)
     paths.key_file.touch(mode=0o600)
-    paths.key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    paths.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths.key_file.write_bytes(key_pem(key))
+    paths.cert_file.write_bytes(cert_pem(cert))
     return paths
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -38,13 +39,13 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _cert_pem(certificate: x509.Certificate) -> bytes:
+def cert_pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -141,11 +142,11 @@ class CertificateAuthority:
 
     def to_secret_data(self) -> dict[str, str]:
         """The CA as a Secret's `data` (base64 PEM), the inverse of `from_secret_data`."""
-        return {TLS_CERT: _b64(_cert_pem(self.certificate)), TLS_KEY: _b64(_key_pem(self.key))}
+        return {TLS_CERT: _b64(cert_pem(self.certificate)), TLS_KEY: _b64(key_pem(self.key))}
 
     @property
     def certificate_pem(self) -> bytes:
-        return _cert_pem(self.certificate)
+        return cert_pem(self.certificate)
 
 
 def server_dns_names(ctx: ModelContext) -> list[str]:
@@ -175,15 +176,17 @@ def _leaf_key_usage() -> x509.KeyUsage:
     )
 
 
-def _issue(
+def issue_certificate(
     ca: CertificateAuthority,
     *,
     subject: x509.Name,
     usage: x509.ObjectIdentifier,
-    dns_names: list[str],
+    hosts: Sequence[str],
     now: datetime.datetime,
     validity: datetime.timedelta,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh EC P-256 key and a leaf certificate for it from `ca`; `hosts` (DNS names or IP
+    addresses) become its subject alternative names."""
     key = ec.generate_private_key(ec.SECP256R1())
     public_key = key.public_key()
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -201,11 +204,18 @@ def _issue(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
     )
-    if dns_names:
+    if hosts:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False
+            x509.SubjectAlternativeName([_host(h) for h in hosts]), critical=False
         )
     return key, builder.sign(ca.key, hashes.SHA256())
+
+
+def _host(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _tls_secret(
@@ -221,8 +231,8 @@ def _tls_secret(
         "type": "kubernetes.io/tls",
         "metadata": owned_metadata(ctx, name),
         "data": {
-            TLS_CERT: _b64(_cert_pem(certificate)),
-            TLS_KEY: _b64(_key_pem(key)),
+            TLS_CERT: _b64(cert_pem(certificate)),
+            TLS_KEY: _b64(key_pem(key)),
             CA_CERT: _b64(ca.certificate_pem),
         },
     }
@@ -232,11 +242,11 @@ def issue_server_certificate(ca: CertificateAuthority, ctx: ModelContext, now: d
     """The `<model>-tls` Secret: a serverAuth certificate for the model's Service names, and the CA."""
     dns_names = server_dns_names(ctx)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
-    key, certificate = _issue(
+    key, certificate = issue_certificate(
         ca,
         subject=subject,
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        dns_names=dns_names,
+        hosts=dns_names,
         now=now,
         validity=ctx.settings.certificate_validity,
     )
@@ -253,11 +263,11 @@ def issue_client_certificate(
             x509.NameAttribute(NameOID.COMMON_NAME, client_name),
         ]
     )
-    key, certificate = _issue(
+    key, certificate = issue_certificate(
         ca,
         subject=subject,
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-        dns_names=[],
+        hosts=[],
         now=now,
         validity=ctx.settings.certificate_validity,
     )
