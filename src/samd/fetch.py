@@ -121,18 +121,6 @@ def remove_active_staging() -> None:
         _ACTIVE_STAGING.discard(root)
 
 
-def _umask() -> int:
-    # Read, not set: os.umask() can only be read by changing it, which would race other threads.
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def _remove_entry(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -184,8 +172,10 @@ class StagedOutput:
             raise UsageError(f"cannot write into {parent}: {error.strerror or error}") from error
         _ACTIVE_STAGING.add(self.root)
         if not self._in_place:
+            from samd.storage.local import current_umask  # noqa: PLC0415 - see fetch_model
+
             # mkdtemp makes it 0700; once renamed it is the output, so give it a mkdir's mode.
-            os.chmod(self.root, 0o777 & ~_umask())
+            os.chmod(self.root, 0o777 & ~current_umask(unknown=0o022))
 
     @staticmethod
     def _remove_stale_staging(directory: Path, prefix: str) -> None:

@@ -105,7 +105,7 @@ def put_local(
     temporary = Path(temporary_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o666 & ~_current_umask())
+            os.fchmod(out.fileno(), 0o666 & ~current_umask())
             while True:
                 chunk = _read_source(src, chunk_size, path)
                 if not chunk:
@@ -167,7 +167,8 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _current_umask() -> int:
+def current_umask(unknown: int = 0o077) -> int:
+    """The process umask, or `unknown` where it cannot be read (by default owner-only: conservative)."""
     # Read without changing it: os.umask() can only be read by setting it, which races threads.
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -176,4 +177,4 @@ def _current_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return 0o077  # unknown: be conservative, owner only
+    return unknown
