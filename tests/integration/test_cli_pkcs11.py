@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from tests.support.softhsm import SoftHSMToken
 from tests.unit.test_cli import run, tree, write_model
 
 pytestmark = pytest.mark.integration
-
-
-def exported_public_key(token: SoftHSMToken, label: str, directory: Path) -> Path:
-    """The token's public key, read with pkcs11-tool (not with the code under test), as PEM."""
-    der = directory / f"{label}.der"
-    subprocess.run(
-        [
-            "pkcs11-tool",
-            "--module",
-            token.module,
-            "--token-label",
-            token.token_label,
-            "--read-object",
-            "--type",
-            "pubkey",
-            "--label",
-            label,
-            "--output-file",
-            str(der),
-        ],
-        check=True,
-        capture_output=True,
-        env=token.env(),
-    )
-    pem = directory / f"{label}.pub.pem"
-    pem.write_bytes(
-        serialization.load_der_public_key(der.read_bytes()).public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return pem
 
 
 @pytest.fixture
@@ -58,7 +25,7 @@ def test_sign_encrypt_and_fetch_with_keys_that_never_leave_the_token(
     model = tmp_path / "model"
     model.mkdir()
     write_model(model)
-    public_key = exported_public_key(hsm, "signer", tmp_path)
+    public_key = hsm.export_public_key("signer", tmp_path)
     artifact = tmp_path / "model.samd"
     kek = hsm.uri("kek")
 
@@ -93,7 +60,7 @@ def test_fetch_with_a_missing_token_key_is_a_key_error(
     model = tmp_path / "model"
     model.mkdir()
     write_model(model)
-    public_key = exported_public_key(hsm, "signer", tmp_path)
+    public_key = hsm.export_public_key("signer", tmp_path)
     artifact = tmp_path / "model.samd"
     assert run(capsys, "sign", model, "--pkcs11-uri", hsm.uri("signer")).code == 0
     assert run(capsys, "encrypt", model, "--key", hsm.uri("kek"), "--output", artifact).code == 0

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from samd.errors import KeyProviderError, VerificationError
 from samd.signing import Signer, Verifier, key_id, sign_model, verify_model
@@ -20,37 +19,6 @@ FILES = {"model.onnx": b"hsm-signed weights" * 100, "config.json": b"{}"}
 UPSTREAM_CLI = Path(sys.executable).parent / "model_signing"
 
 
-def export_public_key(token: SoftHSMToken, label: str, directory: Path) -> Path:
-    """Read the public key out of the token with pkcs11-tool (not with the code under test)."""
-    der = directory / f"{label}.der"
-    subprocess.run(
-        [
-            "pkcs11-tool",
-            "--module",
-            token.module,
-            "--token-label",
-            token.token_label,
-            "--read-object",
-            "--type",
-            "pubkey",
-            "--label",
-            label,
-            "--output-file",
-            str(der),
-        ],
-        check=True,
-        capture_output=True,
-        env=token.env(),
-    )
-    pem = directory / f"{label}.pub"
-    pem.write_bytes(
-        serialization.load_der_public_key(der.read_bytes()).public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return pem
-
-
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
     return write_model(tmp_path / "model", FILES)
@@ -60,7 +28,7 @@ def test_hsm_signature_verifies_with_the_exported_public_key(
     softhsm: SoftHSMToken, model: Path, tmp_path: Path
 ) -> None:
     softhsm.generate_ec_key("model-signer")
-    public_key = export_public_key(softhsm, "model-signer", tmp_path)
+    public_key = softhsm.export_public_key("model-signer", tmp_path)
     signature = tmp_path / "model.sig"
 
     sign_model(model, signature, Signer.from_pkcs11_uri(softhsm.uri("model-signer")))
@@ -75,7 +43,7 @@ def test_hsm_signature_verifies_with_the_upstream_cli(
     softhsm: SoftHSMToken, model: Path, tmp_path: Path
 ) -> None:
     softhsm.generate_ec_key("model-signer")
-    public_key = export_public_key(softhsm, "model-signer", tmp_path)
+    public_key = softhsm.export_public_key("model-signer", tmp_path)
     signature = tmp_path / "model.sig"
     sign_model(model, signature, Signer.from_pkcs11_uri(softhsm.uri("model-signer")))
 
@@ -99,7 +67,7 @@ def test_hsm_signature_verifies_with_the_upstream_cli(
 
 def test_upstream_hsm_signature_verifies_here(softhsm: SoftHSMToken, model: Path, tmp_path: Path) -> None:
     softhsm.generate_ec_key("model-signer")
-    public_key = export_public_key(softhsm, "model-signer", tmp_path)
+    public_key = softhsm.export_public_key("model-signer", tmp_path)
     signature = tmp_path / "upstream.sig"
     signed = subprocess.run(
         [
@@ -127,7 +95,7 @@ def test_upstream_hsm_signature_verifies_here(softhsm: SoftHSMToken, model: Path
 def test_another_hsm_key_does_not_verify(softhsm: SoftHSMToken, model: Path, tmp_path: Path) -> None:
     softhsm.generate_ec_key("model-signer", key_id="01")
     softhsm.generate_ec_key("other-key", key_id="03")
-    other_public = export_public_key(softhsm, "other-key", tmp_path)
+    other_public = softhsm.export_public_key("other-key", tmp_path)
     signature = tmp_path / "model.sig"
     sign_model(model, signature, Signer.from_pkcs11_uri(softhsm.uri("model-signer")))
 

@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -33,55 +35,37 @@ class SoftHSMToken:
             f"?module-path={self.module}&pin-value={self.pin}"
         )
 
-    def generate_ec_key(self, label: str, key_id: str = "01") -> None:
-        """Create an EC P-256 key pair on the token with pkcs11-tool."""
+    def _pkcs11_tool(self, *args: str, login: bool = True) -> None:
+        credentials = ["--login", "--pin", self.pin] if login else []
         subprocess.run(
-            [
-                "pkcs11-tool",
-                "--module",
-                self.module,
-                "--login",
-                "--pin",
-                self.pin,
-                "--token-label",
-                self.token_label,
-                "--keypairgen",
-                "--key-type",
-                "EC:prime256v1",
-                "--label",
-                label,
-                "--id",
-                key_id,
-            ],
+            ["pkcs11-tool", "--module", self.module, *credentials, "--token-label", self.token_label, *args],
             check=True,
             capture_output=True,
             env=self.env(),
         )
 
+    def generate_ec_key(self, label: str, key_id: str = "01") -> None:
+        """Create an EC P-256 key pair on the token with pkcs11-tool."""
+        self._pkcs11_tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", key_id)
+
     def generate_aes_key(self, label: str, key_id: str = "02") -> None:
         """Create an extractable=false AES-256 secret key on the token."""
-        subprocess.run(
-            [
-                "pkcs11-tool",
-                "--module",
-                self.module,
-                "--login",
-                "--pin",
-                self.pin,
-                "--token-label",
-                self.token_label,
-                "--keygen",
-                "--key-type",
-                "AES:32",
-                "--label",
-                label,
-                "--id",
-                key_id,
-            ],
-            check=True,
-            capture_output=True,
-            env=self.env(),
+        self._pkcs11_tool("--keygen", "--key-type", "AES:32", "--label", label, "--id", key_id)
+
+    def export_public_key(self, label: str, directory: Path) -> Path:
+        """The token's public key `label` as a PEM file, read with pkcs11-tool (not with the code under test)."""
+        der = directory / f"{label}.der"
+        self._pkcs11_tool(
+            "--read-object", "--type", "pubkey", "--label", label, "--output-file", str(der), login=False
         )
+        pem = directory / f"{label}.pub.pem"
+        public_key = serialization.load_der_public_key(der.read_bytes())
+        pem.write_bytes(
+            public_key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return pem
 
 
 def softhsm_module() -> str:
