@@ -53,6 +53,18 @@ def fetch(
     )
 
 
+def reencrypt(
+    capsys: pytest.CaptureFixture[str], workspace: Workspace, *extra: str, source: Path | None = None
+) -> None:
+    """Replace the workspace's artifact by an encryption of its model as it is now (or of `source`)."""
+    workspace.artifact.unlink()
+    model = workspace.model if source is None else source
+    assert (
+        run(capsys, "encrypt", model, "--key", workspace.key, "--output", workspace.artifact, *extra).code
+        == 0
+    )
+
+
 def assert_nothing_left(output: Path) -> None:
     """The output holds nothing of the model: it is absent, or an existing directory left empty."""
     if output.exists():
@@ -287,11 +299,7 @@ def test_fetch_refuses_a_model_changed_after_signing(
     capsys: pytest.CaptureFixture[str], workspace: Workspace, tmp_path: Path
 ) -> None:
     (workspace.model / "config.json").write_text('{"layers": 4}\n')
-    workspace.artifact.unlink()
-    assert (
-        run(capsys, "encrypt", workspace.model, "--key", workspace.key, "--output", workspace.artifact).code
-        == 0
-    )
+    reencrypt(capsys, workspace)
     output = tmp_path / "out"
 
     result = fetch(capsys, workspace, output)
@@ -306,11 +314,7 @@ def test_fetch_refuses_a_file_the_signature_does_not_cover(
     capsys: pytest.CaptureFixture[str], workspace: Workspace, tmp_path: Path
 ) -> None:
     (workspace.model / "backdoor.py").write_text("import os\n")
-    workspace.artifact.unlink()
-    assert (
-        run(capsys, "encrypt", workspace.model, "--key", workspace.key, "--output", workspace.artifact).code
-        == 0
-    )
+    reencrypt(capsys, workspace)
     output = tmp_path / "out"
 
     result = fetch(capsys, workspace, output)
@@ -323,21 +327,7 @@ def test_fetch_refuses_a_file_the_signature_does_not_cover(
 def test_fetch_refuses_a_model_missing_a_signed_file(
     capsys: pytest.CaptureFixture[str], workspace: Workspace, tmp_path: Path
 ) -> None:
-    workspace.artifact.unlink()
-    assert (
-        run(
-            capsys,
-            "encrypt",
-            workspace.model,
-            "--key",
-            workspace.key,
-            "--output",
-            workspace.artifact,
-            "--ignore",
-            "config.json",
-        ).code
-        == 0
-    )
+    reencrypt(capsys, workspace, "--ignore", "config.json")
     output = tmp_path / "out"
 
     result = fetch(capsys, workspace, output)
@@ -357,11 +347,7 @@ def test_fetch_leaves_out_files_the_signer_ignored(
         ).code
         == 0
     )
-    workspace.artifact.unlink()
-    assert (
-        run(capsys, "encrypt", workspace.model, "--key", workspace.key, "--output", workspace.artifact).code
-        == 0
-    )
+    reencrypt(capsys, workspace)
 
     result = fetch(capsys, workspace, tmp_path / "out")
 
@@ -403,11 +389,7 @@ def test_fetch_refuses_a_hostile_archive_even_when_properly_encrypted(
 def test_fetch_refuses_a_single_file_artifact_for_a_directory_signature(
     capsys: pytest.CaptureFixture[str], workspace: Workspace, tmp_path: Path
 ) -> None:
-    workspace.artifact.unlink()
-    model_file = workspace.model / "weights.bin"
-    assert (
-        run(capsys, "encrypt", model_file, "--key", workspace.key, "--output", workspace.artifact).code == 0
-    )
+    reencrypt(capsys, workspace, source=workspace.model / "weights.bin")
     output = tmp_path / "out"
 
     result = fetch(capsys, workspace, output)
