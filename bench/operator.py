@@ -520,6 +520,13 @@ def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Ta
     )
     from samd.operator.builders.context import ModelContext  # noqa: PLC0415
     from samd.operator.builders.serving import build_signature_config_map  # noqa: PLC0415
+    from samd.operator.conditions import (  # noqa: PLC0415
+        READY_DEPENDS_ON,
+        Condition,
+        ConditionType,
+        merge_conditions,
+        ready_condition,
+    )
     from samd.operator.config import OperatorConfig  # noqa: PLC0415
     from samd.operator.reconcile import builder_settings  # noqa: PLC0415
     from samd.spec import TrustedSigner, parse_secure_model  # noqa: PLC0415
@@ -533,24 +540,15 @@ def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Ta
     authority = CertificateAuthority.generate(now)
 
     def status(serving: bool) -> dict[str, Any]:
-        checks = ["Verified", "Encrypted", "StorageSecure", "CertificatesReady", "AccessControlled"]
-        conditions = [*checks, "NetworkIsolated", "Serving", "Ready"]
+        """What the operator writes: every check True, Serving (and so Ready) once available."""
+        message = "written by the bench, in place of the operator"
+        checks = {kind: Condition(kind, True, "Bench", message) for kind in READY_DEPENDS_ON}
+        checks[ConditionType.SERVING] = Condition(ConditionType.SERVING, serving, "Bench", message)
+        conditions = merge_conditions([], [*checks.values(), ready_condition(checks)], generation=1, now=now)
         return {
             "status": {
                 "observedGeneration": 1,
-                "conditions": [
-                    {
-                        "type": kind,
-                        "status": "True"
-                        if serving or kind in checks or kind == "NetworkIsolated"
-                        else "False",
-                        "reason": "Bench",
-                        "message": "written by the bench, in place of the operator",
-                        "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "observedGeneration": 1,
-                    }
-                    for kind in conditions
-                ],
+                "conditions": conditions,
                 "serving": {"deployment": "x", "service": "x", "readyReplicas": int(serving), "replicas": 1},
             }
         }
