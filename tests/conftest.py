@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoSer
 @pytest.fixture
 def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHSMToken:
     """A fresh SoftHSM2 token for one test; SOFTHSM2_CONF points at it."""
+    # SoftHSM2 reads SOFTHSM2_CONF once, when the process first initialises it, and is finalised only
+    # when the last PyKCS11 library object is collected. An earlier test's failed signer can still be
+    # held by an exception's traceback cycle: collect it so this test's token directory is the one read.
+    gc.collect()
     token = create_token(tmp_path / "softhsm")
     monkeypatch.setenv("SOFTHSM2_CONF", str(token.conf))
     return token
