@@ -8,7 +8,20 @@ from collections.abc import Callable, Sequence
 
 from bench import admission, artifact
 from bench import operator as operator_suite
-from bench.report import text_table, write_section
+from bench.report import Row, text_table, write_section
+
+
+def report(
+    options: argparse.Namespace, suite: str, title: str, rows: Sequence[Row], section: Callable[[str], str]
+) -> bool:
+    """Print the suite's table, write its section of docs/benchmarks.md (`section` takes the command that
+    produced it), and say whether every target was met."""
+    print(f"\n{suite} suite")
+    print(text_table(rows))
+    if options.write_docs:
+        command = "make bench" if options.suites == [] else f"python -m bench {' '.join(options.suites)}"
+        write_section(suite, title, section(command))
+    return all(row.passed is not False for row in rows)
 
 
 def run_artifact(options: argparse.Namespace) -> bool:
@@ -19,14 +32,13 @@ def run_artifact(options: argparse.Namespace) -> bool:
         keep=options.keep,
     )
     rows = artifact.run(settings)
-    print("\nartifact suite")
-    print(text_table(rows))
-    if options.write_docs:
-        command = "make bench" if options.suites == [] else f"python -m bench {' '.join(options.suites)}"
-        write_section(
-            "artifact", "Artifact core: encrypt and fetch", artifact.section(rows, settings, command)
-        )
-    return all(row.passed is not False for row in rows)
+    return report(
+        options,
+        "artifact",
+        "Artifact core: encrypt and fetch",
+        rows,
+        lambda command: artifact.section(rows, settings, command),
+    )
 
 
 def run_operator(options: argparse.Namespace) -> bool:
@@ -34,12 +46,13 @@ def run_operator(options: argparse.Namespace) -> bool:
         counts=operator_suite.parse_counts(options.models), timeout=options.operator_timeout
     )
     rows = operator_suite.run(settings)
-    print("\noperator suite")
-    print(text_table(rows))
-    if options.write_docs:
-        command = "make bench" if options.suites == [] else f"python -m bench {' '.join(options.suites)}"
-        write_section("operator", "Operator: SecureModels until Ready", operator_suite.section(rows, command))
-    return all(row.passed is not False for row in rows)
+    return report(
+        options,
+        "operator",
+        "Operator: SecureModels until Ready",
+        rows,
+        lambda command: operator_suite.section(rows, command),
+    )
 
 
 def run_admission(options: argparse.Namespace) -> bool:
@@ -49,14 +62,13 @@ def run_admission(options: argparse.Namespace) -> bool:
         repeat=min(options.repeat, 3),  # three 40-second rounds are enough to see past interruptions
     )
     rows = admission.run(settings)
-    print("\nadmission suite")
-    print(text_table(rows))
-    if options.write_docs:
-        command = "make bench" if options.suites == [] else f"python -m bench {' '.join(options.suites)}"
-        write_section(
-            "admission", "Admission webhook: reviews over TLS", admission.section(rows, settings, command)
-        )
-    return all(row.passed is not False for row in rows)
+    return report(
+        options,
+        "admission",
+        "Admission webhook: reviews over TLS",
+        rows,
+        lambda command: admission.section(rows, settings, command),
+    )
 
 
 SUITES: dict[str, Callable[[argparse.Namespace], bool]] = {
