@@ -110,28 +110,16 @@ def log(message: str) -> None:
 def prepare(work: Path, count: int, per_namespace: int) -> tuple[Path, Path]:
     """Sign `count` models, `per_namespace` in each namespace; write the watched state (state.json)
     and one review per model (reviews.json)."""
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from tests.support.signing import write_key_pair  # noqa: PLC0415
 
     from samd.operator.builders.context import BuilderSettings, ModelContext  # noqa: PLC0415
     from samd.operator.builders.serving import build_deployment, build_signature_config_map  # noqa: PLC0415
     from samd.signing import Signer, sign_model  # noqa: PLC0415
     from samd.spec import parse_secure_model  # noqa: PLC0415
 
-    work.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_file = work / "signer.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public_pem = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    signer = Signer.from_private_key(key_file)
+    signing_key = write_key_pair(work)
+    public_pem = signing_key.public_pem.read_text()
+    signer = Signer.from_private_key(signing_key.private_pem)
     settings = BuilderSettings(
         default_image=LOADER_IMAGE, fetch_image=LOADER_IMAGE, operator_namespace="samd-system"
     )

@@ -8,13 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
 from samd.envelope import encrypt_file
 from samd.keys import LocalKeyProvider
 from samd.signing import Signer, sign_model
+from tests.support.signing import write_key_pair
 
 
 @dataclass(frozen=True)
@@ -51,22 +50,11 @@ def make_model(directory: Path, *, size: int = 64 * 1024, name: str = "model.onn
     model = directory / name
     model.write_bytes(os.urandom(size))
 
-    private_key = ec.generate_private_key(ec.SECP256R1())
-    key_path = directory / "signing-key.pem"
-    key_path.write_bytes(
-        private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public_pem = (
-        private_key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    signing_key = write_key_pair(directory, "signing-key")
     signature = directory / f"{name}.sig"
-    sign_model(model, signature, Signer.from_private_key(key_path))
+    sign_model(model, signature, Signer.from_private_key(signing_key.private_pem))
 
     provider = LocalKeyProvider.generate()
     artifact = directory / f"{name}.samd"
     encrypt_file(model, artifact, provider, attributes={"samd.content": "file", "samd.name": name})
-    return ModelArtifacts(model, artifact, signature, public_pem, provider.to_bytes())
+    return ModelArtifacts(model, artifact, signature, signing_key.public_pem.read_text(), provider.to_bytes())
