@@ -62,6 +62,21 @@ class Workspace:
     def key(self) -> str:
         return f"local:{self.keyset}"
 
+    def fetch_argv(self, output: Path, source: str | Path | None = None) -> list[str]:
+        """`samd fetch` of this workspace's artifact (or `source`) with its signature, public key and keyset."""
+        return [
+            "fetch",
+            str(self.artifact if source is None else source),
+            "--signature",
+            str(self.signature),
+            "--public-key",
+            str(self.public_key),
+            "--key",
+            self.key,
+            "--output",
+            str(output),
+        ]
+
 
 def write_model(model: Path) -> dict[str, bytes]:
     files = {

@@ -37,20 +37,7 @@ def workspace(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Workspace:
 def fetch(
     capsys: pytest.CaptureFixture[str], workspace: Workspace, output: Path, *extra: str | Path
 ) -> Result:
-    return run(
-        capsys,
-        "fetch",
-        workspace.artifact,
-        "--signature",
-        workspace.signature,
-        "--public-key",
-        workspace.public_key,
-        "--key",
-        workspace.key,
-        "--output",
-        output,
-        *extra,
-    )
+    return run(capsys, *workspace.fetch_argv(output), *extra)
 
 
 def reencrypt(
@@ -448,19 +435,7 @@ def test_sigterm_during_fetch_leaves_nothing(
     output = tmp_path / "out"
     output.mkdir()
     process = subprocess.Popen(
-        [
-            SAMD,
-            "fetch",
-            str(fifo),
-            "--signature",
-            str(workspace.signature),
-            "--public-key",
-            str(workspace.public_key),
-            "--key",
-            workspace.key,
-            "--output",
-            str(output),
-        ],
+        [SAMD, *workspace.fetch_argv(output, source=fifo)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -493,19 +468,7 @@ def test_a_full_output_volume_is_a_clear_storage_error(workspace: Workspace, tmp
 
     output = tmp_path / "out"
     completed = subprocess.run(
-        [
-            SAMD,
-            "fetch",
-            str(workspace.artifact),
-            "--signature",
-            str(workspace.signature),
-            "--public-key",
-            str(workspace.public_key),
-            "--key",
-            workspace.key,
-            "--output",
-            str(output),
-        ],
+        [SAMD, *workspace.fetch_argv(output)],
         capture_output=True,
         text=True,
         preexec_fn=limit_file_size,

@@ -64,19 +64,7 @@ def test_importing_storage_loads_no_remote_backend() -> None:
 
 def test_a_local_fetch_loads_only_what_it_uses_and_stays_small(workspace: Workspace, tmp_path: Path) -> None:
     output = tmp_path / "out"
-    arguments = [
-        "fetch",
-        f"file://{workspace.artifact}",
-        "--signature",
-        str(workspace.signature),
-        "--public-key",
-        str(workspace.public_key),
-        "--key",
-        workspace.key,
-        "--output",
-        str(output),
-        "--json",
-    ]
+    arguments = [*workspace.fetch_argv(output, source=f"file://{workspace.artifact}"), "--json"]
     # VmHWM is the peak resident memory of this process image only; getrusage's maxrss would
     # also count the pytest process it was forked from.
     probe = (
