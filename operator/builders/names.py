@@ -21,7 +21,7 @@ DNS_SUBDOMAIN_MAX = 253
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
-ModelRole = Literal["deployer", "reviewer", "key-reader"]
+ModelRole = Literal["deployer", "reviewer"]
 
 
 def short_hash(text: str, length: int = 8) -> str:

@@ -51,13 +51,12 @@ def test_example_becomes_ready_with_every_owned_object(scenario: Scenario) -> No
     assert names(scenario.core.list_namespaced_service(ns).items) == {"fraud-detection"}
     assert names(scenario.net.list_namespaced_network_policy(ns).items) == {"samd-fraud-detection-isolation"}
     assert names(scenario.rbac.list_namespaced_role(ns).items) == {
-        "samd-fraud-detection-deployer", "samd-fraud-detection-reviewer", "samd-fraud-detection-key-reader",
+        "samd-fraud-detection-deployer", "samd-fraud-detection-reviewer",
     }  # fmt: skip
     bindings = names(scenario.rbac.list_namespaced_role_binding(ns).items)
     assert {
         "samd-fraud-detection-deployer",
         "samd-fraud-detection-reviewer",
-        "samd-fraud-detection-key-reader",
     } < bindings
     assert any(
         b.startswith("samd-fraud-detection-grant-") for b in bindings
