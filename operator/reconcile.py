@@ -881,17 +881,7 @@ class Reconciler:
 
 def builder_settings(config: OperatorConfig) -> BuilderSettings:
     """What the builders need of the operator's configuration."""
-    return BuilderSettings(
-        default_image=config.default_image,
-        fetch_image=config.default_image,
-        operator_namespace=config.namespace,
-        cluster_domain=config.cluster_domain,
-        storage_egress=config.storage_egress,
-        model_volume_size=config.model_volume_size,
-        keyset_data_key=artifacts.KEYSET_KEY,
-        certificate_validity=config.certificate_validity,
-        certificate_renew_before=config.renew_before,
-    )
+    return BuilderSettings.of(config)
 
 
 def _serving_condition(view: ServingView, replicas: int) -> Condition:

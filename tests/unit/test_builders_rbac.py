@@ -64,7 +64,8 @@ def test_no_role_of_the_model_reaches_secrets_and_its_workload_is_bound_to_nothi
         if any("secrets" in rule["resources"] for rule in role["rules"])
     ]
     bound = [subject for binding in build_role_bindings(ctx, NOW) for subject in binding["subjects"]]
-    assert bound and {"kind": "ServiceAccount", "name": "fraud-detection-model", "namespace": "fraud"} not in bound
+    assert bound
+    assert {"kind": "ServiceAccount", "name": "fraud-detection-model", "namespace": "fraud"} not in bound
 
 
 def test_an_expired_grant_has_no_binding_and_an_active_one_has() -> None:
