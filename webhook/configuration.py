@@ -120,7 +120,7 @@ def may_run_a_model(pod: str) -> str:
 
 
 def _model_label(obj: str) -> str:
-    return f"{obj}.?metadata.?labels.orValue({{}}).?['{MODEL_KEY}'].orValue('')"
+    return f"{obj}.?metadata.?labels.orValue({{}})[?'{MODEL_KEY}'].orValue('')"
 
 
 SPEC_OR_MODEL_LABEL_CHANGED = f"{SPEC_CHANGED} || {_model_label('object')} != {_model_label('oldObject')}"
