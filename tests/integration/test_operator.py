@@ -221,9 +221,15 @@ def test_rbac_deployer_reviewer_and_key_material(scenario: Scenario) -> None:
     assert check("bob", ["auditors"], "get", "securemodels")
     assert not check("bob", ["auditors"], "update", "securemodels")
     assert not check("mallory", [], "get", "securemodels")
+    # Nobody reads the key through the model's Roles, not even the model's own identity: the kubelet
+    # mounts it into the loader.
     workload = f"system:serviceaccount:{ns}:fraud-detection-model"
-    assert check(workload, ["system:serviceaccounts"], "get", "secrets", "fraud-detection-key")
-    for user, groups in [("alice", ["ml-ops"]), ("bob", ["auditors"]), ("mallory", [])]:
+    for user, groups in [
+        ("alice", ["ml-ops"]),
+        ("bob", ["auditors"]),
+        ("mallory", []),
+        (workload, ["system:serviceaccounts"]),
+    ]:
         assert not check(user, groups, "get", "secrets", "fraud-detection-key"), user
     other = f"system:serviceaccount:{ns}:default"
     assert not check(other, ["system:serviceaccounts"], "get", "secrets", "fraud-detection-key")

@@ -475,3 +475,13 @@ def test_only_what_a_write_adds_is_asked() -> None:
         "spec.artifact.credentialsSecret names Secret s3-creds",
         "spec.access grants deployer to Group ml-ops",
     ]
+
+
+async def test_an_in_place_update_of_a_model_pods_server_image_is_refused(world: World) -> None:
+    old = world.pod()
+    new = copy.deepcopy(old)
+    container(new, "server")["image"] = "attacker/server:2"
+
+    decision = await world.decide(review(new, operation="UPDATE", old=old))
+
+    assert_denied(decision, "PodAltered", "container server runs image 'attacker/server:2'")
