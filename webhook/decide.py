@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from samd.errors import SamdError, VerificationError
 from samd.operator.builders.context import BuilderSettings, ModelContext
 from samd.operator.builders.metadata import MODEL_ANNOTATION, MODEL_DIGEST_ANNOTATION, MODEL_LABEL
@@ -900,11 +902,10 @@ def check_identity(
     return violations
 
 
-def check_pod_shape(
-    template: PodTemplate, subject: Subject, model: WatchedModel, expected: ExpectedPod | None
-) -> list[Violation]:
-    """The pod is exactly the one the operator builds for the model (see `samd.webhook.podshape`)."""
-    if expected is None:
+def check_pod_shape(subject: Subject, model: WatchedModel, problems: Sequence[str] | None) -> list[Violation]:
+    """Violations for how the pod differs from the one the operator builds for the model
+    (`samd.webhook.podshape.compare_pod`); `problems` None: the operator builds no pod for it."""
+    if problems is None:
         return [
             Violation(
                 POD_ALTERED,
@@ -912,7 +913,6 @@ def check_pod_shape(
                 f"no pod for it and {subject} may not load it; enable serving in the SecureModel instead",
             )
         ]
-    problems = compare_pod(template.spec, expected)
     if not problems:
         return []
     return [
@@ -923,6 +923,21 @@ def check_pod_shape(
             "your own",
         )
     ]
+
+
+@dataclass
+class _KeptPod:
+    """The operator's pod for one model object and digest, and the answers already given for pod specs
+    (a ReplicaSet's pods share one spec, so most pods are answered by one serialisation and a lookup)."""
+
+    model: WatchedModel
+    digest: str
+    expected: ExpectedPod | None
+    answers: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+
+
+MAX_KEPT_ANSWERS = 16
+"""Distinct pod specs remembered per model."""
 
 
 def _parsed_spec(obj: Mapping[str, Any] | None) -> SecureModelSpec | None:
@@ -952,7 +967,7 @@ class PolicyDecider:
         self.access = access
         """Asks the API server what a SecureModel's author may do; None: every such question is refused."""
         self._loaders: dict[tuple[str, str], tuple[WatchedModel, str, ExpectedLoader]] = {}
-        self._pods: dict[tuple[str, str], tuple[WatchedModel, str, ExpectedPod | None]] = {}
+        self._pods: dict[tuple[str, str], _KeptPod] = {}
         state.add_policy_listener(self._policy_changed)
 
     @property
@@ -972,26 +987,37 @@ class PolicyDecider:
         self._loaders[key] = (model, digest, expected)
         return expected
 
-    def _expected_pod(self, model: WatchedModel, digest: str) -> ExpectedPod | None:
-        """The operator's pod for `model`, kept like `_expected_loader`."""
+    def _pod_problems(
+        self, spec: Mapping[str, Any], model: WatchedModel, digest: str
+    ) -> tuple[str, ...] | None:
+        """How `spec` differs from the operator's pod for `model` (None: it builds none), kept per model
+        object, digest and exact pod spec."""
         assert model.spec is not None  # noqa: S101 - callers report a model without a spec
         key = (model.namespace, model.name)
         kept = self._pods.get(key)
-        if kept is not None and kept[0] is model and kept[1] == digest:
-            return kept[2]
-        expected = ExpectedPod.build(
-            model.name,
-            model.namespace,
-            model.uid,
-            model.spec,
-            digest,
-            settings=self.config.builder_settings,
-            samd_images=self.config.allowed_loader_images,
-        )
-        if len(self._pods) >= MAX_KEPT_LOADERS:
-            self._pods.clear()
-        self._pods[key] = (model, digest, expected)
-        return expected
+        if kept is None or kept.model is not model or kept.digest != digest:
+            expected = ExpectedPod.build(
+                model.name,
+                model.namespace,
+                model.uid,
+                model.spec,
+                digest,
+                settings=self.config.builder_settings,
+                samd_images=self.config.allowed_loader_images,
+            )
+            if len(self._pods) >= MAX_KEPT_LOADERS:
+                self._pods.clear()
+            kept = self._pods[key] = _KeptPod(model, digest, expected)
+        if kept.expected is None:
+            return None
+        serialised = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+        answer = kept.answers.get(serialised)
+        if answer is None:
+            answer = tuple(compare_pod(spec, kept.expected))
+            if len(kept.answers) >= MAX_KEPT_ANSWERS:
+                kept.answers.clear()
+            kept.answers[serialised] = answer
+        return answer
 
     def _policy_changed(self, name: str) -> None:
         self.cache.invalidate_policy(name)
@@ -1165,7 +1191,7 @@ class PolicyDecider:
                     expected=self._expected_loader(model, digest) if digest else None,
                 )
                 if digest is not None:
-                    shape = check_pod_shape(template, subject, model, self._expected_pod(model, digest))
+                    shape = check_pod_shape(subject, model, self._pod_problems(template.spec, model, digest))
         violations += check_pod_security(template.spec, subject)
         violations += check_bypass(template.spec, subject, index, model)
         violations += check_identity(template, subject, index.models, model)
