@@ -300,3 +300,42 @@ def test_a_model_no_policy_covers_any_more_stops_and_its_pods_are_refused(
         scenario.core.create_namespaced_pod(scenario.namespace, pod)
     assert f"no ModelTrustPolicy covers namespace {scenario.namespace}" in refusal(refused.value)
     assert "late" not in pod_names(scenario)
+
+
+# --- names: the operator never takes over what it did not create ----------------------------------------------
+
+
+def test_a_model_named_after_existing_objects_does_not_take_them_over(
+    webhook: None, scenario: Scenario, mallory: client.ApiClient
+) -> None:
+    # Another team's Service and TLS Secret happen to have the names the operator would give the model's.
+    service: Any = {
+        "metadata": {"name": MODEL, "labels": {"team": "payments"}},
+        "spec": {"selector": {"app": "payments"}, "ports": [{"port": 443, "targetPort": 8443}]},
+    }
+    secret: Any = {"metadata": {"name": f"{MODEL}-tls"}, "stringData": {"tls.crt": "payments certificate"}}
+    scenario.core.create_namespaced_service(scenario.namespace, service)
+    scenario.core.create_namespaced_secret(scenario.namespace, secret)
+
+    # Mallory may create SecureModels but not Services or Secrets; she names one after them.
+    body = scenario.example()
+    # No key and no access grants: she could not name those (the point here is the names).
+    del body["spec"]["encryption"]
+    del body["spec"]["access"]
+    scenario.custom.patch_cluster_custom_object(
+        GROUP, VERSION, "modeltrustpolicies", scenario.policy_name, {"spec": {"requireEncryption": False}}
+    )
+    time.sleep(1)  # the webhook's watch sees the policy change
+    client.CustomObjectsApi(mallory).create_namespaced_custom_object(
+        GROUP, VERSION, scenario.namespace, "securemodels", body
+    )
+
+    serving = scenario.wait_condition(MODEL, "Serving", "False", timeout=60)
+    assert f"Service {MODEL} already exists in namespace {scenario.namespace}" in serving["message"]
+    certificates = scenario.wait_condition(MODEL, "CertificatesReady", "False", timeout=30)
+    assert f"Secret {MODEL}-tls already exists" in certificates["message"]
+    kept = scenario.core.read_namespaced_service(MODEL, scenario.namespace)
+    assert kept.spec.selector == {"app": "payments"}
+    assert not kept.metadata.owner_references
+    stored = scenario.core.read_namespaced_secret(f"{MODEL}-tls", scenario.namespace)
+    assert stored.data == {"tls.crt": "cGF5bWVudHMgY2VydGlmaWNhdGU="}  # base64 of "payments certificate"
