@@ -104,10 +104,18 @@ def _access_entries(spec: SecureModelSpec | None) -> set[tuple[ModelRole, Subjec
     return entries
 
 
-def _key_secret(spec: SecureModelSpec | None) -> str | None:
-    if spec is None or spec.encryption is None or spec.encryption.key_ref.provider != "local":
+def _key_secret(spec: SecureModelSpec) -> str | None:
+    if spec.encryption is None or spec.encryption.key_ref.provider != "local":
         return None
     return spec.encryption.key_ref.secret_name
+
+
+SECRET_REFERENCES: tuple[tuple[str, Callable[[SecureModelSpec], str | None]], ...] = (
+    ("spec.encryption.keyRef.secretName", _key_secret),
+    ("spec.artifact.credentialsSecret", lambda spec: spec.artifact.credentials_secret),
+)
+"""Every field of a SecureModel that names a Secret the operator or the model's pods will use
+(a unit test walks the CRD's schema and fails on a Secret field missing here)."""
 
 
 def required_permissions(
@@ -115,12 +123,10 @@ def required_permissions(
 ) -> list[Requirement]:
     """What the write of `spec` (over `old`, None for a create) asks of its author."""
     requirements: list[Requirement] = []
-    key_secret = _key_secret(spec)
-    if key_secret and key_secret != _key_secret(old):
-        requirements.append(_secret_requirement("spec.encryption.keyRef.secretName", namespace, key_secret))
-    credentials = spec.artifact.credentials_secret
-    if credentials and credentials != (old.artifact.credentials_secret if old else None):
-        requirements.append(_secret_requirement("spec.artifact.credentialsSecret", namespace, credentials))
+    for path, secret_of in SECRET_REFERENCES:
+        secret = secret_of(spec)
+        if secret and secret != (secret_of(old) if old is not None else None):
+            requirements.append(_secret_requirement(path, namespace, secret))
     added = _access_entries(spec) - _access_entries(old)
     for role, subject in sorted(added, key=lambda entry: (entry[0], entry[1].kind, entry[1].name)):
         requirements.append(_binding_requirement(model, namespace, role, subject))

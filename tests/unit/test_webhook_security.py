@@ -11,9 +11,11 @@ import copy
 from typing import Any
 
 import pytest
+import yaml
 
 from samd.spec import parse_secure_model
-from samd.webhook.access import required_permissions
+from samd.webhook.access import SECRET_REFERENCES, required_permissions
+from tests.support.cluster import REPO
 from tests.unit.test_webhook_decide import (  # noqa: F401 - fraud, churn and world are fixtures
     NAMESPACE,
     PROTECTED,
@@ -485,3 +487,23 @@ async def test_an_in_place_update_of_a_model_pods_server_image_is_refused(world:
     decision = await world.decide(review(new, operation="UPDATE", old=old))
 
     assert_denied(decision, "PodAltered", "container server runs image 'attacker/server:2'")
+
+
+def _schema_paths(schema: dict[str, Any], path: str = "") -> list[str]:
+    found = [path] if path else []
+    for name, child in (schema.get("properties") or {}).items():
+        found += _schema_paths(child, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("items"), dict):
+        found += _schema_paths(schema["items"], path + "[]")
+    return found
+
+
+def test_every_secret_a_securemodel_can_name_is_checked_against_its_author() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "securemodels.samd.dev.yaml").read_text())
+    [version] = crd["spec"]["versions"]
+    paths = _schema_paths(version["schema"]["openAPIV3Schema"])
+    naming_secrets = {
+        p for p in paths if "secret" in p.rsplit(".", 1)[-1].lower() and not p.startswith("status")
+    }
+
+    assert naming_secrets == {path for path, _ in SECRET_REFERENCES}
