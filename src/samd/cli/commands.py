@@ -23,7 +23,7 @@ from samd.errors import UsageError, VerificationError
 
 if TYPE_CHECKING:
     from samd.keys import KeyProvider, KeyResolver
-    from samd.signing import Signer, Verifier
+    from samd.signing import Signer, VerificationResult, Verifier
 
 HELP = """\
 SAMD keeps machine-learning models signed and encrypted from training to serving.
@@ -425,6 +425,17 @@ def _key_signer(
 @ignore_option
 @click.option("--no-ignore-git", is_flag=True, help="Sign git files too (.git, .gitignore, ...).")
 @click.option("--allow-symlinks", is_flag=True, help="Follow symlinks that stay inside the model.")
+@click.option(
+    "--model-version",
+    metavar="SEMVER",
+    help="Sign the model's version with it: writes samd-model.json into the model directory first. "
+    "Must be the SecureModel's spec.version.",
+)
+@click.option(
+    "--model-name",
+    metavar="NAME",
+    help="With --model-version: the SecureModel's metadata.name (default: the model directory's name).",
+)
 @json_option
 @click.pass_context
 def sign(
@@ -440,13 +451,21 @@ def sign(
     ignore: tuple[str, ...],
     no_ignore_git: bool,
     allow_symlinks: bool,
+    model_version: str | None,
+    model_name: str | None,
     json_output: bool,
 ) -> None:
     """Sign a model (OpenSSF Model Signing format; the upstream model_signing CLI verifies it).
 
+    With --model-version (and --model-name), the model's name and version are signed with its
+    files, in a samd-model.json written into the model directory: a SecureModel of that name and
+    spec.version is then served only from this signed content. A single file cannot carry it: put
+    the model in a directory.
+
     \b
     Examples:
-      samd sign ./model --private-key signer.pem
+      samd sign ./fraud-detection --private-key signer.pem --model-version 1.4.0
+      samd sign ./model --private-key signer.pem --model-name fraud-detection --model-version 1.4.0
       samd sign model.onnx --private-key key.pem --certificate cert.pem --certificate-chain ca.pem
       samd sign ./model --pkcs11-uri 'pkcs11:token=ml;object=signer?module-path=/usr/lib/softhsm/libsofthsm2.so'
     """
@@ -474,12 +493,19 @@ def sign(
         ignore_paths=list(ignore or ()),
         ignore_git_paths=not no_ignore_git,
         allow_symlinks=allow_symlinks,
+        model_version=model_version,
+        model_name=model_name,
+    )
+    bound = (
+        f"model: {result.bound[0]} version {result.bound[1]} (signed in samd-model.json)"
+        if result.bound
+        else "version: not signed (pass --model-version to bind the SecureModel's version)"
     )
     emit(
         state,
         result.to_dict(),
         f"signed {len(result.files)} file(s) of {model} with {signer.describe()}\n"
-        f"signature: {result.signature}\nmanifest: {result.manifest_digest}",
+        f"signature: {result.signature}\nmanifest: {result.manifest_digest}\n{bound}",
     )
 
 
@@ -528,13 +554,39 @@ def verify(
     if not signature_path.is_file():
         raise UsageError(f"the signature {signature_path} does not exist", hint="pass --signature PATH")
     result = verify_model(model, signature_path, verifier, allow_unsigned_files=allow_unsigned_files)
+    bound = _signed_metadata(model, result)
+    if bound is not None:
+        described = f"model: {bound[0]} version {bound[1]} (signed in samd-model.json)"
+    elif result.metadata_digest is not None:
+        described = "version: samd-model.json is signed but is not SAMD model metadata"
+    else:
+        described = "version: not signed (no samd-model.json; sign with --model-version to bind it)"
+    document = result.to_dict()
+    document["bound"] = {"name": bound[0], "version": bound[1]} if bound else None
     emit(
         state,
-        result.to_dict(),
+        document,
         f"verified: {len(result.files)} file(s) match the signature\n"
         f"signer: {result.signer} ({result.method}{', issuer ' + result.issuer if result.issuer else ''})\n"
-        f"manifest: {result.manifest_digest}",
+        f"manifest: {result.manifest_digest}\n{described}",
     )
+
+
+def _signed_metadata(model: Path, result: VerificationResult) -> tuple[str, str] | None:
+    """(name, version) of the verified model's samd-model.json, if it signs canonical metadata."""
+    from samd.signing import METADATA_FILE, parse_metadata  # noqa: PLC0415
+
+    if result.metadata_digest is None or not model.is_dir():
+        return None
+    import hashlib  # noqa: PLC0415
+
+    try:
+        content = (model / METADATA_FILE).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(content).hexdigest() != result.metadata_digest:  # changed since it was verified
+        return None
+    return parse_metadata(content)
 
 
 # --- encrypt, decrypt, rewrap ----------------------------------------------------------------
