@@ -128,6 +128,33 @@ def test_signing_a_release_again_as_another_version_replaces_the_metadata(
     assert result.bound == ("churn", "1.1.0")
 
 
+def test_a_release_signed_again_without_a_version_keeps_the_one_it_carries(
+    tmp_path: Path, keys: KeyPair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # E.g. a release re-signed with a new key: its samd-model.json is signed as it is, and said so.
+    model = write_model(tmp_path / "release", {"model.onnx": b"weights"})
+    sign_model(
+        model,
+        tmp_path / "a.sig",
+        Signer.from_private_key(keys.private_pem),
+        model_name="m",
+        model_version="1.0.0",
+    )
+    other = write_key_pair(tmp_path / "new-keys")
+    sign = [
+        "sign",
+        str(model),
+        "--private-key",
+        str(other.private_pem),
+        "--signature",
+        str(tmp_path / "b.sig"),
+    ]
+    assert main(sign) == 0
+    assert "model: m version 1.0.0 (signed in samd-model.json)" in capsys.readouterr().out
+    result = verify_bundle(tmp_path / "b.sig", Verifier.from_public_key(other.public_pem))
+    assert check_version_binding(result, "m", "1.0.0") == []
+
+
 def test_a_model_name_without_a_version_is_refused(tmp_path: Path, keys: KeyPair) -> None:
     model = write_model(tmp_path / "m", {"model.onnx": b"weights"})
     with pytest.raises(UsageError, match="--model-version"):

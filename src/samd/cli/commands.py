@@ -23,7 +23,7 @@ from samd.errors import UsageError, VerificationError
 
 if TYPE_CHECKING:
     from samd.keys import KeyProvider, KeyResolver
-    from samd.signing import Signer, VerificationResult, Verifier
+    from samd.signing import Signer, Verifier
 
 HELP = """\
 SAMD keeps machine-learning models signed and encrypted from training to serving.
@@ -470,7 +470,7 @@ def sign(
       samd sign ./model --pkcs11-uri 'pkcs11:token=ml;object=signer?module-path=/usr/lib/softhsm/libsofthsm2.so'
     """
     state = _start(context, json_output)
-    from samd.signing import Signer, sign_model  # noqa: PLC0415
+    from samd.signing import METADATA_FILE, Signer, sign_model  # noqa: PLC0415
 
     if not model.exists():
         raise UsageError(f"the model {model} does not exist")
@@ -496,11 +496,7 @@ def sign(
         model_version=model_version,
         model_name=model_name,
     )
-    bound = (
-        f"model: {result.bound[0]} version {result.bound[1]} (signed in samd-model.json)"
-        if result.bound
-        else "version: not signed (pass --model-version to bind the SecureModel's version)"
-    )
+    bound = _describe_bound(result.bound, any(f.name == METADATA_FILE for f in result.files))
     emit(
         state,
         result.to_dict(),
@@ -545,7 +541,7 @@ def verify(
           --sigstore-issuer https://accounts.example.com --trusted-root trusted_root.json
     """
     state = _start(context, json_output)
-    from samd.signing import verify_model  # noqa: PLC0415
+    from samd.signing import read_signed_metadata, verify_model  # noqa: PLC0415
 
     verifier = _build_verifier(public_key, certificate_root, sigstore_identity, sigstore_issuer, trusted_root)
     if not model.exists():
@@ -554,13 +550,8 @@ def verify(
     if not signature_path.is_file():
         raise UsageError(f"the signature {signature_path} does not exist", hint="pass --signature PATH")
     result = verify_model(model, signature_path, verifier, allow_unsigned_files=allow_unsigned_files)
-    bound = _signed_metadata(model, result)
-    if bound is not None:
-        described = f"model: {bound[0]} version {bound[1]} (signed in samd-model.json)"
-    elif result.metadata_digest is not None:
-        described = "version: samd-model.json is signed but is not SAMD model metadata"
-    else:
-        described = "version: not signed (no samd-model.json; sign with --model-version to bind it)"
+    bound = read_signed_metadata(model, result.metadata_digest)  # the bytes verify_model just checked
+    described = _describe_bound(bound, result.metadata_digest is not None)
     document = result.to_dict()
     document["bound"] = {"name": bound[0], "version": bound[1]} if bound else None
     emit(
@@ -572,21 +563,13 @@ def verify(
     )
 
 
-def _signed_metadata(model: Path, result: VerificationResult) -> tuple[str, str] | None:
-    """(name, version) of the verified model's samd-model.json, if it signs canonical metadata."""
-    from samd.signing import METADATA_FILE, parse_metadata  # noqa: PLC0415
-
-    if result.metadata_digest is None or not model.is_dir():
-        return None
-    import hashlib  # noqa: PLC0415
-
-    try:
-        content = (model / METADATA_FILE).read_bytes()
-    except OSError:
-        return None
-    if hashlib.sha256(content).hexdigest() != result.metadata_digest:  # changed since it was verified
-        return None
-    return parse_metadata(content)
+def _describe_bound(bound: tuple[str, str] | None, signed: bool) -> str:
+    """The line saying which name and version a signature binds (samd-model.json)."""
+    if bound is not None:
+        return f"model: {bound[0]} version {bound[1]} (signed in samd-model.json)"
+    if signed:
+        return "version: samd-model.json is signed but is not SAMD model metadata"
+    return "version: not signed (no samd-model.json; sign with --model-version to bind it)"
 
 
 # --- encrypt, decrypt, rewrap ----------------------------------------------------------------

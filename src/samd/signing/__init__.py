@@ -25,7 +25,13 @@ by the functions that need them. Verification of key and certificate signatures 
 `model_signing` or `sigstore` (they cost ~75 MB of memory; the init container has 64 MiB).
 """
 
-from samd.signing.metadata import METADATA_FILE, metadata_bytes, metadata_digest, parse_metadata
+from samd.signing.metadata import (
+    METADATA_FILE,
+    metadata_bytes,
+    metadata_digest,
+    parse_metadata,
+    read_signed_metadata,
+)
 from samd.signing.model import (
     MAX_BUNDLE_BYTES,
     MAX_NAME_BYTES,
@@ -61,6 +67,7 @@ __all__ = [
     "metadata_bytes",
     "metadata_digest",
     "parse_metadata",
+    "read_signed_metadata",
     "sign_model",
     "verify_bundle",
     "verify_model",

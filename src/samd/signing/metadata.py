@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 
 METADATA_FILE = "samd-model.json"
 """The metadata file's name, at the root of the model directory (a resource of the manifest)."""
@@ -69,3 +70,20 @@ def parse_metadata(content: bytes) -> tuple[str, str] | None:
     except UnicodeEncodeError:
         return None
     return (name, version) if canonical == content else None
+
+
+def read_signed_metadata(model: Path, signed_digest: str | None) -> tuple[str, str] | None:
+    """(name, version) from the model directory's metadata file, if its bytes have `signed_digest`.
+
+    For showing what a verified or just-signed model is bound to; None when there is no such file,
+    when it changed since it was hashed, or when it is not canonical metadata.
+    """
+    if signed_digest is None or not Path(model).is_dir():
+        return None
+    try:
+        content = (Path(model) / METADATA_FILE).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(content).hexdigest() != signed_digest:
+        return None
+    return parse_metadata(content)

@@ -21,7 +21,7 @@ from typing import Any
 
 from samd.errors import KeyProviderError, SamdError, UsageError, VerificationError
 from samd.signing.bundle import parse_bundle, verify_parsed
-from samd.signing.metadata import METADATA_FILE, check_model_name, metadata_bytes
+from samd.signing.metadata import METADATA_FILE, check_model_name, metadata_bytes, read_signed_metadata
 from samd.signing.model import (
     SignedFile,
     Signer,
@@ -50,7 +50,7 @@ class SigningResult:
     manifest_digest: str  # "sha256:<hex>", as VerificationResult.manifest_digest
     files: tuple[SignedFile, ...]
     ignored_paths: tuple[str, ...]
-    bound: tuple[str, str] | None = None  # (name, version) written to samd-model.json, if asked
+    bound: tuple[str, str] | None = None  # (name, version) in the signed samd-model.json, if any
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -141,6 +141,8 @@ def sign_model(
 
     bundle = _sign_with_model_signing(model, signer, ignored, ignore_git_paths, allow_symlinks)
     result = _check_written_bundle(bundle, signer, set(listing.files), signature_out)
+    if bound is None:  # a samd-model.json already in the model is signed as it is
+        bound = read_signed_metadata(model, {f.name: f.digest for f in result.files}.get(METADATA_FILE))
     if bound is not None:
         result = dataclasses.replace(result, bound=bound)
     _write_atomically(signature_out, bundle)
