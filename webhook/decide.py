@@ -376,7 +376,7 @@ def check_model_pod(
         elif outcome is None:  # the caller verifies under every covering policy
             raise RuntimeError(f"no verification of {model.ref} under policy {policy.name} was made")
         elif policy.spec.version_policy.require_signed_version:
-            # The verified bundle must bind the model's current name and version (§7).
+            # The verified bundle must name the model and its current version (samd-model.json).
             violations += [
                 Violation(
                     version_binding_reason(outcome),
