@@ -40,7 +40,15 @@ from samd.operator.builders.serving import build_signature_config_map
 from samd.operator.conditions import Condition, ConditionType, merge_conditions, ready_condition
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
-from samd.policy import TrustPolicy, applicable_policies, check_spec_against_policies, verify_under_policies
+from samd.policy import (
+    TrustPolicy,
+    applicable_policies,
+    check_spec_against_policies,
+    check_version_binding,
+    requiring_signed_version,
+    verify_under_policies,
+    version_binding_reason,
+)
 from samd.spec import API_VERSION, GROUP, SecureModelSpec, SpecError, parse_secure_model
 
 log = logging.getLogger(__name__)
@@ -529,12 +537,22 @@ class Reconciler:
             )
             run.set(C.VERIFIED, False, "DigestMismatch", message)
             return {}
-        run.set(
-            C.VERIFIED,
-            True,
-            "SignatureVerified",
-            f"signed by {result.signer} ({result.method}), policy {policy_name}",
-        )
+        verified = f"signed by {result.signer} ({result.method}), policy {policy_name}"
+        requiring = requiring_signed_version(policies)
+        unbound = check_version_binding(result, model.name, spec.version) if requiring else []
+        if unbound:
+            # Charged to the policies that require a signed version; only warn-mode ones: a warning.
+            reason, names = version_binding_reason(result), ", ".join(p.name for p in requiring)
+            message = f"policy {names} requires a signed version: {'; '.join(unbound)}"
+            if any(p.enforcing for p in requiring):
+                run.set(C.VERIFIED, False, reason, message)
+                run.event(reason, message, warning=True)
+                return {}
+            verified += f"; warning (warn mode): {message}"
+            seen = (previous.get("manifestDigest"), previous.get("version"))
+            if seen != (result.manifest_digest, spec.version):  # once per digest and version
+                run.event(reason, message, warning=True)
+        run.set(C.VERIFIED, True, "SignatureVerified", verified)
         return {
             "method": result.method,
             "signer": result.signer,

@@ -45,8 +45,10 @@ from samd.operator.config import OperatorConfig
 from samd.policy import (
     TrustPolicy,
     check_spec_against_policies,
+    check_version_binding,
     selector_matches,
     verify_under_policies,
+    version_binding_reason,
 )
 from samd.signing import VerificationResult
 from samd.spec import SEMVER, SecureModelSpec, parse_secure_model
@@ -397,6 +399,16 @@ def check_model_pod(
             )
         elif outcome is None:  # the caller verifies under every covering policy
             raise RuntimeError(f"no verification of {model.ref} under policy {policy.name} was made")
+        elif policy.spec.version_policy.require_signed_version:
+            # The verified bundle must name the model and its current version (samd-model.json).
+            violations += [
+                Violation(
+                    version_binding_reason(outcome),
+                    f"SecureModel {model.name}: policy {policy.name} requires a signed version: {problem}",
+                    frozenset({policy.name}),
+                )
+                for problem in check_version_binding(outcome, model.name, model.spec.version)
+            ]
         for problem in check_spec_against_policies(model.spec, [policy], previous_version=None):
             violations.append(
                 Violation(POLICY_VIOLATION, f"SecureModel {model.name}: {problem}", frozenset({policy.name}))

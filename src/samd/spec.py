@@ -275,6 +275,8 @@ class TrustedSigner(_Camel):
 
 class VersionPolicy(_Camel):
     allow_downgrade: bool = False
+    # The signature must name the SecureModel's name and spec.version (samd sign --model-version).
+    require_signed_version: bool = True
 
 
 BROAD_GROUPS = ("system:authenticated", "system:unauthenticated", "system:serviceaccounts")

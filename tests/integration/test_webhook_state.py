@@ -393,7 +393,9 @@ async def test_the_operators_workload_as_the_api_server_stores_it_is_admitted_fr
     """Defaults the API server adds (pull policy, termination fields, volume modes) change nothing,
     and a bundle tampered with in the cluster is refused as soon as the watch brings it."""
     custom, core, apps = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s), client.AppsV1Api(k8s)
-    artifacts = make_model(tmp_path / "fraud")
+    artifacts = make_model(
+        tmp_path / "fraud", model_name="fraud", version="1.0.0"
+    )  # as secure_model("fraud")
     team = f"team-{namespace}"
     policy = trust_policy(policy_names[0], team)
     policy["spec"]["signers"][0]["publicKey"] = artifacts.public_key_pem

@@ -12,6 +12,7 @@ import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,13 +65,13 @@ WORKLOAD_GROUPS = {
 @pytest.fixture(scope="module")
 def fraud(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifacts:
     """The model the pods run, signed by the key the policy trusts."""
-    return make_model(tmp_path_factory.mktemp("fraud"))
+    return make_model(tmp_path_factory.mktemp("fraud"), model_name="fraud", version="1.2.0")
 
 
 @pytest.fixture(scope="module")
 def churn(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifacts:
     """Another model in the same namespace, signed by a key no policy trusts."""
-    return make_model(tmp_path_factory.mktemp("churn"))
+    return make_model(tmp_path_factory.mktemp("churn"), model_name="churn", version="1.2.0")
 
 
 def secure_model(
@@ -1231,3 +1232,82 @@ async def test_a_policy_whose_selector_cannot_be_read_covers_every_namespace(wor
     decision = await world.decide(review(pod, namespace_name="sandbox"))
 
     assert_denied(decision, "InvalidPolicy", "ModelTrustPolicy broken")
+
+
+# --- a version means one signed content (requireSignedVersion) ---------------------------------------------
+
+
+def older_release(world: World, tmp_path: Path, version: str | None = "1.1.0") -> ModelArtifacts:
+    """Another release of the same model, signed by the same CI key (as `version`, or with none)."""
+    return make_model(
+        tmp_path / "older", model_name="fraud", version=version, signing_key=world.fraud.signing_key
+    )
+
+
+def point_at(world: World, release: ModelArtifacts, version: str) -> dict[str, Any]:
+    """The deployer's edit: the SecureModel names `release` at `version`; the operator stores its bundle."""
+    world.models[0] = secure_model("fraud", release, version=version)
+    world.config_maps[0] = signature_config_map(world.model, release.signature.read_bytes())
+    return operator_pod(world.model, release.manifest_digest())
+
+
+@pytest.mark.parametrize("claimed", ["1.2.0", "1.3.0"])
+async def test_a_pod_running_an_older_signed_release_under_a_newer_version_is_refused(
+    world: World, tmp_path: Path, claimed: str
+) -> None:
+    # Every part of the pod matches the older release's verified signature: only the version lies.
+    pod = point_at(world, older_release(world, tmp_path), claimed)
+
+    decision = await world.decide(review(pod))
+
+    assert_denied(
+        decision,
+        "VersionMismatch",
+        f"SecureModel fraud: policy production requires a signed version: the signed model is not fraud version {claimed}",
+        f"--model-name fraud --model-version {claimed}",
+    )
+    assert decision.policy == "production"
+
+
+async def test_a_pod_running_the_release_signed_as_its_version_is_admitted(
+    world: World, tmp_path: Path
+) -> None:
+    decision = await world.decide(review(point_at(world, older_release(world, tmp_path), "1.1.0")))
+
+    assert decision.allowed is True, decision
+    assert decision.reason == "Verified"
+
+
+async def test_a_release_signed_without_a_version_is_refused_with_how_to_sign_it(
+    world: World, tmp_path: Path
+) -> None:
+    decision = await world.decide(review(point_at(world, older_release(world, tmp_path, None), "1.2.0")))
+
+    assert_denied(
+        decision, "VersionNotSigned", "a single-file model", "samd sign MODEL_DIR --model-name fraud"
+    )
+
+
+async def test_a_warn_policy_admits_an_unbound_version_with_a_warning(world: World, tmp_path: Path) -> None:
+    world.policies = [trust_policy("audit", world.fraud.public_key_pem, mode="warn")]
+    pod = point_at(world, older_release(world, tmp_path), "1.2.0")
+
+    decision = await world.decide(review(pod))
+
+    assert decision.allowed is True
+    assert decision.reason == "Warned"
+    assert len(decision.warnings) == 1
+    assert "warn mode, audit" in decision.warnings[0]
+    assert "the signed model is not fraud version 1.2.0" in decision.warnings[0]
+
+
+async def test_a_policy_that_does_not_require_a_signed_version_admits_any_signed_release(
+    world: World, tmp_path: Path
+) -> None:
+    world.policies[0]["spec"]["versionPolicy"]["requireSignedVersion"] = False
+    pod = point_at(world, older_release(world, tmp_path), "1.2.0")
+
+    decision = await world.decide(review(pod))
+
+    assert decision.allowed is True, decision
+    assert decision.reason == "Verified"
