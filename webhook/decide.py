@@ -65,10 +65,12 @@ from samd.webhook.state import (
     WatchedState,
 )
 from samd.webhook.workloads import (
+    KUBELET_ROOT,
     MalformedWorkloadError,
     PodTemplate,
     containers,
     items,
+    kubelet_host_paths,
     mentioned_strings,
     pod_annotations,
     pod_template,
@@ -701,11 +703,27 @@ _LIST_LABELS = {
 }
 
 
+def check_kubelet_host_paths(spec: Mapping[str, Any], subject: Subject) -> list[Violation]:
+    """No pod, claiming a model or not, may mount the kubelet's pod directories (or a parent of them)
+    from the node: every pod's Secret volumes, a model's key among them, are mounted there."""
+    return [
+        Violation(
+            INSECURE_POD,
+            f"{subject} mounts hostPath {path or '(no path)'} as volume {volume}, which shows the "
+            f"kubelet's pod directories ({KUBELET_ROOT}) where the Secret volumes of every pod on the "
+            "node are mounted: no pod may do that in a namespace a ModelTrustPolicy covers; remove the volume",
+        )
+        for volume, path in kubelet_host_paths(spec)
+    ]
+
+
 def check_pod_security(spec: Mapping[str, Any], subject: Subject) -> list[Violation]:
     """Pod Security Standard `restricted` and more, on every container including init and ephemeral ones:
     non-root, not privileged, no privilege escalation, all capabilities dropped and none added,
-    read-only root filesystem, seccomp RuntimeDefault or Localhost; no host namespaces or hostPath."""
-    violations: list[Violation] = []
+    read-only root filesystem, seccomp RuntimeDefault or Localhost; no host namespaces or hostPath
+    (one that shows the kubelet's pod directories is named apart: `check_kubelet_host_paths`)."""
+    violations = check_kubelet_host_paths(spec, subject)
+    kubelet_volumes = {volume for volume, _ in kubelet_host_paths(spec)}
     pod_context = sub(spec, "securityContext")
     pod_problems = [
         f"{field}: true shares the node's namespace"
@@ -715,7 +733,7 @@ def check_pod_security(spec: Mapping[str, Any], subject: Subject) -> list[Violat
     pod_problems += [
         f"volume {volume['name']} is a hostPath (the node's files)"
         for volume in items(spec, "volumes")
-        if "hostPath" in volume
+        if "hostPath" in volume and volume["name"] not in kubelet_volumes
     ]
     if pod_problems:
         violations.append(
@@ -1148,7 +1166,8 @@ class PolicyDecider:
         name = referenced_model(template)
         index = self.state.namespace_index(namespace)
         if name is None:
-            violations = check_bypass(template.spec, subject, index, None)
+            violations = check_kubelet_host_paths(template.spec, subject)
+            violations += check_bypass(template.spec, subject, index, None)
             violations += check_identity(template, subject, index.models, None)
             return conclude(
                 violations,

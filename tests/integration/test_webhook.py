@@ -155,6 +155,47 @@ def test_a_pod_that_mounts_a_models_key_without_claiming_it_is_a_bypass(
     assert "denied the request" in dry_run.stderr
 
 
+def test_pods_that_reach_a_models_key_without_a_secret_volume_are_refused(
+    webhook: None, scenario: Scenario
+) -> None:
+    ready_model(scenario)
+    container = {"name": "sh", "image": "busybox"}
+
+    def pod(name: str, **spec: Any) -> Any:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"containers": [container], **spec},
+        }
+
+    # Through a volume plugin or as an image pull Secret: the matchConditions send both.
+    csi = pod(
+        "csi-thief",
+        volumes=[
+            {
+                "name": "k",
+                "csi": {"driver": "x.example.com", "nodePublishSecretRef": {"name": "fraud-detection-key"}},
+            }
+        ],
+    )
+    pull = pod("pull-thief", imagePullSecrets=[{"name": "fraud-detection-key"}])
+    # Without naming it at all: every pod's Secret volumes are below the kubelet's directory.
+    node = pod("node-reader", volumes=[{"name": "node", "hostPath": {"path": "/var/lib"}}])
+
+    for manifest, expected in (
+        (csi, "fraud-detection-key"),
+        (pull, "fraud-detection-key"),
+        (node, "/var/lib/kubelet"),
+    ):
+        with pytest.raises(ApiException) as refused:
+            scenario.core.create_namespaced_pod(scenario.namespace, manifest)
+        assert expected in refusal(refused.value), manifest["metadata"]["name"]
+    # Another hostPath, in a pod that claims no model, is not SAMD's to refuse.
+    logs = pod("log-reader", volumes=[{"name": "logs", "hostPath": {"path": "/var/log"}}])
+    scenario.core.create_namespaced_pod(scenario.namespace, logs, dry_run="All")
+
+
 def test_warn_mode_admits_with_a_warning(webhook: None, scenario: Scenario, cluster: Cluster) -> None:
     ready_model(scenario)
     scenario.custom.patch_cluster_custom_object(

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from samd.webhook.configuration import WebhookService, build_webhook_configuration
+from samd.webhook.configuration import WebhookService, build_webhook_configuration, may_run_a_model
+from samd.webhook.workloads import CONTAINER_LISTS, CONTAINER_SECRET_PATHS, POD_SECRET_PATHS
 
 pytestmark = pytest.mark.unit
 
@@ -177,3 +178,15 @@ def test_no_exclusions_means_every_namespace() -> None:
     )
 
     assert all(webhook["namespaceSelector"] == {} for webhook in configuration["webhooks"])
+
+
+def test_may_run_a_model_is_generated_from_the_deciders_table_of_secret_paths() -> None:
+    expression = may_run_a_model("object")
+
+    for path in (*POD_SECRET_PATHS, *CONTAINER_SECRET_PATHS, "volumes[].hostPath"):
+        # The fields after the last list, read with optional selection, e.g. x0.?csi.?nodePublishSecretRef.?name
+        tail = path.rsplit("[].", 1)[-1]
+        assert ".?" + tail.replace(".", ".?") + ".hasValue()" in expression, path
+    for list_name in CONTAINER_LISTS:
+        assert f"object.?spec.?{list_name}.orValue([])" in expression
+    assert "object.?spec.?imagePullSecrets.orValue([]).exists(" in expression

@@ -39,6 +39,7 @@ from samd.webhook.decide import (
 from samd.webhook.review import AdmissionRequest, Decision, UserInfo
 from samd.webhook.state import Kind, WatchedState, read_model
 from tests.support.models import ModelArtifacts, make_model
+from tests.support.secret_references import SECRET, Example, examples
 
 pytestmark = pytest.mark.unit
 
@@ -778,7 +779,7 @@ async def test_pod_level_settings_count_when_the_container_sets_none(world: Worl
         (lambda spec: spec.update(hostPID=True), "hostPID: true"),
         (lambda spec: spec.update(hostIPC=True), "hostIPC: true"),
         (
-            lambda spec: spec["volumes"].append({"name": "node", "hostPath": {"path": "/"}}),
+            lambda spec: spec["volumes"].append({"name": "node", "hostPath": {"path": "/etc/ssl"}}),
             "volume node is a hostPath",
         ),
     ],
@@ -793,6 +794,54 @@ async def test_a_pod_sharing_the_nodes_namespaces_or_files_is_refused(
     decision = await world.decide(review(pod))
 
     assert_denied(decision, "InsecurePod", "this Pod is not isolated from the node", fragment)
+
+
+KUBELET_PATHS = ["/var/lib/kubelet", "/var/lib/kubelet/pods", "/var/lib/kubelet/", "/", "/var", "/var/lib"]
+
+
+async def test_a_model_pod_mounting_the_kubelets_pod_directories_is_told_why(world: World) -> None:
+    pod = world.pod()
+    pod["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/var/lib/kubelet/pods"}})
+
+    decision = await world.decide(review(pod))
+
+    assert_denied(
+        decision,
+        "InsecurePod",
+        "this Pod mounts hostPath /var/lib/kubelet/pods as volume node, which shows the kubelet's pod "
+        "directories (/var/lib/kubelet) where the Secret volumes of every pod on the node are mounted",
+    )
+    assert "volume node is a hostPath" not in decision.message  # said once
+
+
+@pytest.mark.parametrize("path", KUBELET_PATHS)
+@pytest.mark.parametrize("kind", ["Pod", "Deployment", "CronJob"])
+async def test_a_pod_without_a_model_may_not_mount_the_kubelets_pod_directories(
+    world: World, kind: str, path: str
+) -> None:
+    pod = plain_pod(volumes=[{"name": "node", "hostPath": {"path": path}}])
+
+    decision = await world.decide(review(pod if kind == "Pod" else workload(kind, pod)))
+
+    assert_denied(decision, "InsecurePod", f"mounts hostPath {path} as volume node", "remove the volume")
+
+
+async def test_a_pod_without_a_model_may_mount_other_host_paths(world: World) -> None:
+    pod = plain_pod(volumes=[{"name": "logs", "hostPath": {"path": "/var/log"}}])
+
+    decision = await world.decide(review(pod))
+
+    assert decision.allowed is True, decision
+    assert decision.reason == "NoModelReferenced"
+
+
+async def test_the_kubelets_pod_directories_are_left_alone_where_no_policy_covers(world: World) -> None:
+    pod = plain_pod(volumes=[{"name": "node", "hostPath": {"path": "/"}}])
+
+    decision = await world.decide(review(pod, namespace_name="sandbox"))
+
+    assert decision.allowed is True
+    assert decision.reason == "NotCovered"
 
 
 async def test_an_ephemeral_container_added_to_a_model_pod_must_be_hardened(world: World) -> None:
@@ -890,6 +939,17 @@ async def test_a_pod_using_a_models_secret_without_its_model_is_a_bypass_attempt
     decision = await world.decide(review(pod))
 
     assert_denied(decision, "BypassAttempt", fragment, "without running it")
+
+
+@pytest.mark.parametrize("example", examples(), ids=lambda example: example.path)
+async def test_every_way_of_naming_a_models_key_secret_is_a_bypass_attempt(
+    world: World, example: Example
+) -> None:
+    spec = json.loads(json.dumps(example.spec).replace(SECRET, KEY_SECRET))
+
+    decision = await world.decide(review(plain_pod(**spec)))
+
+    assert_denied(decision, "BypassAttempt", f"uses Secret {KEY_SECRET} ({example.how}), the key Secret")
 
 
 async def test_a_pod_given_a_models_artifact_uri_is_a_bypass_attempt(world: World) -> None:
