@@ -154,6 +154,10 @@ CONDITION_OF_KIND = {
 }
 
 
+VERIFICATION_FIELDS = ("method", "signer", "issuer", "manifestDigest", "version", "verifiedAt", "policy")
+"""What `status.verification` records of a successful verification."""
+
+
 class Change(Enum):
     """What a modification of an owned object, seen by the watch, asks of the operator."""
 
@@ -489,6 +493,14 @@ class Reconciler:
     async def _verify(self, run: _Run, policies: Sequence[TrustPolicy]) -> dict[str, Any]:
         model, spec, now = run.model, run.spec, run.now
         previous = dict(model.status.get("verification") or {})
+        # A failed verification removes what described the last one but keeps the version it verified:
+        # the no-downgrade rule's reference must survive a failure, or making verification fail once
+        # would reset it. (The status is merge-patched: a removed field is written as null.)
+        kept = (
+            {**dict.fromkeys(VERIFICATION_FIELDS), "version": previous["version"]}
+            if previous.get("version")
+            else {}
+        )
         if not policies:
             run.set(
                 C.VERIFIED,
@@ -497,12 +509,12 @@ class Reconciler:
                 f"no ModelTrustPolicy covers namespace {model.namespace}; ask a cluster admin for one "
                 "that lists the signers you trust",
             )
-            return {}
+            return kept
         violations = check_spec_against_policies(spec, policies, previous_version=previous.get("version"))
         if violations:
             run.set(C.VERIFIED, False, "PolicyViolation", "; ".join(violations))
             run.event("PolicyViolation", "; ".join(violations), warning=True)
-            return {}
+            return kept
         key = (model.namespace, model.name)
         fingerprint = _fingerprint(spec.signature.uri, spec.artifact.model_dump_json(), policies)
         cached = self._verifications.get(key)
@@ -520,11 +532,11 @@ class Reconciler:
                 self._verifications.pop(key, None)
                 run.set(C.VERIFIED, False, "SignatureInvalid", str(error))
                 run.event("SignatureInvalid", str(error), warning=True)
-                return {}
+                return kept
             except StorageError as error:
                 if not error.transient:
                     run.set(C.VERIFIED, False, "SignatureUnreadable", str(error))
-                    return {}
+                    return kept
                 return run.retry_later(C.VERIFIED, "SignatureUnreachable", error, previous)
             verified_at = now
             self._verifications[key] = _Cached(fingerprint, now, (run.signature, result, policy_name))
@@ -536,7 +548,7 @@ class Reconciler:
                 f"{spec.artifact.digest}: sign the model again or fix the pin"
             )
             run.set(C.VERIFIED, False, "DigestMismatch", message)
-            return {}
+            return kept
         verified = f"signed by {result.signer} ({result.method}), policy {policy_name}"
         requiring = requiring_signed_version(policies)
         unbound = check_version_binding(result, model.name, spec.version) if requiring else []
@@ -547,7 +559,7 @@ class Reconciler:
             if any(p.enforcing for p in requiring):
                 run.set(C.VERIFIED, False, reason, message)
                 run.event(reason, message, warning=True)
-                return {}
+                return kept
             verified += f"; warning (warn mode): {message}"
             seen = (previous.get("manifestDigest"), previous.get("version"))
             if seen != (result.manifest_digest, spec.version):  # once per digest and version

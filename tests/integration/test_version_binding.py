@@ -109,7 +109,8 @@ def test_pointing_a_version_at_an_older_signed_release_serves_nothing_and_its_po
         (pod.metadata.annotations or {}).get("samd.dev/model-digest") == old.manifest_digest()
         for pod in scenario.core.list_namespaced_pod(ns).items
     )
-    assert (scenario.model(MODEL)["status"].get("verification") or {}) == {}
+    # Only the version last verified is kept: the no-downgrade rule's reference.
+    assert scenario.model(MODEL)["status"].get("verification") == {"version": "1.4.0"}
 
     # A hand-made pod running the older release, exactly as the operator would build it for that
     # release's verified signature (which the operator stored for the webhook): refused.
