@@ -45,6 +45,10 @@ def operator_fixture(
         cluster,
         log,
         SAMD_RESYNC_INTERVAL="1s",
+        # The test models are local files: the development switch, and only under pytest's own
+        # temporary directories (a SecureModel naming any other file is refused, as in production).
+        SAMD_ALLOW_LOCAL_FILES="true",
+        SAMD_LOCAL_FILE_ROOTS=str(tmp_path_factory.getbasetemp()),
         # Credentials for an S3 endpoint that does not answer (the transient-failure test).
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -118,6 +122,7 @@ def scenario_fixture(
     policy["metadata"]["name"] = f"test-{namespace}"
     policy["spec"]["namespaceSelector"] = {"matchLabels": {"samd.dev/trust": label}}
     policy["spec"]["signers"][0]["publicKey"] = artifacts.public_key_pem
+    policy["spec"]["allowLocalFiles"] = True  # the models are local files (development only)
     custom = client.CustomObjectsApi(k8s)
     custom.create_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", policy)
     core.create_namespaced_secret(namespace, artifacts.keyset_secret("fraud-detection-key"))

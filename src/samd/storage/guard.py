@@ -67,7 +67,7 @@ class AllowedEndpoint:
 
     def __post_init__(self) -> None:
         if (self.network is None) == (self.host is None):
-            raise ValueError("an allowed endpoint names exactly one of a network (cidr) or a host")
+            raise ValueError("an allowed endpoint sets exactly one of cidr or host")
 
     @classmethod
     def parse(
@@ -203,9 +203,11 @@ def address_class(address: IPAddress, internal: Sequence[IPNetwork] = ()) -> str
             return "shared address space (100.64.0.0/10)"
         if isinstance(candidate, ipaddress.IPv6Address) and candidate in ipaddress.IPv6Network("fc00::/7"):
             return "unique-local (private IPv6)"
+        if candidate.is_reserved:
+            return "reserved, not globally routable"
         if candidate.is_private:
             return "private (RFC 1918 or another private range)"
-        if candidate.is_reserved or not candidate.is_global:
+        if not candidate.is_global:
             return "reserved, not globally routable"
     return None
 
