@@ -61,6 +61,8 @@ INTERNAL_HOSTS = {
     "0177.0.0.1": "loopback",  # octal
     "017700000001": "loopback",
     "127.255.255.254": "loopback",
+    "\uff11\uff12\uff17.0.0.1": "loopback",  # full-width digits, which IDNA turns into ASCII
+    "127\u30020.0.1": "loopback",  # an ideographic full stop
     "[::1]": "loopback",
     "[0:0:0:0:0:0:0:1]": "loopback",
     "[::ffff:127.0.0.1]": "loopback",  # IPv4-mapped IPv6

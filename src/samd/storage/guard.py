@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,7 +136,13 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
 
 
 def _normal_host(host: str) -> str:
-    return host.strip().strip("[]").rstrip(".").lower()
+    # As IDNA does before a name is resolved: NFKC (full-width digits become ASCII ones) and the
+    # ideographic and full-width full stops become dots.
+    text = unicodedata.normalize("NFKC", host).translate(_IDNA_DOTS)
+    return text.strip().strip("[]").rstrip(".").lower()
+
+
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -162,7 +169,7 @@ def literal_address(host: str) -> IPAddress | None:
 def _is_number(part: str) -> bool:
     if part.lower().startswith("0x"):
         return all(c in "0123456789abcdefABCDEF" for c in part[2:])
-    return part.isdigit()
+    return all(c in "0123456789" for c in part)
 
 
 def _unwrap(address: IPAddress) -> IPAddress:
