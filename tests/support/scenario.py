@@ -106,6 +106,23 @@ class Scenario:
             body["spec"][key] = value
         return dict(body)
 
+    def patch_policy(self, spec: dict[str, Any]) -> None:
+        """Change the scenario's trust policy, and wait until the operator has handled the change."""
+        patched = self.custom.patch_cluster_custom_object(
+            GROUP, VERSION, "modeltrustpolicies", self.policy_name, {"spec": spec}
+        )
+        assert isinstance(patched, dict)
+        generation = patched["metadata"]["generation"]
+
+        def handled() -> bool:
+            policy = self.custom.get_cluster_custom_object(
+                GROUP, VERSION, "modeltrustpolicies", self.policy_name
+            )
+            assert isinstance(policy, dict)
+            return bool((policy.get("status") or {}).get("observedGeneration") == generation)
+
+        eventually(handled, 30, f"the operator to handle generation {generation} of {self.policy_name}")
+
     def apply_model(self, body: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "securemodels", body)
 
