@@ -303,7 +303,7 @@ class ModelTrustPolicySpec(_Camel):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     # Where the operator may be pointed at (no confused deputy): see samd.storage.guard.
     allowed_endpoints: tuple[AllowedEndpoint, ...] = ()
-    allow_local_files: bool = False  # development only; the operator also needs SAMD_ALLOW_LOCAL_FILES
+    allow_local_files: bool | None = None  # unset: false; development only (see SAMD_ALLOW_LOCAL_FILES)
 
 
 def _describe(error: ValidationError, kind: str) -> str:
