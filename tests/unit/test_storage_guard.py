@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +31,9 @@ from samd.storage.guard import (
     check_resolved,
     check_uri,
     literal_address,
+    spec_uri_checks,
 )
+from tests.support.crds import SECURE_MODELS, load_crd
 
 pytestmark = pytest.mark.unit
 
@@ -467,3 +470,43 @@ def test_admission_does_not_resolve_names() -> None:
         artifact={"uri": "s3://models/m.samd", "endpoint": "https://minio.does-not-resolve.invalid"}
     )
     assert admission_problems(spec, [policy()]) == []
+
+
+# --- every URI the API holds (walked from the CRD's own schema) -----------------------------------------------
+
+URI_NAME = re.compile(r"(uri|url|endpoint)s?$", re.IGNORECASE)
+
+
+def string_fields(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if node.get("type") == "string":
+        yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from string_fields(child, f"{path}.{name}")
+    if "items" in node:
+        yield from string_fields(node["items"], f"{path}[]")
+
+
+def test_every_uri_a_secure_model_names_is_checked() -> None:
+    """A new URI field in the CRD fails here until the guard checks it (and the operator's reads use it)."""
+    schema = load_crd(SECURE_MODELS)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    named = {
+        path
+        for path, node in string_fields(schema["properties"]["spec"], "spec")
+        if URI_NAME.search(path.rsplit(".", 1)[-1])
+        or re.search(r"\bURI\b|\bURL\b", node.get("description", ""))
+    }
+    every = secure_model(
+        artifact={"uri": "s3://b/k", "endpoint": "https://s3.example.com"},
+        encryption={"keyRef": {"provider": "aws-kms", "uri": "aws-kms://alias/k"}},
+    )
+    checked = {field for field, _ in spec_uri_checks(every)}
+    assert (
+        named
+        == checked
+        == {
+            "spec.signature.uri",
+            "spec.artifact.uri",
+            "spec.artifact.endpoint",
+            "spec.encryption.keyRef.uri",
+        }
+    )
