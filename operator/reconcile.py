@@ -232,6 +232,7 @@ class _Run:
     signature: bytes | None = None  # the bundle as read from storage, verified or not
     guard: AddressPolicy = field(default_factory=AddressPolicy)  # what the spec may point the operator at
     apply_failures: dict[ConditionType, str] = field(default_factory=dict)
+    taken: list[str] = field(default_factory=list)  # the model's object names that belong to others
 
     def set(self, kind: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.conditions[kind] = Condition(kind, status, reason, message)
@@ -752,6 +753,34 @@ class Reconciler:
         self._certificates_issued.pop((namespace, secret_name), None)
         return None
 
+    async def _taken(
+        self, run: _Run, context: ModelContext, manifest: Mapping[str, Any], owned: Sequence[OwnedRef]
+    ) -> str | None:
+        """Why `manifest` may not be applied, or None when it may.
+
+        Its name comes from the SecureModel's name, which whoever may create a SecureModel chooses; a
+        server-side apply would take over any object of that name. So an object is applied only when
+        it is this model's (its ownerReferences name the model) or does not exist yet: it is read
+        first the one time it is neither in the owned-object indexes nor applied by this operator.
+        """
+        kind, name, namespace = str(manifest["kind"]), str(manifest["metadata"]["name"]), context.namespace
+        if any(ref.kind == kind and ref.name == name and context.uid in ref.owner_uids for ref in owned):
+            return None
+        if self.kube.last_applied(kind, namespace, name) is not None:
+            return None
+        existing = await self.kube.get(str(manifest["apiVersion"]), kind, name, namespace)
+        owners = {
+            ref.get("uid") for ref in ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
+        }
+        if existing is None or context.uid in owners:
+            return None
+        run.taken.append(f"{kind} {name}")
+        return (
+            f"{kind} {name} already exists in namespace {namespace} and does not belong to SecureModel "
+            f"{context.name}: the operator never takes over an object it did not create; delete or rename "
+            f"that {kind}, or give the SecureModel another name"
+        )
+
     async def _stored_certificate(
         self, namespace: str, secret_name: str, owned: Sequence[OwnedRef]
     ) -> Mapping[str, Any]:
@@ -788,6 +817,10 @@ class Reconciler:
                     if client is None
                     else issue_client_certificate(authority, context, client, run.now)
                 )
+                taken = await self._taken(run, context, manifest, owned)
+                if taken is not None:
+                    run.apply_failed(manifest, kopf.PermanentError(taken))
+                    continue
                 try:
                     await self.kube.apply(manifest)
                 except (kopf.TemporaryError, kopf.PermanentError) as error:
@@ -834,6 +867,12 @@ class Reconciler:
         keep = {(kind, name) for _, kind, name in wanted}
         deployment: dict[str, Any] | None = None
         for manifest in desired:
+            taken = await self._taken(run, context, manifest, owned)
+            if taken is None and manifest["kind"] == "Deployment" and run.taken:
+                taken = f"the model is not deployed while objects named for it belong to others ({', '.join(run.taken)})"
+            if taken is not None:
+                run.apply_failed(manifest, kopf.PermanentError(taken))
+                continue
             try:
                 stored = await self.kube.apply(manifest)
             except (kopf.TemporaryError, kopf.PermanentError) as error:
@@ -918,17 +957,7 @@ class Reconciler:
 
 def builder_settings(config: OperatorConfig) -> BuilderSettings:
     """What the builders need of the operator's configuration."""
-    return BuilderSettings(
-        default_image=config.default_image,
-        fetch_image=config.default_image,
-        operator_namespace=config.namespace,
-        cluster_domain=config.cluster_domain,
-        storage_egress=config.storage_egress,
-        model_volume_size=config.model_volume_size,
-        keyset_data_key=artifacts.KEYSET_KEY,
-        certificate_validity=config.certificate_validity,
-        certificate_renew_before=config.renew_before,
-    )
+    return BuilderSettings.of(config)
 
 
 def _serving_condition(view: ServingView, replicas: int) -> Condition:

@@ -9,7 +9,10 @@ an evaluation error, and with failurePolicy Fail an error rejects the request):
 - ``workloads.webhook.samd.dev``: Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs
   (``spec.template``), so that a bad template is refused at the workload, not later at its pods;
 - ``cronjobs.webhook.samd.dev``: CronJobs (``spec.jobTemplate.spec.template``);
-- ``securemodels.webhook.samd.dev``: SecureModels (format, encryption, no downgrade).
+- ``securemodels.webhook.samd.dev``: SecureModels (format, encryption, no downgrade, and that the
+  requester may themselves use what the model names: its Secrets, the Roles it binds);
+- ``namespaces.webhook.samd.dev``: label changes of Namespaces (one holding SecureModels may not be
+  relabelled out of a policy that covers it).
 
 Every webhook: CREATE and UPDATE only, failurePolicy Fail (fail closed), sideEffects None (so
 dry-run requests are sent and evaluated like any other), admissionReviewVersions [v1], a short
@@ -26,7 +29,9 @@ matchConditions, so that irrelevant requests never reach the webhook (all must b
   its spec;
 - ``may-run-a-model`` (pods and workloads only): the pod (template) is sent when it could run or
   read a model, which is when at least one of these holds:
-  * it carries the ``samd.dev/model`` annotation or label (it claims a model: full verification);
+  * it carries the ``samd.dev/model`` annotation or label (it claims a model: full verification;
+    a pod with the label alone would be selected by the model's Service);
+  * it runs as a ServiceAccount whose name ends in ``-model``, as every model's workload identity does;
   * it mounts a Secret (a ``secret`` volume or a ``projected`` volume with a ``secret`` source), or
     a container reads one (``env[].valueFrom.secretKeyRef``, ``envFrom[].secretRef``): a pod that
     mounts a model's key Secret without claiming the model is a bypass attempt;
@@ -49,6 +54,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from samd.operator.builders.names import WORKLOAD_ACCOUNT_SUFFIX
 
 DEFAULT_SAMD_NAMESPACE = "samd-system"
 VALIDATE_PATH = "/validate"
@@ -105,13 +112,34 @@ def may_run_a_model(pod: str) -> str:
         "c.?command.orValue([]).exists(a, a.contains('://')) || "
         "c.?args.orValue([]).exists(a, a.contains('://')))"
     )
-    return f"object == null || {claims_model} || {mounts_secret} || {container_reads_secret_or_uri}"
+    runs_as_a_model = f"{spec}.?serviceAccountName.orValue('').endsWith('{WORKLOAD_ACCOUNT_SUFFIX}')"
+    return (
+        f"object == null || {claims_model} || {runs_as_a_model} || {mounts_secret} || "
+        f"{container_reads_secret_or_uri}"
+    )
+
+
+def _model_label(obj: str) -> str:
+    return f"{obj}.?metadata.?labels.orValue({{}})[?'{MODEL_KEY}'].orValue('')"
+
+
+SPEC_OR_MODEL_LABEL_CHANGED = f"{SPEC_CHANGED} || {_model_label('object')} != {_model_label('oldObject')}"
+"""For Pods: the model label sits outside the spec, and a pod relabelled into a model's selector
+would receive its traffic, so a change of that label is sent too."""
+
+LABELS_CHANGED = (
+    "request.operation != 'UPDATE' || object == null || oldObject == null || "
+    "object.?metadata.?labels.orValue({}) != oldObject.?metadata.?labels.orValue({})"
+)
 
 
 def _conditions(pod: str | None) -> list[dict[str, str]]:
     conditions = [
         {"name": "not-being-deleted", "expression": NOT_BEING_DELETED},
-        {"name": "spec-changed", "expression": SPEC_CHANGED},
+        {
+            "name": "spec-changed",
+            "expression": SPEC_OR_MODEL_LABEL_CHANGED if pod == "object" else SPEC_CHANGED,
+        },
     ]
     if pod is not None:
         conditions.append({"name": "may-run-a-model", "expression": may_run_a_model(pod)})
@@ -170,13 +198,20 @@ def _webhook(
     }
 
 
-def _rule(group: str, version: str, resources: Sequence[str]) -> dict[str, Any]:
+def _rule(
+    group: str,
+    version: str,
+    resources: Sequence[str],
+    *,
+    operations: Sequence[str] = ("CREATE", "UPDATE"),
+    scope: str = "Namespaced",
+) -> dict[str, Any]:
     return {
         "apiGroups": [group],
         "apiVersions": [version],
-        "operations": ["CREATE", "UPDATE"],
+        "operations": list(operations),
         "resources": list(resources),
-        "scope": "Namespaced",
+        "scope": scope,
     }
 
 
@@ -222,6 +257,14 @@ def build_webhook_configuration(
             timeout_seconds=timeout_seconds,
         )
 
+    # A namespace holding SecureModels may not be relabelled out of the policies that cover it.
+    namespaces = webhook(
+        "namespaces", [_rule("", "v1", ("namespaces",), operations=("UPDATE",), scope="Cluster")], None
+    )
+    namespaces["matchConditions"] = [
+        {"name": "not-being-deleted", "expression": NOT_BEING_DELETED},
+        {"name": "labels-changed", "expression": LABELS_CHANGED},
+    ]
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -236,5 +279,6 @@ def build_webhook_configuration(
                 "cronjobs", [_rule("batch", "v1", ("cronjobs",))], "object.?spec.?jobTemplate.?spec.?template"
             ),
             webhook("securemodels", [_rule("samd.dev", "v1alpha1", ("securemodels",))], None),
+            namespaces,
         ],
     }

@@ -24,6 +24,7 @@ from lightkube.resources.core_v1 import ConfigMap
 
 from samd.operator.builders.context import BuilderSettings, ModelContext
 from samd.operator.builders.serving import build_deployment, build_signature_config_map
+from samd.operator.config import OperatorConfig
 from samd.signing import VerificationResult
 from samd.spec import parse_secure_model
 from samd.webhook.cache import VerificationCache
@@ -408,9 +409,7 @@ async def test_the_operators_workload_as_the_api_server_stores_it_is_admitted_fr
         uid=created["metadata"]["uid"],
         spec=parse_secure_model(model["spec"]),
         manifest_digest=artifacts.manifest_digest(),
-        settings=BuilderSettings(
-            default_image="samd:0.1.0", fetch_image="samd:0.1.0", operator_namespace="x"
-        ),
+        settings=BuilderSettings.of(OperatorConfig()),  # the operator's defaults, as the webhook's
     )
     signature = build_signature_config_map(context, artifacts.signature.read_bytes())
     core.create_namespaced_config_map(namespace, signature)  # type: ignore[arg-type] # dicts are accepted

@@ -510,3 +510,12 @@ def test_every_uri_a_secure_model_names_is_checked() -> None:
             "spec.encryption.keyRef.uri",
         }
     )
+
+
+def test_the_webhook_refuses_a_local_file_uri_where_no_policy_covers_too() -> None:
+    """The operator refuses it in any namespace (no policy, no allowance): say so at admission."""
+    problems = admission_problems(secure_model(signature={"uri": "file:///var/run/secrets/token"}), [])
+    assert problems
+    assert problems[0].startswith(
+        "spec.signature.uri: refusing to read the local path /var/run/secrets/token"
+    )

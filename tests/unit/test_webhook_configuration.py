@@ -30,7 +30,7 @@ def test_every_webhook_fails_closed_has_no_side_effects_and_speaks_v1() -> None:
     assert configuration["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert configuration["kind"] == "ValidatingWebhookConfiguration"
     assert configuration["metadata"]["name"] == "samd-webhook"
-    assert len(configuration["webhooks"]) == 4
+    assert len(configuration["webhooks"]) == 5
     for webhook in configuration["webhooks"]:
         assert webhook["failurePolicy"] == "Fail"
         assert webhook["sideEffects"] == "None"
@@ -38,8 +38,10 @@ def test_every_webhook_fails_closed_has_no_side_effects_and_speaks_v1() -> None:
         assert webhook["timeoutSeconds"] == 5
         assert webhook["name"].endswith(".webhook.samd.dev")
         for rule in webhook["rules"]:
-            assert rule["operations"] == ["CREATE", "UPDATE"]
-            assert rule["scope"] == "Namespaced"
+            if webhook["name"] == "namespaces.webhook.samd.dev":  # relabelling only
+                assert (rule["operations"], rule["scope"]) == (["UPDATE"], "Cluster")
+            else:
+                assert (rule["operations"], rule["scope"]) == (["CREATE", "UPDATE"], "Namespaced")
 
 
 def test_the_rules_cover_pods_every_workload_kind_and_securemodels() -> None:
@@ -64,6 +66,7 @@ def test_the_rules_cover_pods_every_workload_kind_and_securemodels() -> None:
         ("batch", "jobs"),
         ("batch", "cronjobs"),
         ("samd.dev", "securemodels"),
+        ("", "namespaces"),
     }
     assert webhooks["securemodels.webhook.samd.dev"]["rules"][0]["apiVersions"] == ["v1alpha1"]
 
@@ -88,7 +91,11 @@ def test_each_webhook_reads_the_pod_template_where_its_kinds_keep_it() -> None:
     assert names == {"not-being-deleted", "spec-changed"}  # a SecureModel has no pod template
     for webhook in webhooks.values():
         assert "deletionTimestamp" in condition(webhook["name"], "not-being-deleted")
-        assert "oldObject" in condition(webhook["name"], "spec-changed")
+        changed = "labels-changed" if webhook["name"] == "namespaces.webhook.samd.dev" else "spec-changed"
+        assert "oldObject" in condition(webhook["name"], changed)
+    # A pod relabelled into a model's selector is sent although its spec did not change.
+    assert "samd.dev/model" in condition("pods.webhook.samd.dev", "spec-changed")
+    assert "samd.dev/model" not in condition("workloads.webhook.samd.dev", "spec-changed")
 
 
 def test_the_namespace_selector_leaves_out_kube_system_and_samds_namespace() -> None:

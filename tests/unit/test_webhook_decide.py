@@ -17,22 +17,25 @@ from typing import Any
 import pytest
 
 from samd.errors import SamdError
-from samd.operator.builders.context import BuilderSettings, ModelContext
+from samd.operator.builders.context import ModelContext
 from samd.operator.builders.serving import build_deployment, build_signature_config_map
 from samd.signing import VerificationResult
 from samd.spec import parse_secure_model
+from samd.webhook.access import AccessReviewer, Attributes
 from samd.webhook.cache import VerificationCache, VerificationKey
 from samd.webhook.decide import (
     Coverage,
     DecisionConfig,
     ExpectedLoader,
     PolicyDecider,
+    Subject,
     Violation,
+    check_pod_security,
     compare_argv,
     conclude,
     mentions_uri,
 )
-from samd.webhook.review import AdmissionRequest, Decision
+from samd.webhook.review import AdmissionRequest, Decision, UserInfo
 from samd.webhook.state import Kind, WatchedState, read_model
 from tests.support.models import ModelArtifacts, make_model
 
@@ -41,9 +44,8 @@ pytestmark = pytest.mark.unit
 NAMESPACE = "ml"
 PROTECTED = {"samd.dev/protected": "true"}
 LOADER_IMAGE = "samd:0.1.0"
-SETTINGS = BuilderSettings(
-    default_image=LOADER_IMAGE, fetch_image=LOADER_IMAGE, operator_namespace="samd-system"
-)
+SETTINGS = DecisionConfig().builder_settings
+"""The operator's default settings, which the webhook's default DecisionConfig compares pods with."""
 KEY_SECRET = "fraud-keyset"
 OTHER_KEY_SECRET = "churn-keyset"
 WORKLOAD_GROUPS = {
@@ -214,6 +216,10 @@ class World:
     config_maps: list[dict[str, Any]] = field(default_factory=list)
     config: DecisionConfig = field(default_factory=DecisionConfig)
     cache: VerificationCache[VerificationResult] = field(default_factory=VerificationCache)
+    denied: set[str] | None = None
+    """What the requester may not do, as `Attributes` print it ("get secrets fraud-keyset"); None: anything."""
+    access_error: Exception | None = None
+    questions: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -233,7 +239,14 @@ class World:
             namespaces=self.namespaces,
             config_maps=self.config_maps,
         )
-        return PolicyDecider(state, self.cache, self.config)
+        return PolicyDecider(state, self.cache, self.config, access=AccessReviewer(self._ask))
+
+    async def _ask(self, user: UserInfo, attributes: Attributes) -> bool:
+        """The API server's SubjectAccessReview, as far as this world's RBAC goes."""
+        self.questions.append((user.username, str(attributes)))
+        if self.access_error is not None:
+            raise self.access_error
+        return self.denied is None or str(attributes) not in self.denied
 
     async def decide(self, request: AdmissionRequest) -> Decision:
         return await self.decider().decide(request)
@@ -751,11 +764,11 @@ async def test_pod_level_settings_count_when_the_container_sets_none(world: Worl
         del container(pod, name)["securityContext"]["runAsNonRoot"]
         del container(pod, name)["securityContext"]["seccompProfile"]
 
-    admitted = await world.decide(review(pod))
+    # Hardened through the pod's settings (such a pod is still refused as not the operator's pod).
+    assert check_pod_security(pod["spec"], Subject("Pod")) == []
     del pod["spec"]["securityContext"]["seccompProfile"]
     refused = await world.decide(review(pod))
 
-    assert admitted.allowed is True, admitted
     assert_denied(refused, "InsecurePod", "container server", "set seccompProfile.type")
 
 
