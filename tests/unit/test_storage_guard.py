@@ -519,3 +519,18 @@ def test_the_webhook_refuses_a_local_file_uri_where_no_policy_covers_too() -> No
     assert problems[0].startswith(
         "spec.signature.uri: refusing to read the local path /var/run/secrets/token"
     )
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://models.example.com@127.0.0.1/m.sig",  # user info in front of the real host
+        "https://127.0.0.1#@models.example.com/m.sig",  # the fragment hides the real host
+        "https://127.0.0.1?@models.example.com/m.sig",
+        "https://models.example.com\\@169.254.169.254/m.sig",
+        "HTTPS://[::ffff:a9fe:a9fe]:443/latest/meta-data/",
+        "https://169.254.169.254./latest/",  # a trailing dot
+    ],
+)
+def test_urls_that_disguise_their_host_are_judged_by_the_host_they_reach(uri: str) -> None:
+    refused(check_uri, uri, DEFAULT, field="spec.signature.uri")
