@@ -491,7 +491,13 @@ def samd_target(kubeconfig: Path, artifacts: Any) -> Target:
     return Target(
         label="samd operator",
         argv=[sys.executable, "-m", "samd.operator", "--liveness", "", "--log-format", "json"],
-        env={"KUBECONFIG": str(kubeconfig), "SAMD_NAMESPACE": OPERATOR_NAMESPACE},
+        env={
+            "KUBECONFIG": str(kubeconfig),
+            "SAMD_NAMESPACE": OPERATOR_NAMESPACE,
+            # The model is a local file: the development switch, for its directory only.
+            "SAMD_ALLOW_LOCAL_FILES": "true",
+            "SAMD_LOCAL_FILE_ROOTS": str(Path(artifacts.artifact).parent),
+        },
         cwd=Path("/"),  # never the repository root, whose operator/ folder is not the stdlib module
         resource=(GROUP, VERSION, PLURAL),
         body=body,
@@ -623,6 +629,7 @@ def trust_policy(api: client.ApiClient, label: str, public_key_pem: str) -> Iter
     # Every SecureModel of the run shares one artifact under its own generated name, which the
     # artifact's signature cannot name: measure the operator without the name and version binding.
     policy["spec"]["versionPolicy"] = {"requireSignedVersion": False}
+    policy["spec"]["allowLocalFiles"] = True  # the benchmark's model is a local file
     custom = client.CustomObjectsApi(api)
     custom.create_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", policy)
     try:

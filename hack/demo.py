@@ -71,11 +71,11 @@ def kubectl(*argv: str, stdin: str | None = None, check: bool = True, show: bool
     return run(tool("kubectl"), *argv, stdin=stdin, check=check, show=show)
 
 
-def start_daemon(name: str, argv: list[str]) -> None:
+def start_daemon(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     log = (DEMO / f"{name}.log").open("ab")
     proc = subprocess.Popen(  # a daemon: `hack/demo down` stops it
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)}, cwd=DEMO,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG), **(env or {})}, cwd=DEMO,
     )  # fmt: skip
     (DEMO / f"{name}.pid").write_text(f"{proc.pid}\n")
     print(f"started {name} (pid {proc.pid}), log: {DEMO / f'{name}.log'}")
@@ -160,9 +160,11 @@ def up() -> None:
                              "--key", str(DEMO / "webhook-tls" / "tls.key"), "--log-format", "json"])  # fmt: skip
     print(kubectl("apply", "--server-side", "-f", "-", stdin=webhook_configuration(), show=False).strip())
 
-    step("Run the operator")
+    step("Run the operator (development switch: it may read the demo's local files, and only those)")
     start_daemon(
-        "operator", [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""]
+        "operator",
+        [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""],
+        env={"SAMD_ALLOW_LOCAL_FILES": "true", "SAMD_LOCAL_FILE_ROOTS": str(DEMO)},
     )
 
     step("ML CI: build the fraud-detection model (ONNX), make keys, sign and encrypt it")
@@ -190,6 +192,7 @@ def up() -> None:
     kubectl("apply", "--server-side", "-f", str(EXAMPLE / "namespace.yaml"))
     policy = yaml.safe_load((EXAMPLE / "trustpolicy.yaml").read_text())
     policy["spec"]["signers"][0]["publicKey"] = (DEMO / "signer.pub.pem").read_text()
+    policy["spec"]["allowLocalFiles"] = True  # the demo's model is a local file (development only)
     kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(policy))
     secret = {
         "apiVersion": "v1", "kind": "Secret",

@@ -6,8 +6,10 @@ import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from samd.spec import parse_duration
+from samd.storage.guard import AddressPolicy, parse_networks
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,18 @@ class OperatorConfig:
     resync_interval: datetime.timedelta = datetime.timedelta(seconds=5)
     max_signature_bytes: int = 16 * 1024 * 1024
     workers: int = field(default=8)  # SecureModels reconciled at once (SAMD_WORKERS)
+    # No confused deputy (docs/operator.md): what a SecureModel may point the operator at.
+    allow_local_files: bool = False  # SAMD_ALLOW_LOCAL_FILES: development only, never in the chart
+    local_file_roots: tuple[str, ...] = ()  # SAMD_LOCAL_FILE_ROOTS: with it, only under these
+    cluster_networks: tuple[str, ...] = ()  # SAMD_CLUSTER_CIDRS: the service and pod networks
+
+    def address_policy(self) -> AddressPolicy:
+        """The operator's own part of the address rules; covering policies add their allowances."""
+        return AddressPolicy(
+            allow_local_files=self.allow_local_files,
+            local_file_roots=tuple(Path(root) for root in self.local_file_roots),
+            internal_networks=parse_networks(",".join(self.cluster_networks)),
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -63,4 +77,16 @@ class OperatorConfig:
             reverify_interval=duration("SAMD_REVERIFY_INTERVAL", defaults.reverify_interval),
             resync_interval=duration("SAMD_RESYNC_INTERVAL", defaults.resync_interval),
             workers=int(env.get("SAMD_WORKERS", defaults.workers)),
+            allow_local_files=_flag(env, "SAMD_ALLOW_LOCAL_FILES"),
+            local_file_roots=tuple(r for r in env.get("SAMD_LOCAL_FILE_ROOTS", "").split(os.pathsep) if r),
+            cluster_networks=tuple(str(n) for n in parse_networks(env.get("SAMD_CLUSTER_CIDRS", ""))),
         )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "false", "0", "no"):
+        return False
+    if value in ("true", "1", "yes"):
+        return True
+    raise ValueError(f"{name}={value!r}: write true or false")

@@ -50,6 +50,8 @@ from samd.policy import (
     version_binding_reason,
 )
 from samd.spec import API_VERSION, GROUP, SecureModelSpec, SpecError, parse_secure_model
+from samd.storage.guard import REASON as URI_REFUSED
+from samd.storage.guard import AddressPolicy, URIRefusedError, policy_allowances
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,7 @@ class _Run:
     conditions: dict[ConditionType, Condition] = field(default_factory=dict)
     temporary: list[str] = field(default_factory=list)
     signature: bytes | None = None  # the bundle as read from storage, verified or not
+    guard: AddressPolicy = field(default_factory=AddressPolicy)  # what the spec may point the operator at
     apply_failures: dict[ConditionType, str] = field(default_factory=dict)
     taken: list[str] = field(default_factory=list)  # the model's object names that belong to others
 
@@ -259,6 +262,11 @@ class _Run:
         self.apply_failures.setdefault(kind, str(error))
         self.temporary.append(str(error))
         self.event("ApplyFailed", str(error), warning=True)
+
+    def refused(self, kind: ConditionType, error: URIRefusedError) -> None:
+        """A URI the user named that the operator must not open: nothing was read or written."""
+        self.set(kind, False, URI_REFUSED, str(error))
+        self.event(URI_REFUSED, str(error), warning=True)
 
     def retry_later(
         self, kind: ConditionType, reason: str, error: SamdError, keep: dict[str, Any]
@@ -451,8 +459,10 @@ class Reconciler:
             outcome.error = kopf.PermanentError(str(error))
             return outcome
 
-        run = _Run(model=model, spec=spec, now=now, outcome=Outcome(status={}))
         covering = applicable_policies(policies, namespace_labels)
+        run = _Run(
+            model=model, spec=spec, now=now, outcome=Outcome(status={}), guard=self._address_policy(covering)
+        )
         verification = await self._verify(run, covering)
         key_status = await self._check_key(run)
         storage_status = await self._check_storage(run)
@@ -487,6 +497,19 @@ class Reconciler:
             # A rollout alone may then update Serving; not while a serving object is missing.
             run.outcome.replicas = spec.serving.replicas
         return run.outcome
+
+    def _address_policy(self, covering: Sequence[TrustPolicy]) -> AddressPolicy:
+        """What this model's spec may point the operator at: the operator's settings, and the
+        allowances of the policies covering its namespace. Local files need both the operator's
+        development switch and a covering policy's allowLocalFiles."""
+        base = self.config.address_policy()
+        allowed, local_files = policy_allowances(covering)
+        return AddressPolicy(
+            allow_local_files=base.allow_local_files and local_files,
+            local_file_roots=base.local_file_roots,
+            internal_networks=base.internal_networks,
+            allowed=tuple(allowed),
+        )
 
     # --- Verified ---------------------------------------------------------------------------------
 
@@ -525,9 +548,14 @@ class Reconciler:
         else:
             try:
                 run.signature = await asyncio.to_thread(
-                    artifacts.read_signature, spec, self.config.max_signature_bytes
+                    artifacts.read_signature, spec, self.config.max_signature_bytes, run.guard
                 )
                 result, policy_name = await asyncio.to_thread(verify_under_policies, run.signature, policies)
+            except URIRefusedError as error:
+                self._verifications.pop(key, None)
+                run.signature = None
+                run.refused(C.VERIFIED, error)
+                return {}
             except VerificationError as error:
                 self._verifications.pop(key, None)
                 run.set(C.VERIFIED, False, "SignatureInvalid", str(error))
@@ -608,6 +636,7 @@ class Reconciler:
             spec.artifact.model_dump_json(),
             key_ref.model_dump_json(),
             hashlib.sha256(keyset or b"").hexdigest(),
+            repr(run.guard),
         )
         cached = self._keys.get(key)
         try:
@@ -618,14 +647,14 @@ class Reconciler:
             ):
                 state = cached.value
             else:
-                state = await asyncio.to_thread(artifacts.inspect_key, spec, keyset)
+                state = await asyncio.to_thread(artifacts.inspect_key, spec, keyset, run.guard)
                 self._keys[key] = _Cached(fingerprint, now, state)
             rotated_at = _parse_time(previous.get("rotatedAt")) or state.current_created or now
             version = state.artifact_key_version
             if rotated_at + spec.encryption.rotation_interval <= now:
                 # Store the new key version before any artifact depends on it; old versions still
                 # unwrap, so a crash between the two steps leaves a working model.
-                new_keyset = await asyncio.to_thread(artifacts.rotate_key, spec, keyset)
+                new_keyset = await asyncio.to_thread(artifacts.rotate_key, spec, keyset, run.guard)
                 if new_keyset is not None:
                     await self.kube.apply(
                         artifacts.keyset_secret_manifest(secret_name, model.namespace, new_keyset)
@@ -633,15 +662,19 @@ class Reconciler:
                     keyset = new_keyset
                 rotated_at = now
                 self._keys.pop(key, None)  # the artifact's header changes
-                version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset)
+                version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset, run.guard)
                 run.event(
                     "KeyRotated",
                     f"{state.provider} key {state.key_id} rotated; data key re-wrapped under version {version}",
                 )
             elif version != state.current_version:
                 self._keys.pop(key, None)
-                version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset)
+                version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset, run.guard)
                 run.event("KeyRewrapped", f"data key re-wrapped under key version {version}")
+        except URIRefusedError as error:
+            self._keys.pop(key, None)
+            run.refused(C.ENCRYPTED, error)
+            return previous
         except (KeyProviderError, StorageError) as error:
             self._keys.pop(key, None)
             if error.transient:
@@ -677,7 +710,7 @@ class Reconciler:
             return {}
         previous = dict(model.status.get("storage") or {})
         key = (model.namespace, model.name)
-        fingerprint = spec.artifact.model_dump_json()
+        fingerprint = _fingerprint(spec.artifact.model_dump_json(), repr(run.guard))
         cached = self._postures.get(key)
         if (
             cached
@@ -687,7 +720,11 @@ class Reconciler:
             posture, checked_at = cached.value, cached.checked_at
         else:
             try:
-                posture = await asyncio.to_thread(artifacts.bucket_posture, spec)
+                posture = await asyncio.to_thread(artifacts.bucket_posture, spec, run.guard)
+            except URIRefusedError as error:
+                self._postures.pop(key, None)
+                run.refused(C.STORAGE_SECURE, error)
+                return {}
             except StorageError as error:
                 return run.retry_later(C.STORAGE_SECURE, "StorageUnreachable", error, previous)
             checked_at = now

@@ -52,6 +52,7 @@ from samd.policy import (
 )
 from samd.signing import VerificationResult
 from samd.spec import SEMVER, SecureModelSpec, parse_secure_model
+from samd.storage import guard as uri_guard
 from samd.webhook.access import AccessReviewer, required_permissions
 from samd.webhook.cache import VerificationCache, VerificationKey
 from samd.webhook.podshape import ExpectedPod, compare_pod
@@ -309,6 +310,8 @@ def check_secure_model(
     for policy in cover.policies:
         for problem in check_spec_against_policies(spec, [policy], previous_version=previous):
             violations.append(Violation(POLICY_VIOLATION, problem, frozenset({policy.name})))
+    # No confused deputy: URIs the operator would refuse to open, by the strings alone (no DNS here).
+    violations += [Violation(uri_guard.REASON, p) for p in uri_guard.admission_problems(raw, cover.policies)]
     return violations
 
 

@@ -10,6 +10,7 @@ A spec that the API server accepted but that these models refuse raises
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -291,6 +292,22 @@ def is_broad_subject(subject: Subject) -> bool:
     return subject.kind == "User" and subject.name == "system:anonymous"
 
 
+class AllowedEndpoint(_Camel):
+    """An endpoint allowed although its address is internal, by network or by host name (no confused deputy)."""
+
+    cidr: str | None = None
+    host: str | None = None
+    allow_http: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AllowedEndpoint:
+        if (self.cidr is None) == (self.host is None):
+            raise ValueError("an allowed endpoint sets exactly one of cidr or host")
+        if self.cidr is not None:
+            ipaddress.ip_network(self.cidr, strict=False)  # ValueError names the bad network
+        return self
+
+
 class ModelTrustPolicySpec(_Camel):
     namespace_selector: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["enforce", "warn"] = "enforce"
@@ -300,6 +317,9 @@ class ModelTrustPolicySpec(_Camel):
     allowed_broad_groups: tuple[str, ...] = ()  # BROAD_GROUPS (or system:anonymous) that may be bound
     require_encryption: bool = True
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    # Where the operator may be pointed at (no confused deputy): see samd.storage.guard.
+    allowed_endpoints: tuple[AllowedEndpoint, ...] = ()
+    allow_local_files: bool | None = None  # unset: false; development only (see SAMD_ALLOW_LOCAL_FILES)
 
 
 def _describe(error: ValidationError, kind: str) -> str:

@@ -284,6 +284,8 @@ def test_unreachable_storage_is_a_transient_condition(scenario: Scenario) -> Non
         "uri": "s3://models/fraud-detection/model.samd",
         "endpoint": "http://127.0.0.1:9",
     }
+    # An internal, plain-http endpoint: only because the trust policy allows it explicitly.
+    scenario.patch_policy({"allowedEndpoints": [{"cidr": "127.0.0.1/32", "allowHttp": True}]})
     scenario.apply_model(body)
     verified = scenario.wait_condition("fraud-detection", "Verified", "Unknown", timeout=90)
     assert verified["reason"] == "SignatureUnreachable"

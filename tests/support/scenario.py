@@ -45,6 +45,10 @@ def operator_fixture(
         cluster,
         log,
         SAMD_RESYNC_INTERVAL="1s",
+        # The test models are local files: the development switch, and only under pytest's own
+        # temporary directories (a SecureModel naming any other file is refused, as in production).
+        SAMD_ALLOW_LOCAL_FILES="true",
+        SAMD_LOCAL_FILE_ROOTS=str(tmp_path_factory.getbasetemp()),
         # Credentials for an S3 endpoint that does not answer (the transient-failure test).
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -102,6 +106,23 @@ class Scenario:
             body["spec"][key] = value
         return dict(body)
 
+    def patch_policy(self, spec: dict[str, Any]) -> None:
+        """Change the scenario's trust policy, and wait until the operator has handled the change."""
+        patched = self.custom.patch_cluster_custom_object(
+            GROUP, VERSION, "modeltrustpolicies", self.policy_name, {"spec": spec}
+        )
+        assert isinstance(patched, dict)
+        generation = patched["metadata"]["generation"]
+
+        def handled() -> bool:
+            policy = self.custom.get_cluster_custom_object(
+                GROUP, VERSION, "modeltrustpolicies", self.policy_name
+            )
+            assert isinstance(policy, dict)
+            return bool((policy.get("status") or {}).get("observedGeneration") == generation)
+
+        eventually(handled, 30, f"the operator to handle generation {generation} of {self.policy_name}")
+
     def apply_model(self, body: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "securemodels", body)
 
@@ -118,6 +139,7 @@ def scenario_fixture(
     policy["metadata"]["name"] = f"test-{namespace}"
     policy["spec"]["namespaceSelector"] = {"matchLabels": {"samd.dev/trust": label}}
     policy["spec"]["signers"][0]["publicKey"] = artifacts.public_key_pem
+    policy["spec"]["allowLocalFiles"] = True  # the models are local files (development only)
     custom = client.CustomObjectsApi(k8s)
     custom.create_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", policy)
     core.create_namespaced_secret(namespace, artifacts.keyset_secret("fraud-detection-key"))

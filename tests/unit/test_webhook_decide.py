@@ -117,6 +117,8 @@ def trust_policy(
             "allowedFormats": list(formats),
             "requireEncryption": True,
             "versionPolicy": {"allowDowngrade": allow_downgrade},
+            # The models here are local files; the URI rules have tests of their own (test_storage_guard).
+            "allowLocalFiles": True,
         },
     }
 

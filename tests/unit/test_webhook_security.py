@@ -372,7 +372,10 @@ async def test_a_failed_permission_check_refuses_even_under_a_warn_policy(world:
 
 async def test_permission_checks_apply_where_no_policy_covers(world: World) -> None:
     world.denied = {"get secrets fraud-keyset"}
-    request = _model_request(world)
+    # Storage URIs, not the local files of the other tests: no policy allows local files here.
+    request = _model_request(
+        world, artifact={"uri": "s3://models/fraud.samd"}, signature={"uri": "s3://models/fraud.sig"}
+    )
     request = request.model_copy(update={"namespace": "sandbox"})
 
     decision = await world.decide(request)

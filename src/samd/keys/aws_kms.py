@@ -112,6 +112,11 @@ class AwsKmsKeyProvider:
         return str(self._client.meta.endpoint_url)
 
     @property
+    def client(self) -> KMSClient:
+        """The boto3 client, for callers that hook its events (the operator's address checks)."""
+        return self._client
+
+    @property
     def key_id(self) -> str:
         """The key ARN (looked up once with DescribeKey when the key was given by id or alias)."""
         if self._arn is None:

@@ -6,6 +6,7 @@ Built on the standard library (`urllib.request`), so proxies from HTTPS_PROXY/NO
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
 import logging
 import re
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 from samd.errors import StorageError, UsageError
 from samd.storage.defaults import NETWORK_TIMEOUT
+from samd.storage.guard import AddressPolicy, pinned_connection
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy, TransientStorageError, call_with_retries
 from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader, OpenedBody, ResumingReader
 from samd.storage.uri import HttpUrl, redact_url
@@ -71,15 +73,80 @@ def _tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
+class _Pinned:
+    """Mixin for http.client connections: connect only to an address the policy allows, the one checked.
+
+    http.client connects through ``self._create_connection((host, port), timeout, source)``; that
+    is replaced, so TLS (server name and certificate checks against the host name) stays as it is.
+    No proxy: the address checked must be the address connected to.
+    """
+
+    host: str
+
+    def _pin(self, policy: AddressPolicy, scheme: str) -> None:
+        def create(address: tuple[str, int], timeout: Any = None, source: Any = None) -> socket.socket:
+            return pinned_connection(address, policy, scheme=scheme, timeout=timeout, source=source)
+
+        self._create_connection = create
+
+
+class GuardedHTTPConnection(_Pinned, http.client.HTTPConnection):
+    def __init__(self, host: str, *args: Any, address_policy: AddressPolicy, **kwargs: Any) -> None:
+        super().__init__(host, *args, **kwargs)
+        self._pin(address_policy, "http")
+
+
+class GuardedHTTPSConnection(_Pinned, http.client.HTTPSConnection):
+    def __init__(self, host: str, *args: Any, address_policy: AddressPolicy, **kwargs: Any) -> None:
+        super().__init__(host, *args, **kwargs)
+        self._pin(address_policy, "https")
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, address_policy: AddressPolicy) -> None:
+        super().__init__(context=context)
+        self._connection = functools.partial(GuardedHTTPSConnection, address_policy=address_policy)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, address_policy: AddressPolicy) -> None:
+        super().__init__()
+        self._connection = functools.partial(GuardedHTTPConnection, address_policy=address_policy)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connection, req)
+
+
 class HttpClient:
-    """The connection settings shared by every request to one URL."""
+    """The connection settings shared by every request to one URL.
+
+    With an ``address_policy`` (the operator's reads), every connection, the first and each
+    redirect's, goes to an address the policy allows, the very address that was checked, and never
+    through a proxy (a proxy would resolve the name itself).
+    """
 
     def __init__(
-        self, *, ca_bundle: Path | None = None, allow_http: bool = False, timeout: float = DEFAULT_TIMEOUT
+        self,
+        *,
+        ca_bundle: Path | None = None,
+        allow_http: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        address_policy: AddressPolicy | None = None,
     ) -> None:
-        self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=_tls_context(ca_bundle)), _SafeRedirects(allow_http)
-        )
+        context = _tls_context(ca_bundle)
+        handlers: list[urllib.request.BaseHandler]
+        if address_policy is None:
+            handlers = [urllib.request.HTTPSHandler(context=context)]
+        else:
+            handlers = [
+                urllib.request.ProxyHandler({}),
+                _GuardedHTTPSHandler(context, address_policy),
+                _GuardedHTTPHandler(address_policy),
+            ]
+        self._opener = urllib.request.build_opener(*handlers, _SafeRedirects(allow_http))
         self._timeout = timeout
 
     def request(self, url: HttpUrl, *, method: str = "GET", headers: dict[str, str] | None = None) -> Any:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from samd.errors import StorageError, UsageError
 from samd.storage.defaults import NETWORK_TIMEOUT
+from samd.storage.guard import AddressPolicy
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy
 from samd.storage.uri import S3Location, parse_artifact_uri
 
@@ -95,6 +96,7 @@ def check_bucket_posture(
     retry: RetryPolicy | None = None,
     timeout: float = NETWORK_TIMEOUT,
     client: S3Client | None = None,
+    address_policy: AddressPolicy | None = None,
 ) -> BucketPosture:
     """Read the posture of the bucket in ``uri`` (``s3://bucket`` or ``s3://bucket/key``).
 
@@ -107,7 +109,9 @@ def check_bucket_posture(
     from samd.storage.s3 import call_s3, make_s3_client  # noqa: PLC0415 - see the imports
 
     policy = retry or DEFAULT_RETRY
-    s3 = client or make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
+    s3 = client or make_s3_client(
+        endpoint_url=endpoint_url, region=region, timeout=timeout, address_policy=address_policy
+    )
     bucket = location.bucket
     target = f"s3://{bucket}"
     try:

@@ -41,6 +41,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from samd.errors import StorageError, UsageError
 from samd.storage.defaults import NETWORK_TIMEOUT, S3_CONCURRENCY, S3_PART_SIZE
+from samd.storage.guard import AddressPolicy, check_endpoint, guard_boto_client
 from samd.storage.retry import DEFAULT_RETRY, RetryPolicy, TransientStorageError, call_with_retries
 from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader, OpenedBody, ResumingReader
 from samd.storage.uri import S3Location
@@ -125,8 +126,23 @@ def resolve_endpoint(endpoint_url: str | None) -> str | None:
 
 
 def make_s3_client(
-    *, endpoint_url: str | None = None, region: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    address_policy: AddressPolicy | None = None,
+    endpoint_field: str = "the S3 endpoint",
 ) -> S3Client:
+    """A client for ``endpoint_url`` (else the environment's endpoint, else AWS).
+
+    With an ``address_policy``, an ``endpoint_url`` given here (a user's, not the environment's) is
+    checked as a string at once, and every request the client sends is checked against it.
+    """
+    guarded = address_policy is not None and endpoint_url is not None
+    if guarded:
+        assert address_policy is not None  # noqa: S101 - for mypy
+        assert endpoint_url is not None  # noqa: S101
+        check_endpoint(endpoint_url, address_policy, field=endpoint_field)
     config = Config(
         # One retry policy for all backends: ours (see module docstring).
         retries={"mode": "standard", "total_max_attempts": 1},
@@ -135,11 +151,15 @@ def make_s3_client(
         max_pool_connections=DEFAULT_CONCURRENCY * 2,
     )
     try:
-        return boto3.session.Session().client(
+        client = boto3.session.Session().client(
             "s3", endpoint_url=resolve_endpoint(endpoint_url), region_name=region, config=config
         )
     except (BotoCoreError, ValueError) as error:
         raise UsageError(f"cannot set up the S3 client: {error}") from error
+    if guarded:
+        assert address_policy is not None  # noqa: S101 - for mypy
+        guard_boto_client(client, address_policy, field=endpoint_field)
+    return client
 
 
 def s3_error(error: Exception, *, action: str, uri: str) -> StorageError:
