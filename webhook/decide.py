@@ -6,19 +6,27 @@ bundle's signature and manifest are checked, and the pod must pin the manifest d
 verifying loader then checks against the bytes). The rules themselves are plain functions over
 plain objects, which the unit tests call directly.
 
-The rules (issue 5 §2), in a namespace that a ModelTrustPolicy covers:
+The rules, in a namespace that a ModelTrustPolicy covers or that holds a SecureModel (so that
+relabelling a namespace cannot switch them off below its models):
 
 - A pod, or the pod template of a workload, that names a SecureModel in its ``samd.dev/model``
-  annotation is admitted only if the model exists, its signature bundle (stored by the operator)
-  verifies under EVERY covering policy, the pod's ``samd.dev/model-digest`` is the verified manifest
-  digest, the model's format obeys the policies, the first init container is the verifying loader
-  exactly as the operator builds it (see `check_loader`), and every container is hardened (see
-  `check_pod_security`).
-- A pod that uses a model's key Secret, TLS Secret or client certificate Secrets, or passes a
-  model's artifact URI to a container, without running that model through its loader, is refused
-  as a bypass attempt (also when it runs another model).
+  annotation is admitted only if the model exists, a policy covers the namespace, its signature
+  bundle (stored by the operator) verifies under EVERY covering policy, the pod's
+  ``samd.dev/model-digest`` is the verified manifest digest, the signature binds the model's name
+  and version where a policy requires it, the model's format obeys the policies, the first init
+  container is the verifying loader exactly as the operator builds it (see `check_loader`), every
+  container is hardened (see `check_pod_security`), and the whole pod is the one the operator
+  builds for the model (see `samd.webhook.podshape`).
+- A pod that uses a model's key Secret, TLS Secret or client certificate Secrets (in any way the
+  pod spec can name a Secret), or passes a model's artifact URI to a container, without running
+  that model through its loader, is refused as a bypass attempt (also when it runs another model);
+  so is a pod that carries a model's selector label or runs as its ServiceAccount without being
+  its pod, and any pod with a hostPath showing the kubelet's pod directories.
 - A SecureModel is admitted only if its spec parses and obeys the policies (format allow-list,
-  encryption required, no version downgrade on update unless a policy allows it).
+  encryption required, no version downgrade on update unless a policy allows it, serving image,
+  broad subjects, the URIs it points the operator at), and if its author may use what it names
+  (`samd.webhook.access`: checked wherever the SecureModel is, never only a warning).
+- A Namespace holding SecureModels may not be relabelled out of a policy that covers it.
 
 Every violation is charged to the policies that require it: a policy's own checks (its signers,
 formats, encryption, downgrades) to that policy, SAMD's baseline checks to every covering policy.
