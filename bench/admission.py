@@ -113,6 +113,7 @@ def prepare(work: Path, count: int, per_namespace: int) -> tuple[Path, Path]:
     from tests.support.signing import write_key_pair  # noqa: PLC0415
 
     from samd.operator.builders.context import BuilderSettings, ModelContext  # noqa: PLC0415
+    from samd.operator.config import OperatorConfig  # noqa: PLC0415
     from samd.operator.builders.serving import build_deployment, build_signature_config_map  # noqa: PLC0415
     from samd.signing import Signer, sign_model  # noqa: PLC0415
     from samd.spec import parse_secure_model  # noqa: PLC0415
@@ -120,9 +121,8 @@ def prepare(work: Path, count: int, per_namespace: int) -> tuple[Path, Path]:
     signing_key = write_key_pair(work)
     public_pem = signing_key.public_pem.read_text()
     signer = Signer.from_private_key(signing_key.private_pem)
-    settings = BuilderSettings(
-        default_image=LOADER_IMAGE, fetch_image=LOADER_IMAGE, operator_namespace="samd-system"
-    )
+    # The pods the operator builds with its default settings (the webhook compares with those).
+    settings = BuilderSettings.of(OperatorConfig(default_image=LOADER_IMAGE))
     models: list[dict[str, Any]] = []
     config_maps: list[dict[str, Any]] = []
     reviews: list[str] = []
