@@ -256,6 +256,7 @@ class ServerProcess:
     lines: list[str]
     port: int = 0
     metrics_port: int | None = None
+    pump: threading.Thread | None = None
 
     def log_records(self) -> list[dict[str, Any]]:
         records = []
@@ -275,6 +276,15 @@ class ServerProcess:
             self.process.kill()
             self.process.wait()
             raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the log pipe once the process is gone (the pump thread then ends)."""
+        if self.pump is not None:
+            self.pump.join(timeout=5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
     def metrics(self) -> str:
         if self.metrics_port is None:
@@ -304,8 +314,9 @@ def start_server(
         env={**os.environ, **(env or {})},
     )
     lines: list[str] = []
-    threading.Thread(target=_pump, args=(process.stderr, lines), daemon=True).start()
-    server = ServerProcess(process, lines)
+    pump = threading.Thread(target=_pump, args=(process.stderr, lines), daemon=True)
+    pump.start()
+    server = ServerProcess(process, lines, pump=pump)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for record in server.log_records():
@@ -314,11 +325,12 @@ def start_server(
                 server.metrics_port = record.get("metrics_port")
                 return server
         if process.poll() is not None:
-            time.sleep(0.2)  # let the pump read the last lines
+            server.close()
             raise RuntimeError(f"the server exited ({process.returncode}):\n" + "\n".join(lines[-30:]))
         time.sleep(0.05)
     process.kill()
     process.wait()
+    server.close()
     raise RuntimeError("the server did not listen in time:\n" + "\n".join(lines[-30:]))
 
 
@@ -330,6 +342,8 @@ def running(argv: Sequence[str | Path], env: Mapping[str, str] | None = None) ->
     finally:
         if server.process.poll() is None:
             server.stop()
+        else:
+            server.close()
 
 
 def serve_argv(
@@ -346,3 +360,85 @@ def serve_argv(
     for client in clients:
         argv += ["--allowed-client", client]
     return [*argv, *extra]
+
+
+# --- MLServer: a third-party V2 server -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_mlserver_sklearn_model(model_dir: Path, name: str = "fraud-detection") -> Path:
+    """The fraud classifier as MLServer's scikit-learn runtime serves it: a joblib file and its
+    model-settings.json, which declares the inputs the proxy checks requests against."""
+    import joblib  # noqa: PLC0415 - comes with scikit-learn
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    features, labels = fraud_data(2000)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(LogisticRegression(max_iter=500).fit(features, labels), model_dir / "model.joblib")
+    settings = {
+        "name": name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "1.4.0"},
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, FEATURES]}],
+        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1, 1]}],
+    }
+    (model_dir / "model-settings.json").write_text(json.dumps(settings, indent=2))
+    return model_dir
+
+
+def mlserver_env(port: int) -> dict[str, str]:
+    """MLServer on loopback only, as the operator's `model_server_env` convention sets it, in one process."""
+    return {
+        "MLSERVER_HOST": "127.0.0.1",
+        "MLSERVER_HTTP_PORT": str(port),
+        "MLSERVER_GRPC_PORT": str(free_port()),
+        "MLSERVER_METRICS_PORT": str(free_port()),
+        "MLSERVER_PARALLEL_WORKERS": "0",
+        "MLSERVER_METRICS_ENDPOINT": "",
+        "MLSERVER_LOGGING_LEVEL": "WARNING",
+    }
+
+
+@contextmanager
+def mlserver(models: Path, port: int, timeout: float = 90.0) -> Iterator[subprocess.Popen[bytes]]:
+    """`mlserver start MODELS` on 127.0.0.1:PORT, until it answers its health check."""
+    log = (models.parent / f"mlserver-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [Path(sys.executable).parent / "mlserver", "start", str(models)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **mlserver_env(port)},
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlserver exited ({process.returncode}); see {log.name}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/v2/health/ready")
+                if connection.getresponse().status == 200:
+                    connection.close()
+                    break
+                connection.close()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlserver did not get ready in {timeout:.0f} s; see {log.name}")
+            time.sleep(0.25)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()

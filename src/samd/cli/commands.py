@@ -1236,6 +1236,14 @@ serving_options = _options(
         help="Serve Prometheus metrics over plain HTTP on this port (default: no metrics).",
     ),
     click.option(
+        "--cert-reload-interval",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How often to check the certificate, key and client CA files for a change.",
+    ),
+    click.option(
         "--log-format",
         type=click.Choice(["auto", "json", "text"]),
         default="auto",
@@ -1324,6 +1332,7 @@ def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any
             max_elements=options["max_elements"],
         ),
         metrics_port=options["metrics_port"],
+        cert_reload_interval=options["cert_reload_interval"],
     )
     front = FrontEnd(config, backend, metrics)
     uvloop.run(serve_until_signalled(front))
