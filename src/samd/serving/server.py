@@ -158,7 +158,6 @@ class FrontEnd:
         self._model = name
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
         self._acceptor: TlsAcceptor | None = None
         self._reloader: ContextReloader | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -191,9 +190,8 @@ class FrontEnd:
             raise RuntimeError("the aiohttp runner has no server after setup")
         self._acceptor = TlsAcceptor(self._reloader, server, self.metrics)
         listener = _listen(config.host, config.port)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._acceptor.protocol, sock=listener, backlog=1024)
         self.port = listener.getsockname()[1]
+        self._acceptor.start(listener)
         if config.metrics_port is not None:
             self.metrics_port = await self._start_metrics(config.metrics_host, config.metrics_port)
         self._watch = asyncio.create_task(self._reloader.watch(config.cert_reload_interval))
@@ -225,8 +223,6 @@ class FrontEnd:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self._server is not None:
-            self._server.close()
         if self._acceptor is not None:
             await self._acceptor.close()
         if self._runner is not None:

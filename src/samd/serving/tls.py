@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,42 +145,13 @@ def refusal_reason(error: BaseException) -> str:
     return "other"
 
 
-class _Pending(asyncio.Protocol):
-    """Holds what arrives between the end of the handshake and the HTTP protocol taking over."""
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.eof = False
-        self.lost: tuple[Exception | None] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = (exc,)
-
-
-class _Accept(asyncio.Protocol):
-    """A new TCP connection: upgraded to TLS in a task, then handed to the HTTP protocol."""
-
-    def __init__(self, acceptor: TlsAcceptor) -> None:
-        self._acceptor = acceptor
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # No byte is read before start_tls takes the transport over (it resumes reading itself).
-        transport.pause_reading()  # type: ignore[attr-defined]
-        self._acceptor.spawn(transport)  # type: ignore[arg-type]
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        pass
-
-
 class TlsAcceptor:
-    """Upgrades accepted connections with the reloader's current context; counts the outcomes."""
+    """Accepts connections and upgrades each with the reloader's current context; counts the outcomes.
+
+    Sockets are accepted here and handed to `connect_accepted_socket` with TLS, so that nothing is
+    read from a connection before its TLS layer is in place, and a failed handshake raises here
+    (where it is counted and logged) instead of being dropped silently by the event loop.
+    """
 
     def __init__(
         self,
@@ -191,25 +163,34 @@ class TlsAcceptor:
         self._factory = protocol_factory
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
+        self._listener: socket.socket | None = None
 
-    def protocol(self) -> asyncio.Protocol:
-        return _Accept(self)
+    def start(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        self._listener = listener
+        self._accepting = asyncio.get_running_loop().create_task(self._accept(listener))
 
-    def spawn(self, transport: asyncio.Transport) -> None:
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _upgrade(self, transport: asyncio.Transport) -> None:
+    async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        peer: Any = transport.get_extra_info("peername")
-        pending = _Pending()
+        while True:
+            try:
+                connection, peer = await loop.sock_accept(listener)
+            except OSError as error:  # EMFILE and the like: wait a little rather than spin
+                logger.warning("accepting a connection failed: %s", error)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(connection, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, connection: socket.socket, peer: Any) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            tls = await loop.start_tls(
-                transport,
-                pending,
-                self._reloader.context,
-                server_side=True,
+            await loop.connect_accepted_socket(
+                self._factory,
+                connection,
+                ssl=self._reloader.context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         except (OSError, TimeoutError, ConnectionError, EOFError) as error:
@@ -224,31 +205,20 @@ class TlsAcceptor:
                     "detail": str(error),
                 },
             )
-            transport.abort()
-            return
-        except asyncio.CancelledError:
-            transport.abort()
-            raise
-        if tls is None:  # the connection went away during the handshake
-            transport.abort()
+            connection.close()
             return
         self._metrics.handshakes.inc()
-        protocol = self._factory()
-        protocol.connection_made(tls)
-        tls.set_protocol(protocol)
-        for data in pending.data:
-            protocol.data_received(data)
-        if pending.eof:
-            protocol.eof_received()
-        if pending.lost is not None:
-            protocol.connection_lost(pending.lost[0])
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Stop accepting; abandon handshakes in progress."""
+        tasks = [task for task in (self._accepting, *self._tasks) if task is not None]
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._listener is not None:
+            self._listener.close()
 
 
 def _peer(peer: Any) -> str:
