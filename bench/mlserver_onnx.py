@@ -12,6 +12,7 @@ import onnxruntime
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.utils import get_model_uri
 
 
 class OnnxModel(MLModel):  # type: ignore[misc]
@@ -19,7 +20,7 @@ class OnnxModel(MLModel):  # type: ignore[misc]
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        uri = self.settings.parameters.uri
+        uri = await get_model_uri(self.settings)  # relative to model-settings.json
         self._session: Any = onnxruntime.InferenceSession(
             uri, sess_options=options, providers=["CPUExecutionProvider"]
         )
