@@ -155,6 +155,9 @@ class FrontEnd:
             ]
         )
         self._endpoint_names = {"live", "ready", "server", "metadata", "infer"}
+        # (client, endpoint, status) -> (request counter, latency histogram); clients are the allowed
+        # ones or None, statuses a few: bounded.
+        self._series: dict[tuple[str | None, str, int], tuple[Any, Any]] = {}
         self._model = name
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -262,10 +265,16 @@ class FrontEnd:
             failure = RefusedError(500, "error", "internal error in the model server; see its log")
             response = self._refused(request, failure, client)
         response.headers.update(self._provenance_headers)
-        self.metrics.requests.labels(
-            self.metrics.client_label(client), endpoint, _outcome(response.status)
-        ).inc()
-        self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+        key = (client, endpoint, response.status)
+        series = self._series.get(key)
+        if series is None:  # the label lookups, once per combination (they cost more than the rest)
+            label = self.metrics.client_label(client)
+            series = self._series[key] = (
+                self.metrics.requests.labels(label, endpoint, _outcome(response.status)),
+                self.metrics.duration.labels(endpoint),
+            )
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)
         return response
 
     def _refused(self, request: web.Request, refused: RefusedError, client: str | None) -> web.Response:
