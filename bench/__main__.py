@@ -72,7 +72,11 @@ def run_admission(options: argparse.Namespace) -> bool:
 
 
 def run_serving(options: argparse.Namespace) -> bool:
-    settings = serving.Settings(duration=options.serving_seconds, connections=options.serving_connections)
+    settings = serving.Settings(
+        duration=options.serving_seconds,
+        connections=options.serving_connections,
+        repeat=min(options.repeat, 3),
+    )
     rows = serving.run(settings)
     return report(
         options,

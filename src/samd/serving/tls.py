@@ -180,6 +180,8 @@ class TlsAcceptor:
                 logger.warning("accepting a connection failed: %s", error)
                 await asyncio.sleep(0.1)
                 continue
+            with contextlib.suppress(OSError):  # answers are small: never wait for an ACK to send one
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = loop.create_task(self._handshake(connection, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
