@@ -4,7 +4,9 @@ provenance, and the model files checked again at load."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from samd.errors import UsageError, VerificationError
 from samd.fetch import KEPT_SIGNATURE
 from samd.serving.access import IdentityPolicy, RateLimiter
+from samd.serving.backends import check_upstream
 from samd.serving.model import read_kept_signature, verify_model_files
 from samd.serving.protocol import (
     HEADER_LENGTH,
@@ -27,6 +30,7 @@ from samd.serving.protocol import (
     split_body,
 )
 from samd.serving.server import Provenance
+from samd.serving.tls import refusal_reason
 from samd.signing import Verifier, verify_bundle
 from tests.support.serving import as_fetched, sign_directory
 
@@ -233,3 +237,37 @@ def test_another_pinned_digest_or_no_kept_signature_is_refused(
         read_kept_signature(bare)
     with pytest.raises(UsageError, match="no model directory"):
         read_kept_signature(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.7:8080", "https://127.0.0.1:8080", "http://127.0.0.1", "http://127.0.0.1:8080/v2"]
+)
+def test_the_proxy_upstream_must_be_plain_http_on_loopback(url: str) -> None:
+    with pytest.raises(UsageError, match=re.escape("must be http://127.0.0.1:PORT")):
+        check_upstream(url)
+
+
+def test_loopback_upstreams_are_accepted() -> None:
+    assert check_upstream("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    assert check_upstream("http://[::1]:8080") == "http://[::1]:8080"
+    assert check_upstream("http://localhost:9000") == "http://localhost:9000"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            ssl.SSLError(1, "[SSL: PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return a certificate"),
+            "no_certificate",
+        ),
+        (
+            ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+            "untrusted_certificate",
+        ),
+        (ssl.SSLError(1, "[SSL: UNSUPPORTED_PROTOCOL] unsupported protocol"), "protocol_version"),
+        (TimeoutError(), "timeout"),
+        (ConnectionResetError(), "other"),
+    ],
+)
+def test_refused_handshakes_get_a_bounded_reason(error: BaseException, reason: str) -> None:
+    assert refusal_reason(error) == reason
