@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -416,6 +417,10 @@ async def serve_until_signalled(front: FrontEnd, on_listening: Callable[[int], N
         loop.add_signal_handler(number, stop.set)
     try:
         port = await front.start()
+        # What start-up made lives as long as the server: keep it out of the collector's full passes,
+        # which would otherwise walk the model runtime's and libraries' objects in the middle of requests.
+        gc.collect()
+        gc.freeze()
         if on_listening is not None:
             on_listening(port)
         await stop.wait()
