@@ -133,8 +133,11 @@ def prepare(work: Path, count: int, per_namespace: int) -> tuple[Path, Path]:
         directory = work / "models" / name
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "model.onnx").write_bytes(os.urandom(4096))
-        signature = directory / "model.onnx.sig"
-        digest = sign_model(directory / "model.onnx", signature, signer).manifest_digest
+        signature = work / "models" / f"{name}.sig"
+        # Signed as the SecureModel's name and version, as the trust policy requires by default.
+        digest = sign_model(
+            directory, signature, signer, model_name=name, model_version="1.4.2"
+        ).manifest_digest
         secure_model = {
             "apiVersion": "samd.dev/v1alpha1",
             "kind": "SecureModel",
@@ -144,7 +147,7 @@ def prepare(work: Path, count: int, per_namespace: int) -> tuple[Path, Path]:
                 "version": "1.4.2",
                 "owner": "ml-ops",
                 "artifact": {"uri": f"s3://models/{name}/model.samd"},
-                "signature": {"uri": f"s3://models/{name}/model.onnx.sig"},
+                "signature": {"uri": f"s3://models/{name}/model.sig"},
                 "encryption": {"keyRef": {"provider": "local", "secretName": f"{name}-keys"}},
                 "serving": {"clients": [{"name": "checkout"}]},
             },

@@ -144,9 +144,6 @@ def build_model(model_dir: Path) -> None:
     onnx.checker.check_model(model)
     model_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(model_dir / "model.onnx"))
-    (model_dir / "metadata.json").write_text(
-        json.dumps({"name": "fraud-detection", "version": "1.4.0"}) + "\n"
-    )
 
 
 def webhook_configuration() -> str:
@@ -185,7 +182,9 @@ def up() -> None:
     samd = BIN / "samd"
     keyset, signer = DEMO / "keyset.json", DEMO / "signer.pem"
     run(samd, "keygen", f"local:{keyset}", "--signing-key", signer, "--force")
-    run(samd, "sign", model_dir, "--private-key", signer, "--signature", DEMO / "fraud-detection.sig")
+    # Signed as the SecureModel's name and version: samd-model.json binds them to the content.
+    run(samd, "sign", model_dir, "--private-key", signer, "--signature", DEMO / "fraud-detection.sig",
+        "--model-name", "fraud-detection", "--model-version", "1.4.0")  # fmt: skip
     run(
         samd,
         "encrypt",

@@ -40,7 +40,15 @@ from samd.operator.builders.serving import build_signature_config_map
 from samd.operator.conditions import Condition, ConditionType, merge_conditions, ready_condition
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
-from samd.policy import TrustPolicy, applicable_policies, check_spec_against_policies, verify_under_policies
+from samd.policy import (
+    TrustPolicy,
+    applicable_policies,
+    check_spec_against_policies,
+    check_version_binding,
+    requiring_signed_version,
+    verify_under_policies,
+    version_binding_reason,
+)
 from samd.spec import API_VERSION, GROUP, SecureModelSpec, SpecError, parse_secure_model
 
 log = logging.getLogger(__name__)
@@ -229,6 +237,7 @@ class _Run:
     temporary: list[str] = field(default_factory=list)
     signature: bytes | None = None  # the bundle as read from storage, verified or not
     apply_failures: dict[ConditionType, str] = field(default_factory=dict)
+    taken: list[str] = field(default_factory=list)  # the model's object names that belong to others
 
     def set(self, kind: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.conditions[kind] = Condition(kind, status, reason, message)
@@ -528,12 +537,22 @@ class Reconciler:
             )
             run.set(C.VERIFIED, False, "DigestMismatch", message)
             return {}
-        run.set(
-            C.VERIFIED,
-            True,
-            "SignatureVerified",
-            f"signed by {result.signer} ({result.method}), policy {policy_name}",
-        )
+        verified = f"signed by {result.signer} ({result.method}), policy {policy_name}"
+        requiring = requiring_signed_version(policies)
+        unbound = check_version_binding(result, model.name, spec.version) if requiring else []
+        if unbound:
+            # Charged to the policies that require a signed version; only warn-mode ones: a warning.
+            reason, names = version_binding_reason(result), ", ".join(p.name for p in requiring)
+            message = f"policy {names} requires a signed version: {'; '.join(unbound)}"
+            if any(p.enforcing for p in requiring):
+                run.set(C.VERIFIED, False, reason, message)
+                run.event(reason, message, warning=True)
+                return {}
+            verified += f"; warning (warn mode): {message}"
+            seen = (previous.get("manifestDigest"), previous.get("version"))
+            if seen != (result.manifest_digest, spec.version):  # once per digest and version
+                run.event(reason, message, warning=True)
+        run.set(C.VERIFIED, True, "SignatureVerified", verified)
         return {
             "method": result.method,
             "signer": result.signer,
@@ -715,6 +734,34 @@ class Reconciler:
         self._certificates_issued.pop((namespace, secret_name), None)
         return None
 
+    async def _taken(
+        self, run: _Run, context: ModelContext, manifest: Mapping[str, Any], owned: Sequence[OwnedRef]
+    ) -> str | None:
+        """Why `manifest` may not be applied, or None when it may.
+
+        Its name comes from the SecureModel's name, which whoever may create a SecureModel chooses; a
+        server-side apply would take over any object of that name. So an object is applied only when
+        it is this model's (its ownerReferences name the model) or does not exist yet: it is read
+        first the one time it is neither in the owned-object indexes nor applied by this operator.
+        """
+        kind, name, namespace = str(manifest["kind"]), str(manifest["metadata"]["name"]), context.namespace
+        if any(ref.kind == kind and ref.name == name and context.uid in ref.owner_uids for ref in owned):
+            return None
+        if self.kube.last_applied(kind, namespace, name) is not None:
+            return None
+        existing = await self.kube.get(str(manifest["apiVersion"]), kind, name, namespace)
+        owners = {
+            ref.get("uid") for ref in ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
+        }
+        if existing is None or context.uid in owners:
+            return None
+        run.taken.append(f"{kind} {name}")
+        return (
+            f"{kind} {name} already exists in namespace {namespace} and does not belong to SecureModel "
+            f"{context.name}: the operator never takes over an object it did not create; delete or rename "
+            f"that {kind}, or give the SecureModel another name"
+        )
+
     async def _stored_certificate(
         self, namespace: str, secret_name: str, owned: Sequence[OwnedRef]
     ) -> Mapping[str, Any]:
@@ -751,6 +798,10 @@ class Reconciler:
                     if client is None
                     else issue_client_certificate(authority, context, client, run.now)
                 )
+                taken = await self._taken(run, context, manifest, owned)
+                if taken is not None:
+                    run.apply_failed(manifest, kopf.PermanentError(taken))
+                    continue
                 try:
                     await self.kube.apply(manifest)
                 except (kopf.TemporaryError, kopf.PermanentError) as error:
@@ -797,6 +848,12 @@ class Reconciler:
         keep = {(kind, name) for _, kind, name in wanted}
         deployment: dict[str, Any] | None = None
         for manifest in desired:
+            taken = await self._taken(run, context, manifest, owned)
+            if taken is None and manifest["kind"] == "Deployment" and run.taken:
+                taken = f"the model is not deployed while objects named for it belong to others ({', '.join(run.taken)})"
+            if taken is not None:
+                run.apply_failed(manifest, kopf.PermanentError(taken))
+                continue
             try:
                 stored = await self.kube.apply(manifest)
             except (kopf.TemporaryError, kopf.PermanentError) as error:
@@ -881,17 +938,7 @@ class Reconciler:
 
 def builder_settings(config: OperatorConfig) -> BuilderSettings:
     """What the builders need of the operator's configuration."""
-    return BuilderSettings(
-        default_image=config.default_image,
-        fetch_image=config.default_image,
-        operator_namespace=config.namespace,
-        cluster_domain=config.cluster_domain,
-        storage_egress=config.storage_egress,
-        model_volume_size=config.model_volume_size,
-        keyset_data_key=artifacts.KEYSET_KEY,
-        certificate_validity=config.certificate_validity,
-        certificate_renew_before=config.renew_before,
-    )
+    return BuilderSettings.of(config)
 
 
 def _serving_condition(view: ServingView, replicas: int) -> Condition:

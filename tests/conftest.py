@@ -14,6 +14,7 @@ from tests.support.moto_server import MotoServer, run_moto_server
 from tests.support.operator import OperatorProcess
 from tests.support.scenario import Scenario, operator_fixture, scenario_fixture
 from tests.support.softhsm import SoftHSMToken, create_token
+from tests.support.webhook import webhook_fixture
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +78,9 @@ def operator(
 def scenario(operator: OperatorProcess, k8s: ApiClient, namespace: str, tmp_path: Path) -> Iterator[Scenario]:
     """A namespace covered by a trust policy of its own, with a signed and encrypted model and its key Secret."""
     yield from scenario_fixture(operator, k8s, namespace, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def webhook(cluster: Cluster, k8s: ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The real admission webhook, registered with the API server, for the tests of one module."""
+    yield from webhook_fixture(cluster, k8s, tmp_path_factory.mktemp("webhook"))

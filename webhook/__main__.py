@@ -49,6 +49,7 @@ async def run(config: WebhookConfig, loader_images: Sequence[str] | None) -> Non
     from lightkube.core.exceptions import ConfigError  # noqa: PLC0415
 
     from samd.signing import VerificationResult  # noqa: PLC0415
+    from samd.webhook.access import AccessReviewer, lightkube_ask  # noqa: PLC0415
     from samd.webhook.cache import VerificationCache  # noqa: PLC0415
     from samd.webhook.decide import DecisionConfig, PolicyDecider  # noqa: PLC0415
     from samd.webhook.metrics import WebhookMetrics  # noqa: PLC0415
@@ -67,7 +68,7 @@ async def run(config: WebhookConfig, loader_images: Sequence[str] | None) -> Non
         max_entries=config.cache_max_entries, ttl=config.cache_ttl
     )
     state = WatchedState()
-    decider = PolicyDecider(state, cache, decision_config)
+    decider = PolicyDecider(state, cache, decision_config, access=AccessReviewer(lightkube_ask(client)))
     server = AdmissionServer(config, decider, WebhookMetrics(cache_stats=lambda: cache.stats))
     state.start(client)
     try:

@@ -32,6 +32,13 @@ class WebhookConfig:
     cert_reload_interval: float = 5.0
     # Below the configuration's timeoutSeconds (5 s), so the API server gets our clear message.
     decision_timeout: float = 4.0
+    # How long a client may take for its TLS handshake, its first request's headers and each request
+    # body: the API server sends a whole AdmissionReview at once, so only a stalled or hostile client
+    # is cut off, well inside the configuration's timeoutSeconds.
+    read_timeout: float = 3.0
+    # Connections open at once; one more is closed as soon as it is accepted. The API server keeps a
+    # few keep-alive connections per webhook replica.
+    max_connections: int = 1024
     # How long in-flight requests may take to finish after SIGTERM.
     shutdown_timeout: float = 10.0
     cache_max_entries: int = 4096
@@ -46,9 +53,17 @@ class WebhookConfig:
             raise UsageError("the minimum TLS version must be 1.2 or 1.3")
         if self.max_body_bytes < 1024:
             raise UsageError("the body size limit must be at least 1024 bytes")
-        for name in ("cert_reload_interval", "decision_timeout", "shutdown_timeout", "cache_ttl"):
+        for name in (
+            "cert_reload_interval",
+            "decision_timeout",
+            "read_timeout",
+            "shutdown_timeout",
+            "cache_ttl",
+        ):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive")
+        if self.max_connections < 1:
+            raise UsageError("max_connections must be at least 1")
         if self.cache_max_entries < 1:
             raise UsageError("the cache needs room for at least one entry")
         if self.log_format not in ("auto", "json", "text"):
@@ -107,6 +122,17 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "timeoutSeconds [SAMD_WEBHOOK_DECISION_TIMEOUT]",
     )
     add(
+        "--read-timeout",
+        default=default("READ_TIMEOUT", defaults.read_timeout),
+        help="seconds a client may take for the TLS handshake, the first request's headers and each "
+        "request body before its connection is closed [SAMD_WEBHOOK_READ_TIMEOUT]",
+    )
+    add(
+        "--max-connections",
+        default=default("MAX_CONNECTIONS", defaults.max_connections),
+        help="connections open at once; more are closed when accepted [SAMD_WEBHOOK_MAX_CONNECTIONS]",
+    )
+    add(
         "--shutdown-timeout",
         default=default("SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
         help="seconds in-flight requests may take after SIGTERM [SAMD_WEBHOOK_SHUTDOWN_TIMEOUT]",
@@ -155,6 +181,8 @@ def config_from_arguments(arguments: argparse.Namespace) -> WebhookConfig:
         max_body_bytes=int(number("max-body-bytes", int)),
         cert_reload_interval=number("cert-reload-interval", float),
         decision_timeout=number("decision-timeout", float),
+        read_timeout=number("read-timeout", float),
+        max_connections=int(number("max-connections", int)),
         shutdown_timeout=number("shutdown-timeout", float),
         cache_max_entries=int(number("cache-size", int)),
         cache_ttl=number("cache-ttl", float),

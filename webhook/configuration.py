@@ -9,7 +9,10 @@ an evaluation error, and with failurePolicy Fail an error rejects the request):
 - ``workloads.webhook.samd.dev``: Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs
   (``spec.template``), so that a bad template is refused at the workload, not later at its pods;
 - ``cronjobs.webhook.samd.dev``: CronJobs (``spec.jobTemplate.spec.template``);
-- ``securemodels.webhook.samd.dev``: SecureModels (format, encryption, no downgrade).
+- ``securemodels.webhook.samd.dev``: SecureModels (format, encryption, no downgrade, and that the
+  requester may themselves use what the model names: its Secrets, the Roles it binds);
+- ``namespaces.webhook.samd.dev``: label changes of Namespaces (one holding SecureModels may not be
+  relabelled out of a policy that covers it).
 
 Every webhook: CREATE and UPDATE only, failurePolicy Fail (fail closed), sideEffects None (so
 dry-run requests are sent and evaluated like any other), admissionReviewVersions [v1], a short
@@ -26,10 +29,17 @@ matchConditions, so that irrelevant requests never reach the webhook (all must b
   its spec;
 - ``may-run-a-model`` (pods and workloads only): the pod (template) is sent when it could run or
   read a model, which is when at least one of these holds:
-  * it carries the ``samd.dev/model`` annotation or label (it claims a model: full verification);
-  * it mounts a Secret (a ``secret`` volume or a ``projected`` volume with a ``secret`` source), or
-    a container reads one (``env[].valueFrom.secretKeyRef``, ``envFrom[].secretRef``): a pod that
-    mounts a model's key Secret without claiming the model is a bypass attempt;
+  * it carries the ``samd.dev/model`` annotation or label (it claims a model: full verification;
+    a pod with the label alone would be selected by the model's Service);
+  * it runs as a ServiceAccount whose name ends in ``-model``, as every model's workload identity does;
+  * it names a Secret anywhere the pod spec can (every path of the decider's own table,
+    ``samd.webhook.workloads.SECRET_NAME_PATHS``, from which this condition is generated: Secret
+    and projected volumes, volume plugins given a Secret (csi, azureFile, cephfs, cinder, rbd,
+    iscsi, flexVolume, scaleIO, storageos), ``imagePullSecrets``, ``env[].valueFrom.secretKeyRef``
+    and ``envFrom[].secretRef`` of every container): a pod that uses a model's key Secret without
+    claiming the model is a bypass attempt;
+  * it has a ``hostPath`` volume: one that shows the kubelet's pod directories (where every pod's
+    Secret volumes are mounted) is refused in any pod; CEL cannot normalise paths, so all are sent;
   * a container's command, args or env values contain ``://``: a pod that names a model's
     artifact URI (``s3://``, ``https://``, ``file://``) without claiming the model is a bypass
     attempt too. This over-matches (many pods name some URL) so that none of those is missed.
@@ -49,6 +59,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from samd.operator.builders.names import WORKLOAD_ACCOUNT_SUFFIX
+from samd.webhook.workloads import (
+    CONTAINER_LISTS,
+    CONTAINER_SECRET_PATHS,
+    POD_SECRET_PATHS,
+    PathNode,
+    path_tree,
+)
 
 DEFAULT_SAMD_NAMESPACE = "samd-system"
 VALIDATE_PATH = "/validate"
@@ -78,40 +97,85 @@ SPEC_CHANGED = (
 )
 
 
+HOST_PATH_VOLUMES = "volumes[].hostPath"
+"""Sent too: a hostPath that shows the kubelet's pod directories is refused in any pod (the decider
+normalises the path; CEL does not, so every hostPath volume is sent)."""
+
+
+def _present(value: str, node: PathNode, depth: int) -> list[str]:
+    """CEL terms, one of which is true when a leaf of `node` is present in the optional `value`."""
+    if node.leaf:
+        return [f"{value}.hasValue()"]
+    terms: list[str] = []
+    if node.each is not None:
+        item = f"x{depth}"
+        inner = " || ".join(_present_in(item, node.each, depth + 1))
+        terms.append(f"{value}.orValue([]).exists({item}, {inner})")
+    for name, child in node.fields.items():
+        terms += _present(f"{value}.?{name}", child, depth)
+    return terms
+
+
+def _present_in(item: str, node: PathNode, depth: int) -> list[str]:
+    """Like `_present` for a value (a list item) rather than an optional."""
+    if node.leaf or node.each is not None:
+        raise ValueError("a list of lists or of names has no field to select")
+    terms: list[str] = []
+    for name, child in node.fields.items():
+        terms += _present(f"{item}.?{name}", child, depth)
+    return terms
+
+
 def may_run_a_model(pod: str) -> str:
     """CEL: true when the pod (template) at `pod` could run or read a model.
 
     `pod` is a CEL expression for the pod or pod template: a value (``object``) or an optional
-    (``object.?spec.?template``); its fields are read with optional selection either way.
+    (``object.?spec.?template``); its fields are read with optional selection either way. The
+    Secret references are generated from the decider's own table (`POD_SECRET_PATHS`,
+    `CONTAINER_SECRET_PATHS`), so that the two cannot disagree.
     """
     metadata = f"{pod}.?metadata"
     spec = f"{pod}.?spec"
-    containers = " + ".join(
-        f"{spec}.?{field}.orValue([])" for field in ("initContainers", "containers", "ephemeralContainers")
-    )
+    containers = " + ".join(f"{spec}.?{field}.orValue([])" for field in CONTAINER_LISTS)
     claims_model = (
         f"'{MODEL_KEY}' in {metadata}.?annotations.orValue({{}}) || "
         f"'{MODEL_KEY}' in {metadata}.?labels.orValue({{}})"
     )
-    mounts_secret = (
-        f"{spec}.?volumes.orValue([]).exists(v, has(v.secret) || "
-        "v.?projected.?sources.orValue([]).exists(s, has(s.secret)))"
+    pod_terms = _present(spec, path_tree((*POD_SECRET_PATHS, HOST_PATH_VOLUMES)), 0)
+    container_terms = _present_in("c", path_tree(CONTAINER_SECRET_PATHS), 0)
+    names_uri = [
+        "c.?env.orValue([]).exists(e, e.?value.orValue('').contains('://'))",
+        "c.?command.orValue([]).exists(a, a.contains('://'))",
+        "c.?args.orValue([]).exists(a, a.contains('://'))",
+    ]
+    container_reads_secret_or_uri = f"({containers}).exists(c, {' || '.join(container_terms + names_uri)})"
+    runs_as_a_model = f"{spec}.?serviceAccountName.orValue('').endsWith('{WORKLOAD_ACCOUNT_SUFFIX}')"
+    return " || ".join(
+        ["object == null", claims_model, runs_as_a_model, *pod_terms, container_reads_secret_or_uri]
     )
-    container_reads_secret_or_uri = (
-        f"({containers}).exists(c, "
-        "c.?envFrom.orValue([]).exists(e, has(e.secretRef)) || "
-        "c.?env.orValue([]).exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef) || "
-        "e.?value.orValue('').contains('://')) || "
-        "c.?command.orValue([]).exists(a, a.contains('://')) || "
-        "c.?args.orValue([]).exists(a, a.contains('://')))"
-    )
-    return f"object == null || {claims_model} || {mounts_secret} || {container_reads_secret_or_uri}"
+
+
+def _model_label(obj: str) -> str:
+    return f"{obj}.?metadata.?labels.orValue({{}})[?'{MODEL_KEY}'].orValue('')"
+
+
+SPEC_OR_MODEL_LABEL_CHANGED = f"{SPEC_CHANGED} || {_model_label('object')} != {_model_label('oldObject')}"
+"""For Pods: the model label sits outside the spec, and a pod relabelled into a model's selector
+would receive its traffic, so a change of that label is sent too."""
+
+LABELS_CHANGED = (
+    "request.operation != 'UPDATE' || object == null || oldObject == null || "
+    "object.?metadata.?labels.orValue({}) != oldObject.?metadata.?labels.orValue({})"
+)
 
 
 def _conditions(pod: str | None) -> list[dict[str, str]]:
     conditions = [
         {"name": "not-being-deleted", "expression": NOT_BEING_DELETED},
-        {"name": "spec-changed", "expression": SPEC_CHANGED},
+        {
+            "name": "spec-changed",
+            "expression": SPEC_OR_MODEL_LABEL_CHANGED if pod == "object" else SPEC_CHANGED,
+        },
     ]
     if pod is not None:
         conditions.append({"name": "may-run-a-model", "expression": may_run_a_model(pod)})
@@ -170,13 +234,20 @@ def _webhook(
     }
 
 
-def _rule(group: str, version: str, resources: Sequence[str]) -> dict[str, Any]:
+def _rule(
+    group: str,
+    version: str,
+    resources: Sequence[str],
+    *,
+    operations: Sequence[str] = ("CREATE", "UPDATE"),
+    scope: str = "Namespaced",
+) -> dict[str, Any]:
     return {
         "apiGroups": [group],
         "apiVersions": [version],
-        "operations": ["CREATE", "UPDATE"],
+        "operations": list(operations),
         "resources": list(resources),
-        "scope": "Namespaced",
+        "scope": scope,
     }
 
 
@@ -222,6 +293,14 @@ def build_webhook_configuration(
             timeout_seconds=timeout_seconds,
         )
 
+    # A namespace holding SecureModels may not be relabelled out of the policies that cover it.
+    namespaces = webhook(
+        "namespaces", [_rule("", "v1", ("namespaces",), operations=("UPDATE",), scope="Cluster")], None
+    )
+    namespaces["matchConditions"] = [
+        {"name": "not-being-deleted", "expression": NOT_BEING_DELETED},
+        {"name": "labels-changed", "expression": LABELS_CHANGED},
+    ]
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -236,5 +315,6 @@ def build_webhook_configuration(
                 "cronjobs", [_rule("batch", "v1", ("cronjobs",))], "object.?spec.?jobTemplate.?spec.?template"
             ),
             webhook("securemodels", [_rule("samd.dev", "v1alpha1", ("securemodels",))], None),
+            namespaces,
         ],
     }

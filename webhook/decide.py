@@ -31,23 +31,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from samd.errors import SamdError, VerificationError
 from samd.operator.builders.context import BuilderSettings, ModelContext
-from samd.operator.builders.metadata import MODEL_ANNOTATION, MODEL_DIGEST_ANNOTATION
+from samd.operator.builders.metadata import MODEL_ANNOTATION, MODEL_DIGEST_ANNOTATION, MODEL_LABEL
+from samd.operator.builders.names import model_label_value, workload_service_account_name
 from samd.operator.builders.serving import FETCH_CONTAINER, build_deployment
 from samd.operator.config import OperatorConfig
 from samd.policy import (
     TrustPolicy,
     check_spec_against_policies,
+    check_version_binding,
     selector_matches,
     verify_under_policies,
+    version_binding_reason,
 )
 from samd.signing import VerificationResult
 from samd.spec import SEMVER, SecureModelSpec, parse_secure_model
+from samd.webhook.access import AccessReviewer, required_permissions
 from samd.webhook.cache import VerificationCache, VerificationKey
+from samd.webhook.podshape import ExpectedPod, compare_pod
 from samd.webhook.review import AdmissionRequest, Decision
 from samd.webhook.state import (
     URI_CONTINUES,
@@ -58,10 +65,12 @@ from samd.webhook.state import (
     WatchedState,
 )
 from samd.webhook.workloads import (
+    KUBELET_ROOT,
     MalformedWorkloadError,
     PodTemplate,
     containers,
     items,
+    kubelet_host_paths,
     mentioned_strings,
     pod_annotations,
     pod_template,
@@ -97,10 +106,14 @@ INSECURE_POD = "InsecurePod"
 KEY_EXPOSED = "KeyExposed"
 BYPASS_ATTEMPT = "BypassAttempt"
 INVALID_SPEC = "InvalidSpec"
+POD_ALTERED = "PodAltered"
+NOT_PERMITTED = "NotPermitted"
+NO_TRUST_POLICY = "NoTrustPolicy"
+COVERAGE_REMOVED = "CoverageRemoved"
 
 SECURE_MODEL_KIND = "SecureModel"
 _GROUPS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps"}
-_GROUPS |= {"Job": "batch", "CronJob": "batch", SECURE_MODEL_KIND: "samd.dev"}
+_GROUPS |= {"Job": "batch", "CronJob": "batch", SECURE_MODEL_KIND: "samd.dev", "Namespace": ""}
 _CHECKED_OPERATIONS = ("CREATE", "UPDATE")
 _POD_SUBRESOURCES = ("", "ephemeralcontainers")
 SECCOMP_TYPES = ("RuntimeDefault", "Localhost")
@@ -113,6 +126,9 @@ class DecisionConfig:
 
     allowed_loader_images: tuple[str, ...] = (DEFAULT_LOADER_IMAGE,)
     """Images `samd-fetch` may run from, compared exactly (pin by digest to be strict)."""
+    builder_settings: BuilderSettings = field(default_factory=lambda: BuilderSettings.of(OperatorConfig()))
+    """The operator's settings, from the same SAMD_* variables: model pods are compared with what the
+    operator's builder makes with them."""
 
     def __post_init__(self) -> None:
         if not self.allowed_loader_images or not all(self.allowed_loader_images):
@@ -125,10 +141,11 @@ class DecisionConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> DecisionConfig:
         """SAMD_WEBHOOK_LOADER_IMAGES: comma-separated images; else the operator's SAMD_IMAGE or default."""
         env = os.environ if env is None else env
+        settings = BuilderSettings.of(OperatorConfig.from_env(env))
         listed = env.get("SAMD_WEBHOOK_LOADER_IMAGES")
         if listed is not None:
-            return cls(tuple(image.strip() for image in listed.split(",") if image.strip()))
-        return cls((env.get("SAMD_IMAGE") or DEFAULT_LOADER_IMAGE,))
+            return cls(tuple(image.strip() for image in listed.split(",") if image.strip()), settings)
+        return cls((env.get("SAMD_IMAGE") or DEFAULT_LOADER_IMAGE,), settings)
 
 
 @dataclass(frozen=True)
@@ -146,10 +163,12 @@ class Coverage:
 
     policies: tuple[TrustPolicy, ...]
     invalid: tuple[InvalidPolicy, ...] = ()
+    holds_models: bool = False
+    """The namespace holds SecureModels: SAMD's own rules apply there whatever the selectors say."""
 
     @property
     def covered(self) -> bool:
-        return bool(self.policies or self.invalid)
+        return bool(self.policies or self.invalid or self.holds_models)
 
     @property
     def names(self) -> frozenset[str]:
@@ -170,7 +189,9 @@ Verifications = Mapping[str, VerificationResult | VerificationError]
 
 def coverage(state: WatchedState, namespace: str) -> Coverage:
     """The policies covering `namespace`. A namespace the watch has not seen yet (just created)
-    gets every policy: the strictest reading, so that a race never admits what a policy forbids."""
+    gets every policy: the strictest reading, so that a race never admits what a policy forbids.
+    A namespace that holds SecureModels is covered even when no policy selects it any more, so
+    that relabelling it cannot switch SAMD off below its models (their pods are then refused)."""
     labels = state.namespace_labels(namespace)
     return Coverage(
         tuple(
@@ -189,7 +210,14 @@ def coverage(state: WatchedState, namespace: str) -> Coverage:
                 key=lambda p: p.name,
             )
         ),
+        holds_models=any(True for _ in state.models_in(namespace)),
     )
+
+
+def covering_policy_names(state: WatchedState, labels: Mapping[str, str]) -> set[str]:
+    """The names of the policies (usable or not) whose selectors match `labels`."""
+    names = {p.name for p in state.policies() if _covers(p.spec.namespace_selector, labels)}
+    return names | {p.name for p in state.invalid_policies() if _covers(p.namespace_selector, labels)}
 
 
 def _covers(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -373,6 +401,16 @@ def check_model_pod(
             )
         elif outcome is None:  # the caller verifies under every covering policy
             raise RuntimeError(f"no verification of {model.ref} under policy {policy.name} was made")
+        elif policy.spec.version_policy.require_signed_version:
+            # The verified bundle must name the model and its current version (samd-model.json).
+            violations += [
+                Violation(
+                    version_binding_reason(outcome),
+                    f"SecureModel {model.name}: policy {policy.name} requires a signed version: {problem}",
+                    frozenset({policy.name}),
+                )
+                for problem in check_version_binding(outcome, model.name, model.spec.version)
+            ]
         for problem in check_spec_against_policies(model.spec, [policy], previous_version=None):
             violations.append(
                 Violation(POLICY_VIOLATION, f"SecureModel {model.name}: {problem}", frozenset({policy.name}))
@@ -665,11 +703,27 @@ _LIST_LABELS = {
 }
 
 
+def check_kubelet_host_paths(spec: Mapping[str, Any], subject: Subject) -> list[Violation]:
+    """No pod, claiming a model or not, may mount the kubelet's pod directories (or a parent of them)
+    from the node: every pod's Secret volumes, a model's key among them, are mounted there."""
+    return [
+        Violation(
+            INSECURE_POD,
+            f"{subject} mounts hostPath {path or '(no path)'} as volume {volume}, which shows the "
+            f"kubelet's pod directories ({KUBELET_ROOT}) where the Secret volumes of every pod on the "
+            "node are mounted: no pod may do that in a namespace a ModelTrustPolicy covers; remove the volume",
+        )
+        for volume, path in kubelet_host_paths(spec)
+    ]
+
+
 def check_pod_security(spec: Mapping[str, Any], subject: Subject) -> list[Violation]:
     """Pod Security Standard `restricted` and more, on every container including init and ephemeral ones:
     non-root, not privileged, no privilege escalation, all capabilities dropped and none added,
-    read-only root filesystem, seccomp RuntimeDefault or Localhost; no host namespaces or hostPath."""
-    violations: list[Violation] = []
+    read-only root filesystem, seccomp RuntimeDefault or Localhost; no host namespaces or hostPath
+    (one that shows the kubelet's pod directories is named apart: `check_kubelet_host_paths`)."""
+    violations = check_kubelet_host_paths(spec, subject)
+    kubelet_volumes = {volume for volume, _ in kubelet_host_paths(spec)}
     pod_context = sub(spec, "securityContext")
     pod_problems = [
         f"{field}: true shares the node's namespace"
@@ -679,7 +733,7 @@ def check_pod_security(spec: Mapping[str, Any], subject: Subject) -> list[Violat
     pod_problems += [
         f"volume {volume['name']} is a hostPath (the node's files)"
         for volume in items(spec, "volumes")
-        if "hostPath" in volume
+        if "hostPath" in volume and volume["name"] not in kubelet_volumes
     ]
     if pod_problems:
         violations.append(
@@ -826,7 +880,7 @@ def _without(running: WatchedModel | None, model: WatchedModel) -> str:
 
 
 def _same_template(kind: str, new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    """Whether an update leaves the pod (template) spec and SAMD's annotations as they were."""
+    """Whether an update leaves the pod (template) spec, SAMD's annotations and the model label as they were."""
     if old is None:
         return False
     try:
@@ -834,10 +888,96 @@ def _same_template(kind: str, new: Mapping[str, Any], old: Mapping[str, Any] | N
     except MalformedWorkloadError:
         return False
 
-    def samd_annotations(template: PodTemplate) -> dict[str, str]:
-        return {k: v for k, v in pod_annotations(template.metadata).items() if k.startswith("samd.dev/")}
+    def samd_metadata(template: PodTemplate) -> tuple[dict[str, str], str | None]:
+        annotations = {
+            k: v for k, v in pod_annotations(template.metadata).items() if k.startswith("samd.dev/")
+        }
+        return annotations, pod_labels(template.metadata).get(MODEL_LABEL)
 
-    return before.spec == after.spec and samd_annotations(before) == samd_annotations(after)
+    return before.spec == after.spec and samd_metadata(before) == samd_metadata(after)
+
+
+def pod_labels(metadata: Mapping[str, Any]) -> Mapping[str, str]:
+    value = metadata.get("labels")
+    return value if isinstance(value, dict) else {}
+
+
+def check_identity(
+    template: PodTemplate, subject: Subject, models: Iterable[WatchedModel], running: WatchedModel | None
+) -> list[Violation]:
+    """Only a model's own pods carry its selector label (its Service would send them the model's
+    traffic, its NetworkPolicy would let its clients in) or run as its ServiceAccount."""
+    violations: list[Violation] = []
+    label = pod_labels(template.metadata).get(MODEL_LABEL)
+    if label is not None and (running is None or label != model_label_value(running.name)):
+        violations.append(
+            Violation(
+                BYPASS_ATTEMPT,
+                f"{subject} carries the label {MODEL_LABEL}={label}, which selects a SecureModel's pods (its "
+                "Service sends them the model's traffic and its NetworkPolicy lets the model's clients in): only "
+                "the operator's pods of that model carry it; remove the label",
+            )
+        )
+    account = template.spec.get("serviceAccountName") or template.spec.get("serviceAccount")
+    if isinstance(account, str):
+        for model in models:
+            if account == workload_service_account_name(model.name) and model is not running:
+                violations.append(
+                    Violation(
+                        BYPASS_ATTEMPT,
+                        f"{subject} runs as ServiceAccount {account}, the identity of SecureModel {model.name}: "
+                        "only the operator's pods of that model run as it; use a ServiceAccount of your own",
+                    )
+                )
+    return violations
+
+
+def check_pod_shape(subject: Subject, model: WatchedModel, problems: Sequence[str] | None) -> list[Violation]:
+    """Violations for how the pod differs from the one the operator builds for the model
+    (`samd.webhook.podshape.compare_pod`); `problems` None: the operator builds no pod for it."""
+    if problems is None:
+        return [
+            Violation(
+                POD_ALTERED,
+                f"SecureModel {model.name} is not served (spec.serving.enabled is false), so the operator builds "
+                f"no pod for it and {subject} may not load it; enable serving in the SecureModel instead",
+            )
+        ]
+    if not problems:
+        return []
+    return [
+        Violation(
+            POD_ALTERED,
+            f"{subject} is not the pod the operator builds for SecureModel {model.name}: {'; '.join(problems)}; "
+            "deploy the model through its SecureModel (the operator keeps its Deployment) instead of a pod of "
+            "your own",
+        )
+    ]
+
+
+@dataclass
+class _KeptPod:
+    """The operator's pod for one model object and digest, and the answers already given for pod specs
+    (a ReplicaSet's pods share one spec, so most pods are answered by one serialisation and a lookup)."""
+
+    model: WatchedModel
+    digest: str
+    expected: ExpectedPod | None
+    answers: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+
+
+MAX_KEPT_ANSWERS = 16
+"""Distinct pod specs remembered per model."""
+
+
+def _parsed_spec(obj: Mapping[str, Any] | None) -> SecureModelSpec | None:
+    raw = (obj or {}).get("spec")
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return parse_secure_model(raw)
+    except SamdError:
+        return None
 
 
 class PolicyDecider:
@@ -848,11 +988,16 @@ class PolicyDecider:
         state: WatchedState,
         cache: VerificationCache[VerificationResult],
         config: DecisionConfig | None = None,
+        *,
+        access: AccessReviewer | None = None,
     ) -> None:
         self.state = state
         self.cache = cache
         self.config = config or DecisionConfig()
+        self.access = access
+        """Asks the API server what a SecureModel's author may do; None: every such question is refused."""
         self._loaders: dict[tuple[str, str], tuple[WatchedModel, str, ExpectedLoader]] = {}
+        self._pods: dict[tuple[str, str], _KeptPod] = {}
         state.add_policy_listener(self._policy_changed)
 
     @property
@@ -872,6 +1017,38 @@ class PolicyDecider:
         self._loaders[key] = (model, digest, expected)
         return expected
 
+    def _pod_problems(
+        self, spec: Mapping[str, Any], model: WatchedModel, digest: str
+    ) -> tuple[str, ...] | None:
+        """How `spec` differs from the operator's pod for `model` (None: it builds none), kept per model
+        object, digest and exact pod spec."""
+        assert model.spec is not None  # noqa: S101 - callers report a model without a spec
+        key = (model.namespace, model.name)
+        kept = self._pods.get(key)
+        if kept is None or kept.model is not model or kept.digest != digest:
+            expected = ExpectedPod.build(
+                model.name,
+                model.namespace,
+                model.uid,
+                model.spec,
+                digest,
+                settings=self.config.builder_settings,
+                samd_images=self.config.allowed_loader_images,
+            )
+            if len(self._pods) >= MAX_KEPT_LOADERS:
+                self._pods.clear()
+            kept = self._pods[key] = _KeptPod(model, digest, expected)
+        if kept.expected is None:
+            return None
+        serialised = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+        answer = kept.answers.get(serialised)
+        if answer is None:
+            answer = tuple(compare_pod(spec, kept.expected))
+            if len(kept.answers) >= MAX_KEPT_ANSWERS:
+                kept.answers.clear()
+            kept.answers[serialised] = answer
+        return answer
+
     def _policy_changed(self, name: str) -> None:
         self.cache.invalidate_policy(name)
 
@@ -888,19 +1065,42 @@ class PolicyDecider:
                 + (f"/{request.sub_resource}" if request.sub_resource else ""),
                 reason=NOT_APPLICABLE,
             )
+        if kind == "Namespace":
+            return self._decide_namespace(request)
         cover = coverage(self.state, request.namespace)
+        obj = request.object
+        if kind == SECURE_MODEL_KIND:
+            return await self._decide_secure_model(request, obj, cover)
         if not cover.covered:
             return Decision(
                 allowed=True,
                 message=f"no ModelTrustPolicy covers namespace {request.namespace}",
                 reason=NOT_COVERED,
             )
-        obj = request.object
-        if kind == SECURE_MODEL_KIND:
-            return self._decide_secure_model(request, obj, cover)
         return await self._decide_workload(request, kind, obj, cover)
 
-    def _decide_secure_model(
+    def _decide_namespace(self, request: AdmissionRequest) -> Decision:
+        """A namespace holding SecureModels may not be relabelled out of a policy that covers it."""
+        name = request.name or str(sub(request.object or {}, "metadata").get("name") or "")
+        models = sorted(model.name for model in self.state.models_in(name))
+        if request.operation != "UPDATE" or request.old_object is None or not models:
+            return Decision(True, f"namespace {name} holds no SecureModel", NOT_APPLICABLE)
+        before = covering_policy_names(self.state, pod_labels(sub(request.old_object, "metadata")))
+        after = covering_policy_names(self.state, pod_labels(sub(request.object or {}, "metadata")))
+        lost = sorted(before - after)
+        if not lost:
+            return Decision(True, f"namespace {name} stays covered by its ModelTrustPolicies", UNCHANGED)
+        return Decision(
+            allowed=False,
+            message=f"namespace {name} holds SecureModels ({', '.join(models)}) that ModelTrustPolicy "
+            f"{', '.join(lost)} covers through the namespace's labels; this change would take them out of its "
+            "coverage: delete or move the SecureModels first, or have a cluster admin change the policy's "
+            "namespaceSelector",
+            reason=COVERAGE_REMOVED,
+            policy=",".join(lost),
+        )
+
+    async def _decide_secure_model(
         self, request: AdmissionRequest, obj: Mapping[str, Any] | None, cover: Coverage
     ) -> Decision:
         model = f"{request.namespace}/{request.object_name}"
@@ -917,6 +1117,9 @@ class PolicyDecider:
         else:
             old = request.old_object if request.operation == "UPDATE" else None
             violations = check_secure_model(obj, old, cover)
+            spec = _parsed_spec(obj)
+            if spec is not None:
+                violations += await self._permission_violations(request, spec, _parsed_spec(old))
         return conclude(
             violations,
             cover,
@@ -924,6 +1127,24 @@ class PolicyDecider:
             allowed_reason=SPEC_ACCEPTED,
             allowed_message="the SecureModel obeys every ModelTrustPolicy covering its namespace",
         )
+
+    async def _permission_violations(
+        self, request: AdmissionRequest, spec: SecureModelSpec, old: SecureModelSpec | None
+    ) -> list[Violation]:
+        """What the SecureModel asks the operator to do that its author could not do (never warn-only:
+        charged to no policy, so it always denies)."""
+        requirements = required_permissions(request.namespace, request.object_name, spec, old)
+        if not requirements:
+            return []
+        if self.access is None:
+            problems = [
+                f"{requirement.field}, and this webhook has no API access to check that the requester may use "
+                "it; SAMD refuses until it can"
+                for requirement in requirements
+            ]
+        else:
+            problems = await self.access.unmet(request.user_info, requirements)
+        return [Violation(NOT_PERMITTED, problem, frozenset()) for problem in problems]
 
     async def _decide_workload(
         self, request: AdmissionRequest, kind: str, obj: Mapping[str, Any] | None, cover: Coverage
@@ -943,8 +1164,11 @@ class PolicyDecider:
             return Decision(True, f"the pod spec of this {kind} is unchanged", UNCHANGED)
         namespace = request.namespace
         name = referenced_model(template)
+        index = self.state.namespace_index(namespace)
         if name is None:
-            violations = check_bypass(template.spec, subject, self.state.namespace_index(namespace), None)
+            violations = check_kubelet_host_paths(template.spec, subject)
+            violations += check_bypass(template.spec, subject, index, None)
+            violations += check_identity(template, subject, index.models, None)
             return conclude(
                 violations,
                 cover,
@@ -954,6 +1178,7 @@ class PolicyDecider:
             )
         model = self.state.model(namespace, name)
         violations = invalid_policy_violations(cover)
+        shape: list[Violation] = []
         if model is None:
             violations.append(
                 Violation(
@@ -967,6 +1192,14 @@ class PolicyDecider:
                 Violation(
                     INVALID_MODEL,
                     f"SecureModel {name} cannot be used ({model.problem}): fix its spec first",
+                )
+            )
+        elif not cover.policies and not cover.invalid:
+            violations.append(
+                Violation(
+                    NO_TRUST_POLICY,
+                    f"no ModelTrustPolicy covers namespace {namespace}, so nothing says whose signature SecureModel "
+                    f"{name} must carry: {subject} is refused until a cluster admin covers the namespace",
                 )
             )
         else:
@@ -988,15 +1221,19 @@ class PolicyDecider:
                     config=self.config,
                     expected=self._expected_loader(model, digest) if digest else None,
                 )
+                if digest is not None:
+                    shape = check_pod_shape(subject, model, self._pod_problems(template.spec, model, digest))
         violations += check_pod_security(template.spec, subject)
-        violations += check_bypass(template.spec, subject, self.state.namespace_index(namespace), model)
+        violations += check_bypass(template.spec, subject, index, model)
+        violations += check_identity(template, subject, index.models, model)
+        violations += shape  # last: the rules above name the more specific reason for what differs
         return conclude(
             violations,
             cover,
             model=f"{namespace}/{name}",
             allowed_reason=VERIFIED,
             allowed_message=f"SecureModel {name}'s signature verifies under "
-            f"{', '.join(p.name for p in cover.policies)} and {subject} loads it unaltered",
+            f"{', '.join(p.name for p in cover.policies)} and {subject} is the operator's pod for it, unaltered",
         )
 
     async def verify(

@@ -3,7 +3,15 @@
 - ``samd_webhook_admission_decisions_total{result, kind}``: result is ``allowed``, ``denied``,
   ``warned`` (allowed with warnings) or ``error`` (denied because the webhook could not decide);
 - ``samd_webhook_admission_duration_seconds{kind}``: time from the body read to the answer;
-- ``samd_webhook_invalid_reviews_total{reason}``: bodies answered with HTTP 400 or 413;
+- ``samd_webhook_invalid_reviews_total{reason}``: bodies answered with HTTP 400, 408 (``body_timeout``)
+  or 413;
+- ``samd_webhook_client_resets_total{stage}``: connections the client reset or dropped during the
+  TLS ``handshake`` or while sending its ``request`` (logged at debug level only);
+- ``samd_webhook_connection_timeouts_total{stage}``: connections closed because the TLS
+  ``handshake`` or the first request's ``headers`` took longer than the read timeout;
+- ``samd_webhook_tls_handshake_failures_total``: other failed handshakes (not TLS, wrong version);
+- ``samd_webhook_connections_refused_total`` (closed at once: the connection limit was reached) and
+  ``samd_webhook_connections_open``;
 - ``samd_webhook_verification_cache_lookups_total{result}`` (hit, miss, coalesced),
   ``samd_webhook_verification_cache_evictions_total`` and ``..._entries``;
 - ``samd_webhook_certificate_reloads_total{result}`` and ``samd_webhook_certificate_expiry_timestamp_seconds``;
@@ -90,6 +98,35 @@ class WebhookMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.client_resets = Counter(
+            "samd_webhook_client_resets",
+            "Connections the client reset or dropped before the exchange finished, by stage "
+            "(handshake, request)",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.connection_timeouts = Counter(
+            "samd_webhook_connection_timeouts",
+            "Connections closed because the TLS handshake or the first request's headers took longer "
+            "than the read timeout, by stage (handshake, headers)",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.handshake_failures = Counter(
+            "samd_webhook_tls_handshake_failures",
+            "TLS handshakes that failed for another reason than a reset or a timeout",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "samd_webhook_connections_refused",
+            "Connections closed as soon as they were accepted because the connection limit was reached",
+            registry=self.registry,
+        )
+        self.connections_open = Gauge(
+            "samd_webhook_connections_open",
+            "Client connections open now (TLS handshakes in progress included)",
+            registry=self.registry,
+        )
         self.certificate_reloads = Counter(
             "samd_webhook_certificate_reloads",
             "Serving certificate reloads after the files changed, by result (loaded, failed)",
@@ -114,6 +151,10 @@ class WebhookMetrics:
                 self.decisions.labels(result, kind)
         for result in ("loaded", "failed"):
             self.certificate_reloads.labels(result)
+        for stage in ("handshake", "request"):
+            self.client_resets.labels(stage)
+        for stage in ("handshake", "headers"):
+            self.connection_timeouts.labels(stage)
         if cache_stats is not None:
             self.registry.register(_CacheCollector(cache_stats))
 

@@ -8,6 +8,11 @@
 - Fails closed: a decider that raises, times out or is not ready yet gives a DENY that says so.
   Bodies that are not an AdmissionReview at all get HTTP 400 (too large: 413) with a metav1.Status
   that names the problem, which the API server shows; the server keeps running.
+- Slow or hostile clients cannot hold the server: a client gets ``read_timeout`` (3 s) for its TLS
+  handshake, for its first request's headers and for each request body (then 408 and the connection
+  is closed), and at most ``max_connections`` connections are open at once (one more is closed as
+  soon as it is accepted). A client that resets its connection is counted
+  (``samd_webhook_client_resets_total``) and logged at debug level, without a traceback.
 - One audit line per decision (``samd.webhook.audit``) and Prometheus metrics.
 - ``stop()`` (on SIGTERM, see ``__main__``) stops accepting, lets in-flight requests finish and
   closes idle keep-alive connections.
@@ -234,6 +239,103 @@ class CertificateReloader:
                 logger.exception("checking the TLS files for a change failed")
 
 
+# --- connections -------------------------------------------------------------------------------------
+
+
+class _ConnectionGate:
+    """Counts the open connections against the limit (the metrics gauge follows)."""
+
+    def __init__(self, limit: int, metrics: WebhookMetrics) -> None:
+        self.limit = limit
+        self.open = 0
+        self._metrics = metrics
+
+    def admit(self) -> bool:
+        if self.open >= self.limit:
+            self._metrics.connections_refused.inc()
+            return False
+        self.open += 1
+        self._metrics.connections_open.set(self.open)
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+        self._metrics.connections_open.set(self.open)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: aiohttp's request handler does the HTTP; this adds what it lacks.
+
+    - The first request's headers must be complete within the read timeout (aiohttp waits for them
+      forever: a client that connects and sends nothing, or a byte at a time, would hold a connection).
+      Only the first request's head is looked at, so later traffic passes straight through.
+    - The gate learns when the connection ends.
+    """
+
+    __slots__ = ("_gate", "_handler", "_metrics", "_tail", "_timer", "_transport")
+
+    def __init__(
+        self, handler: asyncio.Protocol, gate: _ConnectionGate, metrics: WebhookMetrics, timeout: float
+    ) -> None:
+        self._handler = handler
+        self._gate: _ConnectionGate | None = gate
+        self._metrics = metrics
+        self._transport: asyncio.BaseTransport | None = None
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            timeout, self._headers_timed_out
+        )
+
+    def _headers_timed_out(self) -> None:
+        self._timer = None
+        self._metrics.connection_timeouts.labels("headers").inc()
+        logger.debug("closing a connection whose first request headers did not arrive in time")
+        if isinstance(self._transport, asyncio.Transport):
+            self._transport.abort()
+        elif self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        try:
+            self._handler.connection_lost(exc)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """The connection is over (or never got past its handshake): once only."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._gate is not None:
+            self._gate.release()
+            self._gate = None
+
+
 # --- decisions --------------------------------------------------------------------------------------
 
 
@@ -294,6 +396,10 @@ class AdmissionServer:
         self._runner: web.AppRunner | None = None
         self._reloader: CertificateReloader | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._gate = _ConnectionGate(config.max_connections, self.metrics)
         self.port: int | None = None
 
     @property
@@ -323,8 +429,9 @@ class AdmissionServer:
                 f"cannot listen on {self.config.host}:{self.config.port}: {error.strerror}",
                 hint="choose another --host or --port",
             ) from None
-        site = web.SockSite(self._runner, listener, ssl_context=self._reloader.listening_context)
-        await site.start()
+        listener.setblocking(False)
+        self._listener = listener
+        self._accepting = asyncio.create_task(self._accept(listener, self._reloader.listening_context))
         self.port = listener.getsockname()[1]
         self._watch = asyncio.create_task(self._reloader.watch(self.config.cert_reload_interval))
         logger.info(
@@ -342,10 +449,84 @@ class AdmissionServer:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         logger.info("admission webhook stopped")
+
+    # --- connections ---
+
+    async def _accept(self, listener: socket.socket, context: ssl.SSLContext) -> None:
+        """Accept connections up to the limit; each one's TLS handshake runs on its own."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as error:  # out of file descriptors, for one: try again shortly
+                logger.warning("accepting a connection failed: %s", error)
+                await asyncio.sleep(0.1)
+                continue
+            if not self._gate.admit():
+                sock.close()
+                logger.debug("closed a connection at once: %d connections are open", self._gate.limit)
+                continue
+            task = asyncio.create_task(self._connect(sock, context))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _connect(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        """The TLS handshake of one accepted connection, within the read timeout; then aiohttp serves it."""
+        handler_factory = self._runner.server if self._runner is not None else None
+        assert handler_factory is not None  # noqa: S101 - connections are accepted only while running
+        loop = asyncio.get_running_loop()
+        timeout = self.config.read_timeout
+        connected: list[_Connection] = []
+
+        def connection() -> _Connection:
+            created = _Connection(handler_factory(), self._gate, self.metrics, timeout)
+            connected.append(created)
+            return created
+
+        try:
+            async with asyncio.timeout(timeout):
+                # The handshake timeout is asyncio's own backstop; ours above fires first.
+                await loop.connect_accepted_socket(
+                    connection, sock, ssl=context, ssl_handshake_timeout=timeout + 1
+                )
+            return
+        except TimeoutError:
+            self.metrics.connection_timeouts.labels("handshake").inc()
+            logger.debug("closed a connection whose TLS handshake took longer than %g s", timeout)
+        except (ConnectionError, ssl.SSLEOFError):
+            self.metrics.client_resets.labels("handshake").inc()
+            logger.debug("a client reset its connection during the TLS handshake")
+        except OSError as error:  # ssl.SSLError included: not TLS, no common version or cipher
+            self.metrics.handshake_failures.inc()
+            logger.debug("a TLS handshake failed: %s", error)
+        except asyncio.CancelledError:
+            self._abandon(sock, connected)
+            raise
+        self._abandon(sock, connected)
+
+    def _abandon(self, sock: socket.socket, connected: list[_Connection]) -> None:
+        """Close a connection whose handshake failed: aiohttp never saw it, so release it here."""
+        sock.close()
+        if connected:
+            connected[0].release()
+        else:
+            self._gate.release()
 
     # --- endpoints ---
 
@@ -363,7 +544,7 @@ class AdmissionServer:
         self.metrics.ready.set(1 if self.decider.ready and not self.draining else 0)
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    async def validate(self, request: web.Request) -> web.Response:
+    async def validate(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._validate(request)
         except asyncio.CancelledError:
@@ -375,7 +556,7 @@ class AdmissionServer:
                 500, "InternalError", FAIL_CLOSED.format(what="internal error in the webhook server")
             )
 
-    async def _validate(self, request: web.Request) -> web.Response:
+    async def _validate(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         if request.content_type != "application/json":
             self.metrics.invalid_reviews.labels("content_type").inc()
@@ -388,9 +569,17 @@ class AdmissionServer:
         if request.content_length is not None and request.content_length > limit:
             return self._too_large(request.content_length)
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.config.read_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(None)
+        except TimeoutError:
+            return await self._body_timed_out(request)
+        except ConnectionError:
+            # The client went away mid-body: nobody reads an answer, and nothing is wrong here.
+            self.metrics.client_resets.labels("request").inc()
+            logger.debug("a client reset its connection while sending its request")
+            return web.Response(status=400)
         try:
             parsed = parse_review(load_json(body))
         except ReviewError as error:
@@ -454,6 +643,22 @@ class AdmissionServer:
     def _answer(self, uid: str, decision: Decision) -> web.Response:
         body: dict[str, Any] = review_response(uid, decision)
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _body_timed_out(self, request: web.Request) -> web.StreamResponse:
+        """408, then close at once: the rest of the body is not waited for."""
+        self.metrics.invalid_reviews.labels("body_timeout").inc()
+        logger.debug("closing a connection whose request body did not arrive in time")
+        response = _status(
+            408,
+            "RequestTimeout",
+            f"the AdmissionReview did not arrive within {self.config.read_timeout:g} s (--read-timeout)",
+        )
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+        return response
 
     def _too_large(self, size: int | None) -> web.Response:
         self.metrics.invalid_reviews.labels("too_large").inc()

@@ -9,6 +9,7 @@ cannot read is a field it cannot vouch for.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -98,21 +99,114 @@ def sub(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-SECRET_VOLUME_SOURCES: Mapping[str, tuple[str, ...]] = {
-    "secret": ("secretName",),
-    "azureFile": ("secretName",),
-    "csi": ("nodePublishSecretRef", "name"),
-    "flexVolume": ("secretRef", "name"),
-    "cephfs": ("secretRef", "name"),
-    "rbd": ("secretRef", "name"),
-    "iscsi": ("secretRef", "name"),
-    "scaleIO": ("secretRef", "name"),
-    "storageos": ("secretRef", "name"),
-}
-"""Volume source -> the path to the name of a Secret it hands to the pod or to a node plugin.
+# --- Secret references: one table ---------------------------------------------------------------------
+# Every field of a pod spec that names a Secret, written once. The webhook's decider walks these
+# paths (`secret_references`), its matchConditions are generated from them
+# (`samd.webhook.configuration`), the shape checks type-check them, and an integration test walks
+# the real API server's PodSpec schema and fails on any Secret-naming field missing here.
+# A path is dotted field names; ``[]`` after a name means "every item of this list".
 
-Projected volumes are handled apart (a list of sources). A volume plugin that receives a Secret
-can expose it as surely as a mount does, so all of them count."""
+POD_SECRET_PATHS: tuple[str, ...] = (
+    "imagePullSecrets[].name",
+    "volumes[].secret.secretName",
+    "volumes[].projected.sources[].secret.name",
+    "volumes[].azureFile.secretName",
+    "volumes[].cephfs.secretRef.name",
+    "volumes[].cinder.secretRef.name",
+    "volumes[].csi.nodePublishSecretRef.name",
+    "volumes[].flexVolume.secretRef.name",
+    "volumes[].iscsi.secretRef.name",
+    "volumes[].rbd.secretRef.name",
+    "volumes[].scaleIO.secretRef.name",
+    "volumes[].storageos.secretRef.name",
+)
+"""Paths from the pod spec to a Secret's name, outside containers. A volume plugin that receives a
+Secret can expose it as surely as a mount does, and the kubelet reads an image pull Secret for the
+pod, so all of them count."""
+
+CONTAINER_SECRET_PATHS: tuple[str, ...] = (
+    "env[].valueFrom.secretKeyRef.name",
+    "envFrom[].secretRef.name",
+)
+"""Paths from a container (of every list in `CONTAINER_LISTS`) to a Secret's name."""
+
+SECRET_NAME_PATHS: tuple[str, ...] = POD_SECRET_PATHS + tuple(
+    f"{list_name}[].{path}" for list_name in CONTAINER_LISTS for path in CONTAINER_SECRET_PATHS
+)
+"""Every path from the pod spec to a Secret's name: the table the schema test holds to the API."""
+
+
+class PathNode:
+    """The paths of a table merged into a tree: one node per field, `each` for the items of a list."""
+
+    __slots__ = ("each", "fields", "leaf")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, PathNode] = {}
+        self.each: PathNode | None = None
+        self.leaf = False
+
+
+def path_parts(path: str) -> list[str]:
+    """``a[].b`` -> ``['a', '[]', 'b']``."""
+    parts: list[str] = []
+    for name in path.split("."):
+        if name.endswith("[]"):
+            parts += [name[:-2], "[]"]
+        else:
+            parts.append(name)
+    return parts
+
+
+def path_tree(paths: Iterable[str]) -> PathNode:
+    """The paths merged into one tree (a path that ends at a list item is a leaf item)."""
+    root = PathNode()
+    for path in paths:
+        node = root
+        for part in path_parts(path):
+            if part == "[]":
+                if node.each is None:
+                    node.each = PathNode()
+                node = node.each
+            else:
+                node = node.fields.setdefault(part, PathNode())
+        node.leaf = True
+    return root
+
+
+_SECRET_TREE = path_tree(SECRET_NAME_PATHS)
+
+_Trail = tuple[tuple[str, Mapping[str, Any]], ...]
+"""The list items passed on the way to a value: (list field, item), outermost first."""
+
+
+def _collect(
+    value: object, node: PathNode, field: str, trail: _Trail, found: list[tuple[str, _Trail]]
+) -> None:
+    """Append (name, trail) for every non-empty string at a leaf of `node` below `value`."""
+    if value is None:
+        return
+    if node.leaf:
+        if isinstance(value, str) and value:
+            found.append((value, trail))
+        return
+    each = node.each
+    if each is not None:
+        if isinstance(value, list):
+            for item in value:
+                _collect(item, each, field, (*trail, (field, item)), found)
+        return
+    if not isinstance(value, dict):
+        return
+    fields = node.fields
+    if len(value) < len(fields):
+        for key, item in value.items():
+            child = fields.get(key)
+            if child is not None:
+                _collect(item, child, key, trail, found)
+    else:
+        for key, child in fields.items():
+            _collect(value.get(key), child, key, trail, found)
 
 
 @dataclass(frozen=True)
@@ -121,28 +215,16 @@ class SecretReference:
 
     secret: str
     container: str | None
-    """The container that sees it; None for a volume that no container mounts."""
+    """The container that sees it; None for a volume that no container mounts, or an image pull Secret."""
     how: str
-    """For messages: 'volume keys', 'env AWS_ACCESS_KEY_ID', 'envFrom'."""
+    """For messages: 'volume keys', 'env AWS_ACCESS_KEY_ID', 'envFrom', 'imagePullSecrets'."""
 
 
-def volume_secrets(volume: Mapping[str, Any]) -> list[str]:
-    """The names of the Secrets a pod volume draws from."""
-    names: list[str] = []
-    for source_name, source in volume.items():
-        path = SECRET_VOLUME_SOURCES.get(source_name)
-        if path is None:
-            continue
-        node: object = source
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, str) and node:
-            names.append(node)
-    for source in items(sub(volume, "projected"), "sources"):
-        name = sub(source, "secret").get("name")
-        if isinstance(name, str) and name:
-            names.append(name)
-    return names
+def secret_names(spec: Mapping[str, Any]) -> list[tuple[str, _Trail]]:
+    """Every Secret name at a path of `SECRET_NAME_PATHS`, with the list items passed to reach it."""
+    found: list[tuple[str, _Trail]] = []
+    _collect(spec, _SECRET_TREE, "", (), found)
+    return found
 
 
 def volume_mounters(spec: Mapping[str, Any]) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
@@ -155,25 +237,60 @@ def volume_mounters(spec: Mapping[str, Any]) -> dict[str, list[tuple[str, Mappin
 
 
 def secret_references(spec: Mapping[str, Any]) -> list[SecretReference]:
-    """Every Secret the pod (template) mounts or reads into the environment, and who sees it."""
+    """Every Secret the pod (template) names (see `SECRET_NAME_PATHS`), and who sees it."""
     references: list[SecretReference] = []
-    mounters = volume_mounters(spec)
-    for volume in items(spec, "volumes"):
-        users: list[str | None] = [name for name, _ in mounters.get(volume["name"], [])] or [None]
-        for secret in volume_secrets(volume):
-            for user in users:
-                references.append(SecretReference(secret, user, f"volume {volume['name']}"))
-    for _, container in containers(spec):
-        name = container["name"]
-        for env in items(container, "env"):
-            from_env = sub(sub(env, "valueFrom"), "secretKeyRef").get("name")
-            if isinstance(from_env, str) and from_env:
-                references.append(SecretReference(from_env, name, f"env {env['name']}"))
-        for source in items(container, "envFrom"):
-            from_source = sub(source, "secretRef").get("name")
-            if isinstance(from_source, str) and from_source:
-                references.append(SecretReference(from_source, name, "envFrom"))
+    mounters: dict[str, list[tuple[str, Mapping[str, Any]]]] | None = None
+    for secret, trail in secret_names(spec):
+        top, item = trail[0]
+        if top == "volumes":
+            if mounters is None:
+                mounters = volume_mounters(spec)
+            volume = item["name"]
+            users: list[str | None] = [name for name, _ in mounters.get(volume, [])] or [None]
+            references += [SecretReference(secret, user, f"volume {volume}") for user in users]
+        elif top in CONTAINER_LISTS:
+            how = trail[1][0] if len(trail) > 1 else top
+            if len(trail) > 1 and isinstance(trail[1][1].get("name"), str):
+                how = f"{how} {trail[1][1]['name']}"
+            references.append(SecretReference(secret, item["name"], how))
+        else:
+            references.append(SecretReference(secret, None, top))
     return references
+
+
+# --- hostPath volumes that reach the kubelet's pod directories ----------------------------------------
+
+KUBELET_ROOT = "/var/lib/kubelet"
+"""The kubelet's root directory (its --root-dir): every pod's Secret volumes live below it."""
+
+
+def _normal_host_path(path: str) -> str:
+    """An absolute, normalised form of a hostPath ("//var/./lib/" -> "/var/lib")."""
+    normal = posixpath.normpath("/" + path)
+    return "/" + normal.lstrip("/")
+
+
+def reaches_kubelet_root(path: str, root: str = KUBELET_ROOT) -> bool:
+    """Whether a hostPath of `path` shows `root` (it is the root, below it, or one of its parents)."""
+    normal, root = _normal_host_path(path), _normal_host_path(root)
+    if normal == "/":
+        return True
+    return normal == root or root.startswith(normal + "/") or normal.startswith(root + "/")
+
+
+def kubelet_host_paths(spec: Mapping[str, Any], root: str = KUBELET_ROOT) -> list[tuple[str, str]]:
+    """(volume name, path) of every hostPath volume that would show the kubelet's pod directories,
+    where the Secret volumes of every pod on the node are mounted."""
+    found: list[tuple[str, str]] = []
+    for volume in items(spec, "volumes"):
+        host_path = volume.get("hostPath")
+        if host_path is None:
+            continue
+        path = sub(volume, "hostPath").get("path")
+        # A hostPath without a path string cannot be vouched for: count it.
+        if not isinstance(path, str) or reaches_kubelet_root(path, root):
+            found.append((volume["name"], path if isinstance(path, str) else ""))
+    return found
 
 
 def mentioned_strings(container: Mapping[str, Any]) -> list[str]:
@@ -396,12 +513,12 @@ _CONTAINER = _Obj(
                 {
                     "name": _STRING,
                     "value": _STRING,
-                    "valueFrom": _Obj({"secretKeyRef": _NAMED, "configMapKeyRef": _NAMED}),
+                    "valueFrom": _Obj({"configMapKeyRef": _NAMED}),
                 },
                 required=("name",),
             )
         ),
-        "envFrom": _List(_Obj({"secretRef": _NAMED, "configMapRef": _NAMED})),
+        "envFrom": _List(_Obj({"configMapRef": _NAMED})),
         "volumeMounts": _List(
             _Obj(
                 {"name": _STRING, "mountPath": _STRING, "readOnly": _BOOLEAN}, required=("name", "mountPath")
@@ -414,37 +531,68 @@ _CONTAINER = _Obj(
 )
 
 
-def _secret_source(path: tuple[str, ...]) -> _Obj:
-    """The shape of a volume source whose Secret name is at `path`."""
-    shape: _Shape = _STRING
-    for part in reversed(path):
-        shape = _Obj({part: shape})
-    assert isinstance(shape, _Obj)  # noqa: S101 - every path has at least one part
-    return shape
+def _shape_of(node: PathNode) -> _Shape:
+    """The shape of the fields on a table's paths: a string at each end, objects and lists on the way."""
+    if node.leaf:
+        return _STRING
+    if node.each is not None:
+        return _List(_shape_of(node.each))
+    return _Obj({name: _shape_of(child) for name, child in node.fields.items()})
+
+
+def _merge(first: _Shape, second: _Shape) -> _Shape:
+    """One shape that checks both: the fields of objects merged, list items merged."""
+    if isinstance(first, _Obj) and isinstance(second, _Obj):
+        fields = dict(first.fields)
+        for name, shape in second.fields.items():
+            fields[name] = _merge(fields[name], shape) if name in fields else shape
+        return _Obj(
+            fields,
+            required=(*first.required, *(r for r in second.required if r not in first.required)),
+            values=first.values if first.values is not None else second.values,
+            values_are_fields=first.values_are_fields or second.values_are_fields,
+        )
+    if isinstance(first, _List) and isinstance(second, _List):
+        return _List(_merge(first.item, second.item))
+    if first is second:
+        return first
+    raise TypeError(f"cannot merge the shapes {first.expected} and {second.expected}")
 
 
 _VOLUME = _Obj(
     {
         "name": _STRING,
-        **{source: _secret_source(path) for source, path in SECRET_VOLUME_SOURCES.items()},
         "configMap": _NAMED,
-        "projected": _Obj({"sources": _List(_Obj({"secret": _NAMED, "configMap": _NAMED}))}),
+        "projected": _Obj({"sources": _List(_Obj({"configMap": _NAMED}))}),
+        "hostPath": _Obj({"path": _STRING}),
     },
     required=("name",),
-    values=_Obj(),  # every other volume source (hostPath, emptyDir, ...) is an object
+    values=_Obj(),  # every other volume source (emptyDir, ...) is an object
     values_are_fields=True,
 )
-_POD_SPEC = _Obj(
-    {
-        "initContainers": _List(_CONTAINER),
-        "containers": _List(_CONTAINER),
-        "ephemeralContainers": _List(_CONTAINER),
-        "volumes": _List(_VOLUME),
-        "hostNetwork": _BOOLEAN,
-        "hostPID": _BOOLEAN,
-        "hostIPC": _BOOLEAN,
-        "securityContext": _SECURITY_CONTEXT,
-    }
+
+
+def _with_secret_paths(shape: _Obj) -> _Obj:
+    """`shape` that also checks every field on a path to a Secret's name (the walker reads them)."""
+    merged = _merge(shape, _shape_of(_SECRET_TREE))
+    if not isinstance(merged, _Obj):
+        raise TypeError("a pod spec shape must be an object")
+    return merged
+
+
+_POD_SPEC = _with_secret_paths(
+    _Obj(
+        {
+            "initContainers": _List(_CONTAINER),
+            "containers": _List(_CONTAINER),
+            "ephemeralContainers": _List(_CONTAINER),
+            "volumes": _List(_VOLUME),
+            "hostNetwork": _BOOLEAN,
+            "hostPID": _BOOLEAN,
+            "hostIPC": _BOOLEAN,
+            "securityContext": _SECURITY_CONTEXT,
+        }
+    )
 )
 _METADATA = _Obj({"annotations": _Obj(values=_STRING), "labels": _Obj(values=_STRING)})
 

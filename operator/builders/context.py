@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # One type for the egress peers: the operator's configuration holds them, the builders read them.
-from samd.operator.config import EgressPeer
+from samd.operator.config import EgressPeer, OperatorConfig
 from samd.spec import SecureModelSpec
 
 __all__ = ["BuilderSettings", "EgressPeer", "ModelContext"]
@@ -45,6 +45,20 @@ class BuilderSettings:
     """The entry of a local-provider key Secret's `data` that holds the keyset."""
     certificate_validity: datetime.timedelta = datetime.timedelta(days=90)
     certificate_renew_before: datetime.timedelta = datetime.timedelta(days=30)
+
+    @classmethod
+    def of(cls, config: OperatorConfig) -> BuilderSettings:
+        """What the builders need of the operator's configuration (the webhook builds the same pods)."""
+        return cls(
+            default_image=config.default_image,
+            fetch_image=config.default_image,
+            operator_namespace=config.namespace,
+            cluster_domain=config.cluster_domain,
+            storage_egress=config.storage_egress,
+            model_volume_size=config.model_volume_size,
+            certificate_validity=config.certificate_validity,
+            certificate_renew_before=config.renew_before,
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ DNS_SUBDOMAIN_MAX = 253
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
-ModelRole = Literal["deployer", "reviewer", "key-reader"]
+ModelRole = Literal["deployer", "reviewer"]
 
 
 def short_hash(text: str, length: int = 8) -> str:
@@ -45,8 +45,12 @@ def model_label_value(model: str) -> str:
     return fit_name(model, DNS_LABEL_MAX)
 
 
+WORKLOAD_ACCOUNT_SUFFIX = "-model"
+
+
 def workload_service_account_name(model: str) -> str:
-    return fit_name(f"{model}-model", DNS_SUBDOMAIN_MAX)
+    """Always ends in WORKLOAD_ACCOUNT_SUFFIX, so the webhook's match conditions can find pods that run as one."""
+    return fit_name(model, DNS_SUBDOMAIN_MAX - len(WORKLOAD_ACCOUNT_SUFFIX)) + WORKLOAD_ACCOUNT_SUFFIX
 
 
 def serving_name(model: str) -> str:

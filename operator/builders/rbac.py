@@ -2,7 +2,7 @@
 
 - deployers may read, update and patch the SecureModel, never delete it;
 - reviewers may only read it (and its status);
-- only the model's own workload ServiceAccount may read the key Secret and the TLS Secret;
+- the model's own workload ServiceAccount is bound to nothing (the kubelet mounts its Secrets);
 - a time-bound grant is a RoleBinding that exists only until its expiry.
 """
 
@@ -17,8 +17,6 @@ from samd.operator.builders.names import (
     ModelRole,
     grant_binding_name,
     role_name,
-    tls_secret_name,
-    workload_service_account_name,
 )
 from samd.spec import GROUP, Grant, SecureModelSpec, Subject
 
@@ -61,33 +59,16 @@ def _status_rule(ctx: ModelContext) -> dict[str, Any]:
     }
 
 
-def key_material_secret_names(ctx: ModelContext) -> list[str]:
-    """The Secrets only the workload may read: the local keyset (if any) and the server TLS Secret."""
-    names = []
-    encryption = ctx.spec.encryption
-    if encryption is not None and encryption.key_ref.provider == "local" and encryption.key_ref.secret_name:
-        names.append(encryption.key_ref.secret_name)
-    names.append(tls_secret_name(ctx.name))
-    return names
-
-
 def build_roles(ctx: ModelContext) -> list[Manifest]:
-    """The deployer, reviewer and key-reader Roles of the model."""
+    """The deployer and reviewer Roles of the model.
+
+    There is no Role for the model's own ServiceAccount: the kubelet mounts the key and TLS Secrets
+    into the model's pods, so that identity needs no API access, and a pod that managed to run as it
+    could read nothing through it.
+    """
     deployer = _role(ctx, "deployer", [_model_rule(ctx, DEPLOYER_VERBS), _status_rule(ctx)])
     reviewer = _role(ctx, "reviewer", [_model_rule(ctx, READ_VERBS), _status_rule(ctx)])
-    key_reader = _role(
-        ctx,
-        "key-reader",
-        [
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "resourceNames": key_material_secret_names(ctx),
-                "verbs": ["get"],
-            }
-        ],
-    )
-    return [deployer, reviewer, key_reader]
+    return [deployer, reviewer]
 
 
 def rbac_subject(subject: Subject) -> dict[str, str]:
@@ -130,7 +111,7 @@ def next_grant_expiry(spec: SecureModelSpec, now: datetime.datetime) -> datetime
 
 
 def build_role_bindings(ctx: ModelContext, now: datetime.datetime) -> list[Manifest]:
-    """Bindings of the access subjects, of the workload to the key reader, and of the active grants.
+    """Bindings of the access subjects and of the active grants.
 
     A binding with no subject is not built, so removing the last deployer removes the binding.
     """
@@ -143,13 +124,6 @@ def build_role_bindings(ctx: ModelContext, now: datetime.datetime) -> list[Manif
         if subjects:
             name = role_name(ctx.name, role)
             bindings.append(_binding(ctx, name, role, [rbac_subject(s) for s in subjects]))
-    workload = {
-        "kind": "ServiceAccount",
-        "name": workload_service_account_name(ctx.name),
-        "namespace": ctx.namespace,
-    }
-    bindings.append(_binding(ctx, role_name(ctx.name, "key-reader"), "key-reader", [workload]))
-
     # Two grants of the same role to the same subject share one binding, kept until the later expiry.
     latest: dict[str, Grant] = {}
     for grant in active_grants(ctx.spec, now):

@@ -8,13 +8,16 @@ their signers. Pure apart from the signature cryptography: no API calls.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from samd.errors import VerificationError
-from samd.signing import VerificationResult, Verifier, verify_bundle
-from samd.spec import ModelTrustPolicySpec, SecureModelSpec, TrustedSigner, semver_key
+from samd.signing import METADATA_FILE, VerificationResult, Verifier, metadata_digest, verify_bundle
+from samd.spec import ModelTrustPolicySpec, SecureModelSpec, TrustedSigner, is_broad_subject, semver_key
+
+DIGEST_REFERENCE = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,104 @@ def check_spec_against_policies(
                 f"policy {policy.name} forbids downgrades: version {spec.version} is older than "
                 f"{previous_version}; publish a new version instead"
             )
+        problems += _image_problems(spec, policy)
+        problems += _broad_subject_problems(spec, policy)
     return problems
+
+
+def image_repository(image: str) -> str:
+    """The repository of an image reference: without its digest and without its tag."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def image_allowed(image: str, repositories: Iterable[str]) -> bool:
+    """Whether `image` is in one of `repositories` (the repository itself or a path below it)."""
+    repository = image_repository(image)
+    return any(
+        repository == allowed.rstrip("/") or repository.startswith(allowed.rstrip("/") + "/")
+        for allowed in repositories
+    )
+
+
+def _image_problems(spec: SecureModelSpec, policy: TrustPolicy) -> list[str]:
+    """A serving image the user names runs with the model's key-free but model-bearing pod: it must come
+    from a repository the policy trusts, pinned by digest so the tag cannot be moved under it."""
+    image = spec.serving.image
+    if image is None:  # the operator's own image, which the cluster admin configured
+        return []
+    allowed = policy.spec.allowed_images
+    if not image_allowed(image, allowed):
+        listed = ", ".join(allowed) if allowed else "none"
+        return [
+            f"policy {policy.name} does not allow the serving image {image} (allowed repositories: {listed}); "
+            "use SAMD's own server (remove spec.serving.image) or ask a cluster admin to add its repository "
+            "to the policy's allowedImages"
+        ]
+    if not DIGEST_REFERENCE.search(image):
+        return [
+            f"policy {policy.name} requires serving images pinned by digest: use {image_repository(image)}"
+            "@sha256:<digest> instead of a tag"
+        ]
+    return []
+
+
+VERSION_NOT_SIGNED = "VersionNotSigned"
+"""Reason: the signature names no model version (no samd-model.json among the signed files)."""
+VERSION_MISMATCH = "VersionMismatch"
+"""Reason: the signature names another model name or version than the SecureModel's."""
+
+
+def check_version_binding(result: VerificationResult, name: str, version: str) -> list[str]:
+    """Why the verified signature does not bind SecureModel `name` at `version` (empty if it does).
+
+    The signed manifest must list `samd-model.json` with the SHA-256 of the canonical metadata
+    for (name, version) (`samd.signing.metadata_digest`): the binding is checked without reading
+    the model. A digest names no version by itself, so a mismatch says what was expected.
+    """
+    fix = f"samd sign MODEL_DIR --model-name {name} --model-version {version}"
+    signed = result.metadata_digest
+    if signed is None:
+        where = (
+            "a single-file model" if result.is_single_file else f"no {METADATA_FILE} among its signed files"
+        )
+        return [
+            f"the signature does not name the model's version ({where}), so nothing binds "
+            f"spec.version {version} to the signed content: sign the model directory with `{fix}` "
+            "and point spec.artifact and spec.signature at that release"
+        ]
+    if signed != metadata_digest(name, version):
+        return [
+            f"the signed model is not {name} version {version}: its {METADATA_FILE} (sha256 {signed}) "
+            f"names another model or version (spec.artifact and spec.signature may point at another "
+            f"release); point them at the release signed as {name} {version}, or sign it with `{fix}`"
+        ]
+    return []
+
+
+def _broad_subject_problems(spec: SecureModelSpec, policy: TrustPolicy) -> list[str]:
+    access = spec.access
+    subjects = [*access.deployers, *access.reviewers, *(grant.subject for grant in access.grants)]
+    allowed = set(policy.spec.allowed_broad_groups)
+    return [
+        f"policy {policy.name} does not allow granting access to {subject.kind} {subject.name}, which "
+        "stands for every user or service account: name the people or service accounts instead (or ask a "
+        "cluster admin to list it in the policy's allowedBroadGroups)"
+        for subject in dict.fromkeys(subjects)
+        if is_broad_subject(subject) and subject.name not in allowed
+    ]
+
+
+def version_binding_reason(result: VerificationResult) -> str:
+    """The condition / admission reason for a failed `check_version_binding`."""
+    return VERSION_NOT_SIGNED if result.metadata_digest is None else VERSION_MISMATCH
+
+
+def requiring_signed_version(policies: Iterable[TrustPolicy]) -> list[TrustPolicy]:
+    """The policies whose versionPolicy.requireSignedVersion is on."""
+    return [p for p in policies if p.spec.version_policy.require_signed_version]
 
 
 def verifier_for(signer: TrustedSigner) -> Verifier:

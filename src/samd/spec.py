@@ -275,6 +275,20 @@ class TrustedSigner(_Camel):
 
 class VersionPolicy(_Camel):
     allow_downgrade: bool = False
+    # The signature must name the SecureModel's name and spec.version (samd sign --model-version).
+    require_signed_version: bool = True
+
+
+BROAD_GROUPS = ("system:authenticated", "system:unauthenticated", "system:serviceaccounts")
+"""Groups that stand for everyone (or every service account): never bound to a model's roles unless a
+policy lists them in allowedBroadGroups. `system:serviceaccounts:<namespace>` counts too."""
+
+
+def is_broad_subject(subject: Subject) -> bool:
+    """Whether binding `subject` would grant a whole population rather than a named identity."""
+    if subject.kind == "Group":
+        return subject.name in BROAD_GROUPS or subject.name.startswith("system:serviceaccounts:")
+    return subject.kind == "User" and subject.name == "system:anonymous"
 
 
 class ModelTrustPolicySpec(_Camel):
@@ -282,6 +296,8 @@ class ModelTrustPolicySpec(_Camel):
     mode: Literal["enforce", "warn"] = "enforce"
     signers: Annotated[tuple[TrustedSigner, ...], Field(min_length=1)]
     allowed_formats: tuple[ModelFormat, ...] = ()  # empty: every format
+    allowed_images: tuple[Annotated[str, Field(min_length=1)], ...] = ()  # repositories for serving.image
+    allowed_broad_groups: tuple[str, ...] = ()  # BROAD_GROUPS (or system:anonymous) that may be bound
     require_encryption: bool = True
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
 

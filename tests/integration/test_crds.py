@@ -161,7 +161,7 @@ def policy_spec() -> dict[str, Any]:
         ],
         "allowedFormats": ["onnx", "safetensors"],
         "requireEncryption": False,
-        "versionPolicy": {"allowDowngrade": True},
+        "versionPolicy": {"allowDowngrade": True, "requireSignedVersion": False},
     }
 
 
@@ -293,7 +293,7 @@ def test_a_trust_policy_is_accepted_and_defaulted(custom: client.CustomObjectsAp
     defaulted = create_policy(custom, policy_name, minimal)
     assert defaulted["spec"]["mode"] == "enforce"
     assert defaulted["spec"]["requireEncryption"] is True
-    assert defaulted["spec"]["versionPolicy"] == {"allowDowngrade": False}
+    assert defaulted["spec"]["versionPolicy"] == {"allowDowngrade": False, "requireSignedVersion": True}
     assert defaulted["spec"]["namespaceSelector"] == {}
     assert parse_trust_policy(defaulted["spec"]) == parse_trust_policy(minimal)
 

@@ -51,13 +51,12 @@ def test_example_becomes_ready_with_every_owned_object(scenario: Scenario) -> No
     assert names(scenario.core.list_namespaced_service(ns).items) == {"fraud-detection"}
     assert names(scenario.net.list_namespaced_network_policy(ns).items) == {"samd-fraud-detection-isolation"}
     assert names(scenario.rbac.list_namespaced_role(ns).items) == {
-        "samd-fraud-detection-deployer", "samd-fraud-detection-reviewer", "samd-fraud-detection-key-reader",
+        "samd-fraud-detection-deployer", "samd-fraud-detection-reviewer",
     }  # fmt: skip
     bindings = names(scenario.rbac.list_namespaced_role_binding(ns).items)
     assert {
         "samd-fraud-detection-deployer",
         "samd-fraud-detection-reviewer",
-        "samd-fraud-detection-key-reader",
     } < bindings
     assert any(
         b.startswith("samd-fraud-detection-grant-") for b in bindings
@@ -222,9 +221,15 @@ def test_rbac_deployer_reviewer_and_key_material(scenario: Scenario) -> None:
     assert check("bob", ["auditors"], "get", "securemodels")
     assert not check("bob", ["auditors"], "update", "securemodels")
     assert not check("mallory", [], "get", "securemodels")
+    # Nobody reads the key through the model's Roles, not even the model's own identity: the kubelet
+    # mounts it into the loader.
     workload = f"system:serviceaccount:{ns}:fraud-detection-model"
-    assert check(workload, ["system:serviceaccounts"], "get", "secrets", "fraud-detection-key")
-    for user, groups in [("alice", ["ml-ops"]), ("bob", ["auditors"]), ("mallory", [])]:
+    for user, groups in [
+        ("alice", ["ml-ops"]),
+        ("bob", ["auditors"]),
+        ("mallory", []),
+        (workload, ["system:serviceaccounts"]),
+    ]:
         assert not check(user, groups, "get", "secrets", "fraud-detection-key"), user
     other = f"system:serviceaccount:{ns}:default"
     assert not check(other, ["system:serviceaccounts"], "get", "secrets", "fraud-detection-key")

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,72 +13,10 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from samd.webhook.configuration import build_webhook_configuration
 from tests.support.cluster import REPO, Cluster
 from tests.support.scenario import GROUP, VERSION, Scenario, eventually
 
 pytestmark = pytest.mark.integration
-CONFIGURATION = "samd-test-webhook"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def webhook(
-    cluster: Cluster, k8s: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    """The webhook as its own process on loopback, registered with the API server by URL and CA bundle."""
-    folder = tmp_path_factory.mktemp("webhook")
-    python = Path(sys.executable)
-    subprocess.run(
-        [python, "-m", "samd.webhook", "--write-dev-certificates", folder / "tls"], check=True, cwd="/"
-    )
-    port = free_port()
-    log = (folder / "webhook.log").open("wb")
-    process = subprocess.Popen(
-        [python, "-m", "samd.webhook", "--host", "127.0.0.1", "--port", str(port),
-         "--cert", folder / "tls" / "tls.crt", "--key", folder / "tls" / "tls.key", "--log-format", "json"],
-        stdout=log, stderr=subprocess.STDOUT, cwd="/", env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-    )  # fmt: skip
-    registrations = client.AdmissionregistrationV1Api(k8s)
-    configuration = build_webhook_configuration(
-        name=CONFIGURATION,
-        url=f"https://127.0.0.1:{port}/validate",
-        ca_bundle=(folder / "tls" / "ca.crt").read_bytes(),
-    )
-    try:
-        ready = f"https://127.0.0.1:{port}/readyz"
-        eventually(
-            lambda: _ok(ready, folder / "tls" / "ca.crt"), 30, "the webhook to be ready (watches synced)"
-        )
-        registrations.create_validating_webhook_configuration(configuration)  # type: ignore[arg-type]
-        time.sleep(2)  # the API server picks up new webhook configurations asynchronously
-        yield
-    finally:
-        try:
-            registrations.delete_validating_webhook_configuration(CONFIGURATION)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
-
-
-def _ok(url: str, ca: Path) -> bool:
-    import ssl  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-
-    context = ssl.create_default_context(cafile=str(ca))
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def kubectl(cluster: Cluster, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
@@ -220,6 +153,47 @@ def test_a_pod_that_mounts_a_models_key_without_claiming_it_is_a_bypass(
     )
     assert dry_run.returncode != 0
     assert "denied the request" in dry_run.stderr
+
+
+def test_pods_that_reach_a_models_key_without_a_secret_volume_are_refused(
+    webhook: None, scenario: Scenario
+) -> None:
+    ready_model(scenario)
+    container = {"name": "sh", "image": "busybox"}
+
+    def pod(name: str, **spec: Any) -> Any:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"containers": [container], **spec},
+        }
+
+    # Through a volume plugin or as an image pull Secret: the matchConditions send both.
+    csi = pod(
+        "csi-thief",
+        volumes=[
+            {
+                "name": "k",
+                "csi": {"driver": "x.example.com", "nodePublishSecretRef": {"name": "fraud-detection-key"}},
+            }
+        ],
+    )
+    pull = pod("pull-thief", imagePullSecrets=[{"name": "fraud-detection-key"}])
+    # Without naming it at all: every pod's Secret volumes are below the kubelet's directory.
+    node = pod("node-reader", volumes=[{"name": "node", "hostPath": {"path": "/var/lib"}}])
+
+    for manifest, expected in (
+        (csi, "fraud-detection-key"),
+        (pull, "fraud-detection-key"),
+        (node, "/var/lib/kubelet"),
+    ):
+        with pytest.raises(ApiException) as refused:
+            scenario.core.create_namespaced_pod(scenario.namespace, manifest)
+        assert expected in refusal(refused.value), manifest["metadata"]["name"]
+    # Another hostPath, in a pod that claims no model, is not SAMD's to refuse.
+    logs = pod("log-reader", volumes=[{"name": "logs", "hostPath": {"path": "/var/log"}}])
+    scenario.core.create_namespaced_pod(scenario.namespace, logs, dry_run="All")
 
 
 def test_warn_mode_admits_with_a_warning(webhook: None, scenario: Scenario, cluster: Cluster) -> None:

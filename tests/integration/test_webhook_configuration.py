@@ -30,6 +30,7 @@ from samd.webhook.review import AdmissionRequest, Decision
 from samd.webhook.server import AdmissionServer, write_development_certificates
 from tests.support.cluster import scratch_namespace
 from tests.support.crds import install_crds
+from tests.support.secret_references import Example, examples
 
 pytestmark = pytest.mark.integration
 
@@ -274,6 +275,64 @@ def test_pods_are_sent_only_when_they_could_run_or_read_a_model(
     assert bool(seen) is sent
     if sent:
         assert seen == [("Pod", "CREATE", name, "", True)]  # dry run: sent (sideEffects None) and marked
+
+
+POD_EXAMPLES = [example for example in examples() if example.list_name != "ephemeralContainers"]
+EPHEMERAL_EXAMPLES = [example for example in examples() if example.list_name == "ephemeralContainers"]
+
+
+def _named(example: Example) -> str:
+    return "ref-" + example.path.replace("[]", "").replace(".", "-").lower()
+
+
+@pytest.mark.parametrize("example", POD_EXAMPLES, ids=lambda example: example.path)
+def test_a_pod_naming_a_secret_in_any_way_the_table_knows_is_sent(webhook: Webhook, example: Example) -> None:
+    name = _named(example)
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": example.spec}
+
+    webhook.core.create_namespaced_pod(webhook.namespace, manifest, dry_run="All")
+
+    assert webhook.decider.saw("Pod", name) == [("Pod", "CREATE", name, "", True)]
+
+
+@pytest.mark.parametrize("example", POD_EXAMPLES[:4], ids=lambda example: example.path)
+def test_a_workload_template_naming_a_secret_is_sent(webhook: Webhook, example: Example) -> None:
+    name = _named(example)
+    pod_template = {"metadata": {"labels": {"app": "x"}}, "spec": copy.deepcopy(example.spec)}
+
+    webhook.apps.create_namespaced_deployment(
+        webhook.namespace, deployment(name, pod_template), dry_run="All"
+    )
+    webhook.batch.create_namespaced_cron_job(webhook.namespace, cronjob(name, pod_template), dry_run="All")
+
+    assert webhook.decider.saw("Deployment", name)
+    assert webhook.decider.saw("CronJob", name)
+
+
+@pytest.mark.parametrize("example", EPHEMERAL_EXAMPLES, ids=lambda example: example.path)
+def test_a_debug_container_naming_a_secret_is_sent(webhook: Webhook, example: Example) -> None:
+    name = _named(example)
+    webhook.core.create_namespaced_pod(webhook.namespace, pod(name))
+    assert webhook.decider.saw("Pod", name) == []
+
+    webhook.core.patch_namespaced_pod_ephemeralcontainers(
+        name, webhook.namespace, {"spec": {"ephemeralContainers": example.spec["ephemeralContainers"]}}
+    )
+
+    seen = webhook.decider.saw("Pod", name)
+    assert seen  # at least once: the API server runs admission again when it retries after a conflict
+    assert {entry[1:4] for entry in seen} == {("UPDATE", name, "ephemeralcontainers")}
+
+
+@pytest.mark.parametrize("path", ["/var/lib/kubelet", "/", "/var//lib/./kubelet/pods", "/data/cache"])
+def test_every_pod_with_a_host_path_is_sent(webhook: Webhook, path: str) -> None:
+    # The decider refuses the ones that show the kubelet's pod directories; CEL cannot normalise paths.
+    name = "host-" + str(abs(hash(path)))
+    manifest = pod(name, volumes=[{"name": "node", "hostPath": {"path": path}}])
+
+    webhook.core.create_namespaced_pod(webhook.namespace, manifest, dry_run="All")
+
+    assert webhook.decider.saw("Pod", name) == [("Pod", "CREATE", name, "", True)]
 
 
 def test_the_service_account_token_volume_does_not_make_every_pod_match(webhook: Webhook) -> None:

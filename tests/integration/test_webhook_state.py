@@ -24,6 +24,7 @@ from lightkube.resources.core_v1 import ConfigMap
 
 from samd.operator.builders.context import BuilderSettings, ModelContext
 from samd.operator.builders.serving import build_deployment, build_signature_config_map
+from samd.operator.config import OperatorConfig
 from samd.signing import VerificationResult
 from samd.spec import parse_secure_model
 from samd.webhook.cache import VerificationCache
@@ -392,7 +393,9 @@ async def test_the_operators_workload_as_the_api_server_stores_it_is_admitted_fr
     """Defaults the API server adds (pull policy, termination fields, volume modes) change nothing,
     and a bundle tampered with in the cluster is refused as soon as the watch brings it."""
     custom, core, apps = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s), client.AppsV1Api(k8s)
-    artifacts = make_model(tmp_path / "fraud")
+    artifacts = make_model(
+        tmp_path / "fraud", model_name="fraud", version="1.0.0"
+    )  # as secure_model("fraud")
     team = f"team-{namespace}"
     policy = trust_policy(policy_names[0], team)
     policy["spec"]["signers"][0]["publicKey"] = artifacts.public_key_pem
@@ -408,9 +411,7 @@ async def test_the_operators_workload_as_the_api_server_stores_it_is_admitted_fr
         uid=created["metadata"]["uid"],
         spec=parse_secure_model(model["spec"]),
         manifest_digest=artifacts.manifest_digest(),
-        settings=BuilderSettings(
-            default_image="samd:0.1.0", fetch_image="samd:0.1.0", operator_namespace="x"
-        ),
+        settings=BuilderSettings.of(OperatorConfig()),  # the operator's defaults, as the webhook's
     )
     signature = build_signature_config_map(context, artifacts.signature.read_bytes())
     core.create_namespaced_config_map(namespace, signature)  # type: ignore[arg-type] # dicts are accepted

@@ -43,7 +43,6 @@ def test_names_follow_the_conventions() -> None:
     assert serving_name(model) == "fraud-detection"
     assert role_name(model, "deployer") == "samd-fraud-detection-deployer"
     assert role_name(model, "reviewer") == "samd-fraud-detection-reviewer"
-    assert role_name(model, "key-reader") == "samd-fraud-detection-key-reader"
     assert network_policy_name(model) == "samd-fraud-detection-isolation"
     assert tls_secret_name(model) == "fraud-detection-tls"
     assert client_secret_name(model, "payments-api") == "fraud-detection-client-payments-api"

@@ -49,7 +49,8 @@ def test_any_trusted_signer_that_verifies_is_used(model: ModelArtifacts, tmp_pat
     )
     output = tmp_path / "out"
     assert fetch(model, trust, output, "--expect-digest", model.manifest_digest()) == 0
-    assert (output / "model.onnx").read_bytes() == model.model.read_bytes()
+    assert (output / "model.onnx").read_bytes() == model.weights.read_bytes()
+    assert (output / "samd-model.json").read_bytes() == b'{"name":"fraud-detection","version":"1.4.0"}\n'
 
 
 def test_no_trusted_signer_means_nothing_is_written(

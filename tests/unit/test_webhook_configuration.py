@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from samd.webhook.configuration import WebhookService, build_webhook_configuration
+from samd.webhook.configuration import WebhookService, build_webhook_configuration, may_run_a_model
+from samd.webhook.workloads import CONTAINER_LISTS, CONTAINER_SECRET_PATHS, POD_SECRET_PATHS
 
 pytestmark = pytest.mark.unit
 
@@ -30,7 +31,7 @@ def test_every_webhook_fails_closed_has_no_side_effects_and_speaks_v1() -> None:
     assert configuration["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert configuration["kind"] == "ValidatingWebhookConfiguration"
     assert configuration["metadata"]["name"] == "samd-webhook"
-    assert len(configuration["webhooks"]) == 4
+    assert len(configuration["webhooks"]) == 5
     for webhook in configuration["webhooks"]:
         assert webhook["failurePolicy"] == "Fail"
         assert webhook["sideEffects"] == "None"
@@ -38,8 +39,10 @@ def test_every_webhook_fails_closed_has_no_side_effects_and_speaks_v1() -> None:
         assert webhook["timeoutSeconds"] == 5
         assert webhook["name"].endswith(".webhook.samd.dev")
         for rule in webhook["rules"]:
-            assert rule["operations"] == ["CREATE", "UPDATE"]
-            assert rule["scope"] == "Namespaced"
+            if webhook["name"] == "namespaces.webhook.samd.dev":  # relabelling only
+                assert (rule["operations"], rule["scope"]) == (["UPDATE"], "Cluster")
+            else:
+                assert (rule["operations"], rule["scope"]) == (["CREATE", "UPDATE"], "Namespaced")
 
 
 def test_the_rules_cover_pods_every_workload_kind_and_securemodels() -> None:
@@ -64,6 +67,7 @@ def test_the_rules_cover_pods_every_workload_kind_and_securemodels() -> None:
         ("batch", "jobs"),
         ("batch", "cronjobs"),
         ("samd.dev", "securemodels"),
+        ("", "namespaces"),
     }
     assert webhooks["securemodels.webhook.samd.dev"]["rules"][0]["apiVersions"] == ["v1alpha1"]
 
@@ -88,7 +92,11 @@ def test_each_webhook_reads_the_pod_template_where_its_kinds_keep_it() -> None:
     assert names == {"not-being-deleted", "spec-changed"}  # a SecureModel has no pod template
     for webhook in webhooks.values():
         assert "deletionTimestamp" in condition(webhook["name"], "not-being-deleted")
-        assert "oldObject" in condition(webhook["name"], "spec-changed")
+        changed = "labels-changed" if webhook["name"] == "namespaces.webhook.samd.dev" else "spec-changed"
+        assert "oldObject" in condition(webhook["name"], changed)
+    # A pod relabelled into a model's selector is sent although its spec did not change.
+    assert "samd.dev/model" in condition("pods.webhook.samd.dev", "spec-changed")
+    assert "samd.dev/model" not in condition("workloads.webhook.samd.dev", "spec-changed")
 
 
 def test_the_namespace_selector_leaves_out_kube_system_and_samds_namespace() -> None:
@@ -170,3 +178,15 @@ def test_no_exclusions_means_every_namespace() -> None:
     )
 
     assert all(webhook["namespaceSelector"] == {} for webhook in configuration["webhooks"])
+
+
+def test_may_run_a_model_is_generated_from_the_deciders_table_of_secret_paths() -> None:
+    expression = may_run_a_model("object")
+
+    for path in (*POD_SECRET_PATHS, *CONTAINER_SECRET_PATHS, "volumes[].hostPath"):
+        # The fields after the last list, read with optional selection, e.g. x0.?csi.?nodePublishSecretRef.?name
+        tail = path.rsplit("[].", 1)[-1]
+        assert ".?" + tail.replace(".", ".?") + ".hasValue()" in expression, path
+    for list_name in CONTAINER_LISTS:
+        assert f"object.?spec.?{list_name}.orValue([])" in expression
+    assert "object.?spec.?imagePullSecrets.orValue([]).exists(" in expression

@@ -12,38 +12,42 @@ import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from samd.errors import SamdError
-from samd.operator.builders.context import BuilderSettings, ModelContext
+from samd.operator.builders.context import ModelContext
 from samd.operator.builders.serving import build_deployment, build_signature_config_map
 from samd.signing import VerificationResult
 from samd.spec import parse_secure_model
+from samd.webhook.access import AccessReviewer, Attributes
 from samd.webhook.cache import VerificationCache, VerificationKey
 from samd.webhook.decide import (
     Coverage,
     DecisionConfig,
     ExpectedLoader,
     PolicyDecider,
+    Subject,
     Violation,
+    check_pod_security,
     compare_argv,
     conclude,
     mentions_uri,
 )
-from samd.webhook.review import AdmissionRequest, Decision
+from samd.webhook.review import AdmissionRequest, Decision, UserInfo
 from samd.webhook.state import Kind, WatchedState, read_model
 from tests.support.models import ModelArtifacts, make_model
+from tests.support.secret_references import SECRET, Example, examples
 
 pytestmark = pytest.mark.unit
 
 NAMESPACE = "ml"
 PROTECTED = {"samd.dev/protected": "true"}
 LOADER_IMAGE = "samd:0.1.0"
-SETTINGS = BuilderSettings(
-    default_image=LOADER_IMAGE, fetch_image=LOADER_IMAGE, operator_namespace="samd-system"
-)
+SETTINGS = DecisionConfig().builder_settings
+"""The operator's default settings, which the webhook's default DecisionConfig compares pods with."""
 KEY_SECRET = "fraud-keyset"
 OTHER_KEY_SECRET = "churn-keyset"
 WORKLOAD_GROUPS = {
@@ -62,13 +66,13 @@ WORKLOAD_GROUPS = {
 @pytest.fixture(scope="module")
 def fraud(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifacts:
     """The model the pods run, signed by the key the policy trusts."""
-    return make_model(tmp_path_factory.mktemp("fraud"))
+    return make_model(tmp_path_factory.mktemp("fraud"), model_name="fraud", version="1.2.0")
 
 
 @pytest.fixture(scope="module")
 def churn(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifacts:
     """Another model in the same namespace, signed by a key no policy trusts."""
-    return make_model(tmp_path_factory.mktemp("churn"))
+    return make_model(tmp_path_factory.mktemp("churn"), model_name="churn", version="1.2.0")
 
 
 def secure_model(
@@ -212,6 +216,10 @@ class World:
     config_maps: list[dict[str, Any]] = field(default_factory=list)
     config: DecisionConfig = field(default_factory=DecisionConfig)
     cache: VerificationCache[VerificationResult] = field(default_factory=VerificationCache)
+    denied: set[str] | None = None
+    """What the requester may not do, as `Attributes` print it ("get secrets fraud-keyset"); None: anything."""
+    access_error: Exception | None = None
+    questions: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -231,7 +239,14 @@ class World:
             namespaces=self.namespaces,
             config_maps=self.config_maps,
         )
-        return PolicyDecider(state, self.cache, self.config)
+        return PolicyDecider(state, self.cache, self.config, access=AccessReviewer(self._ask))
+
+    async def _ask(self, user: UserInfo, attributes: Attributes) -> bool:
+        """The API server's SubjectAccessReview, as far as this world's RBAC goes."""
+        self.questions.append((user.username, str(attributes)))
+        if self.access_error is not None:
+            raise self.access_error
+        return self.denied is None or str(attributes) not in self.denied
 
     async def decide(self, request: AdmissionRequest) -> Decision:
         return await self.decider().decide(request)
@@ -755,11 +770,11 @@ async def test_pod_level_settings_count_when_the_container_sets_none(world: Worl
         del container(pod, name)["securityContext"]["runAsNonRoot"]
         del container(pod, name)["securityContext"]["seccompProfile"]
 
-    admitted = await world.decide(review(pod))
+    # Hardened through the pod's settings (such a pod is still refused as not the operator's pod).
+    assert check_pod_security(pod["spec"], Subject("Pod")) == []
     del pod["spec"]["securityContext"]["seccompProfile"]
     refused = await world.decide(review(pod))
 
-    assert admitted.allowed is True, admitted
     assert_denied(refused, "InsecurePod", "container server", "set seccompProfile.type")
 
 
@@ -770,7 +785,7 @@ async def test_pod_level_settings_count_when_the_container_sets_none(world: Worl
         (lambda spec: spec.update(hostPID=True), "hostPID: true"),
         (lambda spec: spec.update(hostIPC=True), "hostIPC: true"),
         (
-            lambda spec: spec["volumes"].append({"name": "node", "hostPath": {"path": "/"}}),
+            lambda spec: spec["volumes"].append({"name": "node", "hostPath": {"path": "/etc/ssl"}}),
             "volume node is a hostPath",
         ),
     ],
@@ -785,6 +800,54 @@ async def test_a_pod_sharing_the_nodes_namespaces_or_files_is_refused(
     decision = await world.decide(review(pod))
 
     assert_denied(decision, "InsecurePod", "this Pod is not isolated from the node", fragment)
+
+
+KUBELET_PATHS = ["/var/lib/kubelet", "/var/lib/kubelet/pods", "/var/lib/kubelet/", "/", "/var", "/var/lib"]
+
+
+async def test_a_model_pod_mounting_the_kubelets_pod_directories_is_told_why(world: World) -> None:
+    pod = world.pod()
+    pod["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/var/lib/kubelet/pods"}})
+
+    decision = await world.decide(review(pod))
+
+    assert_denied(
+        decision,
+        "InsecurePod",
+        "this Pod mounts hostPath /var/lib/kubelet/pods as volume node, which shows the kubelet's pod "
+        "directories (/var/lib/kubelet) where the Secret volumes of every pod on the node are mounted",
+    )
+    assert "volume node is a hostPath" not in decision.message  # said once
+
+
+@pytest.mark.parametrize("path", KUBELET_PATHS)
+@pytest.mark.parametrize("kind", ["Pod", "Deployment", "CronJob"])
+async def test_a_pod_without_a_model_may_not_mount_the_kubelets_pod_directories(
+    world: World, kind: str, path: str
+) -> None:
+    pod = plain_pod(volumes=[{"name": "node", "hostPath": {"path": path}}])
+
+    decision = await world.decide(review(pod if kind == "Pod" else workload(kind, pod)))
+
+    assert_denied(decision, "InsecurePod", f"mounts hostPath {path} as volume node", "remove the volume")
+
+
+async def test_a_pod_without_a_model_may_mount_other_host_paths(world: World) -> None:
+    pod = plain_pod(volumes=[{"name": "logs", "hostPath": {"path": "/var/log"}}])
+
+    decision = await world.decide(review(pod))
+
+    assert decision.allowed is True, decision
+    assert decision.reason == "NoModelReferenced"
+
+
+async def test_the_kubelets_pod_directories_are_left_alone_where_no_policy_covers(world: World) -> None:
+    pod = plain_pod(volumes=[{"name": "node", "hostPath": {"path": "/"}}])
+
+    decision = await world.decide(review(pod, namespace_name="sandbox"))
+
+    assert decision.allowed is True
+    assert decision.reason == "NotCovered"
 
 
 async def test_an_ephemeral_container_added_to_a_model_pod_must_be_hardened(world: World) -> None:
@@ -882,6 +945,17 @@ async def test_a_pod_using_a_models_secret_without_its_model_is_a_bypass_attempt
     decision = await world.decide(review(pod))
 
     assert_denied(decision, "BypassAttempt", fragment, "without running it")
+
+
+@pytest.mark.parametrize("example", examples(), ids=lambda example: example.path)
+async def test_every_way_of_naming_a_models_key_secret_is_a_bypass_attempt(
+    world: World, example: Example
+) -> None:
+    spec = json.loads(json.dumps(example.spec).replace(SECRET, KEY_SECRET))
+
+    decision = await world.decide(review(plain_pod(**spec)))
+
+    assert_denied(decision, "BypassAttempt", f"uses Secret {KEY_SECRET} ({example.how}), the key Secret")
 
 
 async def test_a_pod_given_a_models_artifact_uri_is_a_bypass_attempt(world: World) -> None:
@@ -1224,3 +1298,82 @@ async def test_a_policy_whose_selector_cannot_be_read_covers_every_namespace(wor
     decision = await world.decide(review(pod, namespace_name="sandbox"))
 
     assert_denied(decision, "InvalidPolicy", "ModelTrustPolicy broken")
+
+
+# --- a version means one signed content (requireSignedVersion) ---------------------------------------------
+
+
+def older_release(world: World, tmp_path: Path, version: str | None = "1.1.0") -> ModelArtifacts:
+    """Another release of the same model, signed by the same CI key (as `version`, or with none)."""
+    return make_model(
+        tmp_path / "older", model_name="fraud", version=version, signing_key=world.fraud.signing_key
+    )
+
+
+def point_at(world: World, release: ModelArtifacts, version: str) -> dict[str, Any]:
+    """The deployer's edit: the SecureModel names `release` at `version`; the operator stores its bundle."""
+    world.models[0] = secure_model("fraud", release, version=version)
+    world.config_maps[0] = signature_config_map(world.model, release.signature.read_bytes())
+    return operator_pod(world.model, release.manifest_digest())
+
+
+@pytest.mark.parametrize("claimed", ["1.2.0", "1.3.0"])
+async def test_a_pod_running_an_older_signed_release_under_a_newer_version_is_refused(
+    world: World, tmp_path: Path, claimed: str
+) -> None:
+    # Every part of the pod matches the older release's verified signature: only the version lies.
+    pod = point_at(world, older_release(world, tmp_path), claimed)
+
+    decision = await world.decide(review(pod))
+
+    assert_denied(
+        decision,
+        "VersionMismatch",
+        f"SecureModel fraud: policy production requires a signed version: the signed model is not fraud version {claimed}",
+        f"--model-name fraud --model-version {claimed}",
+    )
+    assert decision.policy == "production"
+
+
+async def test_a_pod_running_the_release_signed_as_its_version_is_admitted(
+    world: World, tmp_path: Path
+) -> None:
+    decision = await world.decide(review(point_at(world, older_release(world, tmp_path), "1.1.0")))
+
+    assert decision.allowed is True, decision
+    assert decision.reason == "Verified"
+
+
+async def test_a_release_signed_without_a_version_is_refused_with_how_to_sign_it(
+    world: World, tmp_path: Path
+) -> None:
+    decision = await world.decide(review(point_at(world, older_release(world, tmp_path, None), "1.2.0")))
+
+    assert_denied(
+        decision, "VersionNotSigned", "a single-file model", "samd sign MODEL_DIR --model-name fraud"
+    )
+
+
+async def test_a_warn_policy_admits_an_unbound_version_with_a_warning(world: World, tmp_path: Path) -> None:
+    world.policies = [trust_policy("audit", world.fraud.public_key_pem, mode="warn")]
+    pod = point_at(world, older_release(world, tmp_path), "1.2.0")
+
+    decision = await world.decide(review(pod))
+
+    assert decision.allowed is True
+    assert decision.reason == "Warned"
+    assert len(decision.warnings) == 1
+    assert "warn mode, audit" in decision.warnings[0]
+    assert "the signed model is not fraud version 1.2.0" in decision.warnings[0]
+
+
+async def test_a_policy_that_does_not_require_a_signed_version_admits_any_signed_release(
+    world: World, tmp_path: Path
+) -> None:
+    world.policies[0]["spec"]["versionPolicy"]["requireSignedVersion"] = False
+    pod = point_at(world, older_release(world, tmp_path), "1.2.0")
+
+    decision = await world.decide(review(pod))
+
+    assert decision.allowed is True, decision
+    assert decision.reason == "Verified"

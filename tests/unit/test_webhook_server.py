@@ -7,6 +7,7 @@ the client is aiohttp verifying that CA, as the API server verifies the caBundle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -15,9 +16,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
+import struct
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -710,6 +714,202 @@ async def test_sigterm_finishes_in_flight_requests_then_exits_0(
             await process.wait()
 
 
+# --- slow, hostile and vanishing clients ---------------------------------------------------------------
+
+READ_TIMEOUT = 1.0
+HEAD = (
+    b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n"
+)
+
+
+@contextlib.asynccontextmanager
+async def guarded_server(certs: DevelopmentCertificates) -> AsyncIterator[Running]:
+    """A server with a short read timeout and a limit of three connections."""
+    decider = FakeDecider()
+    server = await start(certs, decider, read_timeout=READ_TIMEOUT, max_connections=3)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_file)))
+    try:
+        yield Running(server, decider, certs, session)
+    finally:
+        await session.close()
+        await server.stop()
+
+
+@pytest.fixture
+async def guarded(certs: DevelopmentCertificates) -> AsyncIterator[Running]:
+    async with guarded_server(certs) as running:
+        yield running
+
+
+async def open_tls(running: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(
+        "127.0.0.1", running.server.port, ssl=client_context(running.certs.ca_file)
+    )
+
+
+def half_a_review() -> bytes:
+    body = saved_body()
+    return HEAD % len(body) + body[: len(body) // 2]
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a crashed or killed client does."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def wait_for_metric(running: Running, name: str, labels: dict[str, str], value: float) -> None:
+    key = (name, tuple(sorted(labels.items())))
+    for _ in range(100):
+        if (await running.metrics()).get(key) == value:
+            return
+        await asyncio.sleep(0.05)
+    assert (await running.metrics()).get(key) == value
+
+
+async def test_a_client_sending_half_a_body_is_cut_off_and_others_are_served(guarded: Running) -> None:
+    reader, writer = await open_tls(guarded)
+    writer.write(half_a_review())
+    await writer.drain()
+    started = time.monotonic()
+
+    meanwhile = await guarded.review(saved_body())  # the stalled client holds nothing up
+    answer = await asyncio.wait_for(reader.read(), READ_TIMEOUT + 5)
+    elapsed = time.monotonic() - started
+    writer.close()
+
+    assert meanwhile[0] == 200
+    assert elapsed < READ_TIMEOUT + 2
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"Connection: close" in answer
+    assert b"did not arrive within 1 s" in answer
+    assert await reader.read() == b""  # closed
+    assert (await guarded.review(saved_body()))[0] == 200
+    await wait_for_metric(guarded, "samd_webhook_invalid_reviews_total", {"reason": "body_timeout"}, 1)
+
+
+async def trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, data: bytes) -> None:
+    """Send `data` a byte at a time (50 ms apart) until done or the server closes the connection."""
+    with contextlib.suppress(ConnectionError):
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if reader.at_eof():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_client_trickling_its_headers_is_cut_off(guarded: Running) -> None:
+    reader, writer = await open_tls(guarded)
+    started = time.monotonic()
+
+    await trickle(writer, reader, b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: appl")
+    with contextlib.suppress(ConnectionError):
+        assert await asyncio.wait_for(reader.read(), READ_TIMEOUT + 5) == b""
+
+    assert time.monotonic() - started < READ_TIMEOUT + 2
+    writer.close()
+    await wait_for_metric(guarded, "samd_webhook_connection_timeouts_total", {"stage": "headers"}, 1)
+
+
+async def test_a_client_that_never_starts_tls_is_cut_off(guarded: Running) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded.server.port)
+    started = time.monotonic()
+
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), READ_TIMEOUT + 5) == b""
+    assert time.monotonic() - started < READ_TIMEOUT + 2
+    writer.close()
+    await wait_for_metric(guarded, "samd_webhook_connection_timeouts_total", {"stage": "handshake"}, 1)
+
+
+async def test_a_keep_alive_connection_serves_many_requests_past_the_read_timeout(guarded: Running) -> None:
+    # The header deadline is for the first request only: the API server keeps connections open.
+    for _ in range(3):
+        assert (await guarded.review(saved_body()))[0] == 200
+        await asyncio.sleep(READ_TIMEOUT / 2)
+
+    samples = await guarded.metrics()
+    assert samples[("samd_webhook_connections_open", ())] == 1
+    assert samples[("samd_webhook_connection_timeouts_total", (("stage", "headers"),))] == 0
+
+
+async def test_client_resets_are_counted_and_not_logged_as_errors(
+    guarded: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, writer = await open_tls(guarded)
+    writer.write(half_a_review())
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    reset(writer)
+    _, raw = await asyncio.open_connection("127.0.0.1", guarded.server.port)
+    reset(raw)  # before its TLS handshake
+
+    await wait_for_metric(guarded, "samd_webhook_client_resets_total", {"stage": "request"}, 1)
+    await wait_for_metric(guarded, "samd_webhook_client_resets_total", {"stage": "handshake"}, 1)
+    await wait_for_metric(guarded, "samd_webhook_connections_open", {}, 1)  # the metrics client only
+    assert (await guarded.review(saved_body()))[0] == 200
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert all(r.exc_info is None for r in caplog.records)
+    assert any("reset its connection while sending" in r.getMessage() for r in caplog.records)
+
+
+async def answered(running: Running) -> bool:
+    """Whether a new connection gets an answer (a 400 to a tiny request) or is closed without one."""
+    try:
+        reader, writer = await asyncio.wait_for(open_tls(running), 5)
+        # TLS 1.3: the client may finish its handshake before it sees that the server closed.
+        writer.write(HEAD % 2 + b"{}")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), 5)
+    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        return False
+    writer.close()
+    return answer.startswith(b"HTTP/1.1 ")
+
+
+async def test_connections_over_the_limit_are_closed_at_once(guarded: Running) -> None:
+    held = [await open_tls(guarded) for _ in range(3)]
+    started = time.monotonic()
+
+    assert await answered(guarded) is False
+    refused_after = time.monotonic() - started
+    for _ in range(2):  # one for the metrics client below, one for the next connection
+        _, writer = held.pop()
+        writer.close()
+        await writer.wait_closed()
+
+    await wait_for_metric(guarded, "samd_webhook_connections_refused_total", {}, 1)
+    assert refused_after < 1
+    assert await answered(guarded) is True
+    for _, writer in held:
+        writer.close()
+
+
+def test_the_guards_against_slow_and_vanishing_clients_work_on_uvloop_as_in_production(
+    certs: DevelopmentCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvloop accepts, times out and reports resets in its own code: each scenario on a fresh server.
+    scenarios: list[Callable[[Running], Any]] = [
+        test_a_client_sending_half_a_body_is_cut_off_and_others_are_served,
+        test_a_client_trickling_its_headers_is_cut_off,
+        test_a_client_that_never_starts_tls_is_cut_off,
+        lambda running: test_client_resets_are_counted_and_not_logged_as_errors(running, caplog),
+        test_connections_over_the_limit_are_closed_at_once,
+    ]
+
+    async def run_all() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        for scenario in scenarios:
+            async with guarded_server(certs) as running:
+                await scenario(running)
+
+    uvloop.run(run_all())
+
+
 # --- command line and configuration --------------------------------------------------------------------
 
 
@@ -728,6 +928,17 @@ def test_flags_win_over_environment_variables_which_win_over_defaults() -> None:
     assert config.tls_min_version == ssl.TLSVersion.TLSv1_2
     assert config.max_body_bytes == 3 << 20
     assert config.decision_timeout < 5  # answers before the configuration's timeoutSeconds
+    assert config.read_timeout < 5  # a stalled client is cut off before the API server gives up
+    assert config.max_connections == 1024
+
+
+def test_the_read_timeout_and_connection_limit_are_settings() -> None:
+    env = {"SAMD_WEBHOOK_CERT": "c", "SAMD_WEBHOOK_KEY": "k", "SAMD_WEBHOOK_MAX_CONNECTIONS": "64"}
+
+    config = config_from_arguments(build_parser(env).parse_args(["--read-timeout", "1.5"]))
+
+    assert config.read_timeout == 1.5
+    assert config.max_connections == 64
 
 
 @pytest.mark.parametrize(
@@ -739,6 +950,12 @@ def test_flags_win_over_environment_variables_which_win_over_defaults() -> None:
         (["--cert", "c", "--key", "k"], {"SAMD_WEBHOOK_TLS_MIN_VERSION": "1.1"}, "write 1.2 or 1.3"),
         (["--cert", "c", "--key", "k", "--max-body-bytes", "10"], {}, "at least 1024 bytes"),
         (["--cert", "c", "--key", "k", "--decision-timeout", "0"], {}, "decision_timeout must be positive"),
+        (["--cert", "c", "--key", "k", "--read-timeout", "-1"], {}, "read_timeout must be positive"),
+        (
+            ["--cert", "c", "--key", "k"],
+            {"SAMD_WEBHOOK_MAX_CONNECTIONS": "0"},
+            "max_connections must be at least 1",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(

@@ -8,13 +8,18 @@ from typing import Any
 import pytest
 
 from samd.webhook.workloads import (
+    SECRET_NAME_PATHS,
     WORKLOAD_KINDS,
     MalformedWorkloadError,
     SecretReference,
+    kubelet_host_paths,
+    path_parts,
     pod_template,
+    reaches_kubelet_root,
     secret_references,
     template_path,
 )
+from tests.support.secret_references import SECRET, Example, examples
 
 pytestmark = pytest.mark.unit
 
@@ -240,3 +245,99 @@ def test_every_way_of_getting_at_a_secret_is_found_with_who_sees_it() -> None:
         SecretReference("tls", "app", "volume mixed"),
         SecretReference("token", "loader", "env TOKEN"),
     ]
+
+
+def test_every_path_of_the_table_has_an_example_and_the_table_has_no_duplicates() -> None:
+    assert sorted(example.path for example in examples()) == sorted(SECRET_NAME_PATHS)
+    assert len(set(SECRET_NAME_PATHS)) == len(SECRET_NAME_PATHS)
+
+
+@pytest.mark.parametrize("example", examples(), ids=lambda example: example.path)
+def test_each_way_of_naming_a_secret_is_reported_with_who_sees_it(example: Example) -> None:
+    template = pod_template("Pod", {"spec": example.spec})
+
+    assert secret_references(template.spec) == [SecretReference(SECRET, example.container, example.how)]
+
+
+def _at(node: Any, parts: list[str]) -> Any:
+    """The value at the path's parts (the last item of every list)."""
+    for part in parts:
+        node = node[-1] if part == "[]" else node[part]
+    return node
+
+
+@pytest.mark.parametrize("example", examples(), ids=lambda example: example.path)
+def test_a_secret_name_of_the_wrong_type_is_refused_not_skipped(example: Example) -> None:
+    spec = copy.deepcopy(example.spec)
+    parts = path_parts(example.path)
+    _at(spec, parts[:-1])[parts[-1]] = 7
+
+    with pytest.raises(MalformedWorkloadError) as raised:
+        pod_template("Pod", {"spec": spec})
+
+    assert "must be a string, not a number" in str(raised.value)
+
+
+def test_a_reference_without_a_name_and_other_volumes_are_not_secrets() -> None:
+    spec = {
+        "containers": [{"name": "app", "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": ""}}}]}],
+        "imagePullSecrets": [{}],
+        "volumes": [
+            {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+            {"name": "c", "configMap": {"name": "settings"}},
+            {"name": "s", "secret": {}},
+        ],
+    }
+
+    assert secret_references(pod_template("Pod", {"spec": spec}).spec) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "reaches"),
+    [
+        ("/var/lib/kubelet", True),
+        ("/var/lib/kubelet/", True),
+        ("/var/lib/kubelet/pods", True),
+        ("/var/lib/kubelet/pods/0b4f/volumes/kubernetes.io~secret/keys", True),
+        ("/", True),
+        ("/var", True),
+        ("/var/lib", True),
+        ("//var//lib/./kubelet", True),
+        ("/var/lib/other/../kubelet/pods", True),
+        ("var/lib/kubelet", True),
+        ("", True),
+        ("/var/lib/kubelet-plugins", False),
+        ("/var/log", False),
+        ("/var/lib/containerd", False),
+        ("/etc/ssl/certs", False),
+        ("/data", False),
+    ],
+)
+def test_host_paths_that_show_the_kubelets_pod_directories(path: str, reaches: bool) -> None:
+    assert reaches_kubelet_root(path) is reaches
+
+
+def test_kubelet_host_paths_names_the_volumes() -> None:
+    spec = {
+        "containers": [{"name": "app"}],
+        "volumes": [
+            {"name": "logs", "hostPath": {"path": "/var/log"}},
+            {"name": "node", "hostPath": {"path": "/", "type": "Directory"}},
+            {"name": "pods", "hostPath": {"path": "/var/lib/kubelet/pods"}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+
+    assert kubelet_host_paths(pod_template("Pod", {"spec": spec}).spec) == [
+        ("node", "/"),
+        ("pods", "/var/lib/kubelet/pods"),
+    ]
+    assert kubelet_host_paths({"volumes": [{"name": "x", "hostPath": {}}]}) == [("x", "")]
+    assert kubelet_host_paths(spec, root="/data/kubelet") == [("node", "/")]
+
+
+def test_a_host_path_that_is_not_a_string_is_refused() -> None:
+    spec = {"containers": [{"name": "app"}], "volumes": [{"name": "n", "hostPath": {"path": 1}}]}
+
+    with pytest.raises(MalformedWorkloadError, match=r"spec.volumes\[0\].hostPath.path must be a string"):
+        pod_template("Pod", {"spec": spec})

@@ -425,6 +425,17 @@ def _key_signer(
 @ignore_option
 @click.option("--no-ignore-git", is_flag=True, help="Sign git files too (.git, .gitignore, ...).")
 @click.option("--allow-symlinks", is_flag=True, help="Follow symlinks that stay inside the model.")
+@click.option(
+    "--model-version",
+    metavar="SEMVER",
+    help="Sign the model's version with it: writes samd-model.json into the model directory first. "
+    "Must be the SecureModel's spec.version.",
+)
+@click.option(
+    "--model-name",
+    metavar="NAME",
+    help="With --model-version: the SecureModel's metadata.name (default: the model directory's name).",
+)
 @json_option
 @click.pass_context
 def sign(
@@ -440,18 +451,26 @@ def sign(
     ignore: tuple[str, ...],
     no_ignore_git: bool,
     allow_symlinks: bool,
+    model_version: str | None,
+    model_name: str | None,
     json_output: bool,
 ) -> None:
     """Sign a model (OpenSSF Model Signing format; the upstream model_signing CLI verifies it).
 
+    With --model-version (and --model-name), the model's name and version are signed with its
+    files, in a samd-model.json written into the model directory: a SecureModel of that name and
+    spec.version is then served only from this signed content. A single file cannot carry it: put
+    the model in a directory.
+
     \b
     Examples:
-      samd sign ./model --private-key signer.pem
+      samd sign ./fraud-detection --private-key signer.pem --model-version 1.4.0
+      samd sign ./model --private-key signer.pem --model-name fraud-detection --model-version 1.4.0
       samd sign model.onnx --private-key key.pem --certificate cert.pem --certificate-chain ca.pem
       samd sign ./model --pkcs11-uri 'pkcs11:token=ml;object=signer?module-path=/usr/lib/softhsm/libsofthsm2.so'
     """
     state = _start(context, json_output)
-    from samd.signing import Signer, sign_model  # noqa: PLC0415
+    from samd.signing import METADATA_FILE, Signer, sign_model  # noqa: PLC0415
 
     if not model.exists():
         raise UsageError(f"the model {model} does not exist")
@@ -474,12 +493,15 @@ def sign(
         ignore_paths=list(ignore or ()),
         ignore_git_paths=not no_ignore_git,
         allow_symlinks=allow_symlinks,
+        model_version=model_version,
+        model_name=model_name,
     )
+    bound = _describe_bound(result.bound, any(f.name == METADATA_FILE for f in result.files))
     emit(
         state,
         result.to_dict(),
         f"signed {len(result.files)} file(s) of {model} with {signer.describe()}\n"
-        f"signature: {result.signature}\nmanifest: {result.manifest_digest}",
+        f"signature: {result.signature}\nmanifest: {result.manifest_digest}\n{bound}",
     )
 
 
@@ -519,7 +541,7 @@ def verify(
           --sigstore-issuer https://accounts.example.com --trusted-root trusted_root.json
     """
     state = _start(context, json_output)
-    from samd.signing import verify_model  # noqa: PLC0415
+    from samd.signing import read_signed_metadata, verify_model  # noqa: PLC0415
 
     verifier = _build_verifier(public_key, certificate_root, sigstore_identity, sigstore_issuer, trusted_root)
     if not model.exists():
@@ -528,13 +550,26 @@ def verify(
     if not signature_path.is_file():
         raise UsageError(f"the signature {signature_path} does not exist", hint="pass --signature PATH")
     result = verify_model(model, signature_path, verifier, allow_unsigned_files=allow_unsigned_files)
+    bound = read_signed_metadata(model, result.metadata_digest)  # the bytes verify_model just checked
+    described = _describe_bound(bound, result.metadata_digest is not None)
+    document = result.to_dict()
+    document["bound"] = {"name": bound[0], "version": bound[1]} if bound else None
     emit(
         state,
-        result.to_dict(),
+        document,
         f"verified: {len(result.files)} file(s) match the signature\n"
         f"signer: {result.signer} ({result.method}{', issuer ' + result.issuer if result.issuer else ''})\n"
-        f"manifest: {result.manifest_digest}",
+        f"manifest: {result.manifest_digest}\n{described}",
     )
+
+
+def _describe_bound(bound: tuple[str, str] | None, signed: bool) -> str:
+    """The line saying which name and version a signature binds (samd-model.json)."""
+    if bound is not None:
+        return f"model: {bound[0]} version {bound[1]} (signed in samd-model.json)"
+    if signed:
+        return "version: samd-model.json is signed but is not SAMD model metadata"
+    return "version: not signed (no samd-model.json; sign with --model-version to bind it)"
 
 
 # --- encrypt, decrypt, rewrap ----------------------------------------------------------------

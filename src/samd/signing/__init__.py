@@ -15,11 +15,23 @@ the file relative to itself. Its base name appears only as the statement's subje
 (`VerificationResult.model_name`), which is informative and not part of what identifies the
 files. So `samd fetch` maps a single-file artifact's digest to "." when comparing.
 
+Name and version: `sign_model(..., model_version=V, model_name=N)` first writes the metadata file
+`samd-model.json` (`METADATA_FILE`, content `metadata_bytes(N, V)`) into the model directory, so
+the signature binds the model's name and version to its content; verifiers compare the manifest's
+entry for it with `metadata_digest(N, V)` without reading the model (`samd.signing.metadata`).
+
 Importing this package is cheap: `cryptography`, `model_signing` and `sigstore` are imported only
 by the functions that need them. Verification of key and certificate signatures never imports
 `model_signing` or `sigstore` (they cost ~75 MB of memory; the init container has 64 MiB).
 """
 
+from samd.signing.metadata import (
+    METADATA_FILE,
+    metadata_bytes,
+    metadata_digest,
+    parse_metadata,
+    read_signed_metadata,
+)
 from samd.signing.model import (
     MAX_BUNDLE_BYTES,
     MAX_NAME_BYTES,
@@ -40,6 +52,7 @@ __all__ = [
     "MAX_BUNDLE_BYTES",
     "MAX_NAME_BYTES",
     "MAX_RESOURCES",
+    "METADATA_FILE",
     "SINGLE_FILE_RESOURCE",
     "ManifestMismatchError",
     "SignedFile",
@@ -51,6 +64,10 @@ __all__ = [
     "check_resource_name",
     "inspect_signature",
     "key_id",
+    "metadata_bytes",
+    "metadata_digest",
+    "parse_metadata",
+    "read_signed_metadata",
     "sign_model",
     "verify_bundle",
     "verify_model",

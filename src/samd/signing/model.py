@@ -15,6 +15,7 @@ from typing import Literal
 
 from samd.errors import UsageError, VerificationError
 from samd.signing import _sigstore
+from samd.signing.metadata import METADATA_FILE
 
 # Hostile-input caps. A real model has at most a few thousand files; these bound the memory
 # and time an attacker-supplied signature can cost before it is refused.
@@ -90,6 +91,15 @@ class VerificationResult:
         """Signed file name -> hex SHA-256."""
         return {signed.name: signed.digest for signed in self.files}
 
+    @property
+    def metadata_digest(self) -> str | None:
+        """The signed digest of the model metadata file (`samd.signing.METADATA_FILE`), if signed.
+
+        Compare it with `samd.signing.metadata_digest(name, version)` to know whether the signed
+        model is that name and version (see `samd.policy.check_version_binding`).
+        """
+        return self.digests().get(METADATA_FILE)
+
     def is_ignored(self, name: str) -> bool:
         """True if the signer excluded `name` (or a directory holding it) from the manifest."""
         return is_under_any(name, self.ignored_paths)
@@ -108,6 +118,7 @@ class VerificationResult:
             ],
             "ignored_paths": list(self.ignored_paths),
             "allow_symlinks": self.allow_symlinks,
+            "metadata_digest": self.metadata_digest,
         }
 
 

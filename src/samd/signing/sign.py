@@ -10,6 +10,7 @@ atomically: it appears complete or not at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -20,11 +21,13 @@ from typing import Any
 
 from samd.errors import KeyProviderError, SamdError, UsageError, VerificationError
 from samd.signing.bundle import parse_bundle, verify_parsed
+from samd.signing.metadata import METADATA_FILE, check_model_name, metadata_bytes, read_signed_metadata
 from samd.signing.model import (
     SignedFile,
     Signer,
     SigningMethod,
     Verifier,
+    is_under_any,
     names_preview,
     redact_pkcs11_uri,
 )
@@ -47,6 +50,7 @@ class SigningResult:
     manifest_digest: str  # "sha256:<hex>", as VerificationResult.manifest_digest
     files: tuple[SignedFile, ...]
     ignored_paths: tuple[str, ...]
+    bound: tuple[str, str] | None = None  # (name, version) in the signed samd-model.json, if any
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -56,6 +60,7 @@ class SigningResult:
             "manifest_digest": self.manifest_digest,
             "files": [{"name": f.name, "algorithm": f.algorithm, "digest": f.digest} for f in self.files],
             "ignored_paths": list(self.ignored_paths),
+            "bound": {"name": self.bound[0], "version": self.bound[1]} if self.bound else None,
         }
 
 
@@ -85,8 +90,15 @@ def sign_model(
     ignore_paths: Sequence[str | Path] = (),
     ignore_git_paths: bool = True,
     allow_symlinks: bool = False,
+    model_version: str | None = None,
+    model_name: str | None = None,
 ) -> SigningResult:
     """Sign the model (a file or a directory) and write the OMS signature to `signature_out`.
+
+    With `model_version`, the model's name and version are signed with it: the metadata file
+    `samd-model.json` (`samd.signing.metadata`) is written into the model directory first, naming
+    `model_name` (default: the directory's name), which must be the SecureModel's metadata.name.
+    A single-file model cannot hold that file: it is refused (put it in a directory).
 
     `ignore_paths` are relative to the model directory (or absolute paths inside it); like the
     model_signing CLI, git metadata is ignored unless `ignore_git_paths=False`, and a signature
@@ -111,6 +123,13 @@ def sign_model(
     target = os.path.realpath(signature_out)
     if os.path.isdir(root) and target.startswith(root + os.sep):
         ignored.append(Path(os.path.relpath(target, root)).as_posix())
+    bound = None
+    if model_version is not None:
+        bound = _write_metadata(
+            model, model_name, model_version, [*ignored, *(GIT_PATHS if ignore_git_paths else ())]
+        )
+    elif model_name is not None:
+        raise UsageError("a model name is signed with its version", hint="pass --model-version too")
     listing = list_model_files(
         model,
         ignored_paths=[*ignored, *(GIT_PATHS if ignore_git_paths else ())],
@@ -122,6 +141,10 @@ def sign_model(
 
     bundle = _sign_with_model_signing(model, signer, ignored, ignore_git_paths, allow_symlinks)
     result = _check_written_bundle(bundle, signer, set(listing.files), signature_out)
+    if bound is None:  # a samd-model.json already in the model is signed as it is
+        bound = read_signed_metadata(model, {f.name: f.digest for f in result.files}.get(METADATA_FILE))
+    if bound is not None:
+        result = dataclasses.replace(result, bound=bound)
     _write_atomically(signature_out, bundle)
     logger.info(
         "signed %s (%d files, manifest %s) with %s into %s",
@@ -132,6 +155,46 @@ def sign_model(
         signature_out,
     )
     return result
+
+
+def _write_metadata(model: Path, name: str | None, version: str, ignored: Sequence[str]) -> tuple[str, str]:
+    """Write `samd-model.json` naming (name, version) into the model directory, before it is signed."""
+    from samd.spec import SEMVER  # noqa: PLC0415 -- pydantic: only when signing with a version
+
+    if not os.path.isdir(model):
+        raise UsageError(
+            f"the model {model} is a single file, which cannot carry its name and version",
+            hint=f"put it in a directory named after the SecureModel (mkdir NAME && mv {model} NAME/) "
+            "and sign the directory with --model-version",
+        )
+    if not SEMVER.match(version):
+        raise UsageError(f"the model version {version!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+    if name is None:
+        name = Path(os.path.realpath(model)).name
+        problem = check_model_name(name)
+        if problem is not None:
+            raise UsageError(
+                f"the model directory's name {problem}",
+                hint="pass --model-name with the SecureModel's metadata.name",
+            )
+    elif (problem := check_model_name(name)) is not None:
+        raise UsageError(f"the model name {problem}", hint="pass the SecureModel's metadata.name")
+    if is_under_any(METADATA_FILE, list(ignored)):
+        raise UsageError(
+            f"{METADATA_FILE} is left out of the signature (ignored), so its name and version cannot be signed",
+            hint=f"do not --ignore {METADATA_FILE}, and write the signature elsewhere",
+        )
+    path = Path(model) / METADATA_FILE
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        raise UsageError(f"{path} exists and is not a regular file", hint="remove it; samd sign writes it")
+    content = metadata_bytes(name, version)
+    try:
+        if not (path.is_file() and path.read_bytes() == content):
+            _write_atomically(path, content)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from error
+    logger.info("wrote %s: model %s version %s", path, name, version)
+    return name, version
 
 
 def _library_config(signer: Signer, hashing_config: Any) -> Any:
