@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import admission, artifact
+from bench import admission, artifact, serving
 from bench import operator as operator_suite
 from bench.report import Row, text_table, write_section
 
@@ -71,10 +71,27 @@ def run_admission(options: argparse.Namespace) -> bool:
     )
 
 
+def run_serving(options: argparse.Namespace) -> bool:
+    settings = serving.Settings(
+        duration=options.serving_seconds,
+        connections=options.serving_connections,
+        repeat=min(options.repeat, 3),
+    )
+    rows = serving.run(settings)
+    return report(
+        options,
+        "serving",
+        "Serving: predictions over mTLS",
+        rows,
+        lambda command: serving.section(rows, settings, command),
+    )
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], bool]] = {
     "artifact": run_artifact,
     "operator": run_operator,
     "admission": run_admission,
+    "serving": run_serving,
 }
 
 
@@ -97,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=4,
         help="keep-alive TLS connections of the load generator",
+    )
+    parser.add_argument(
+        "--serving-seconds", type=float, default=8.0, help="measured seconds per serving case"
+    )
+    parser.add_argument(
+        "--serving-connections", type=int, default=4, help="keep-alive mTLS connections of the serving load"
     )
     parser.add_argument(
         "--no-docs", dest="write_docs", action="store_false", help="do not rewrite docs/benchmarks.md"

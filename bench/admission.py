@@ -113,8 +113,8 @@ def prepare(work: Path, count: int, per_namespace: int) -> tuple[Path, Path]:
     from tests.support.signing import write_key_pair  # noqa: PLC0415
 
     from samd.operator.builders.context import BuilderSettings, ModelContext  # noqa: PLC0415
-    from samd.operator.config import OperatorConfig  # noqa: PLC0415
     from samd.operator.builders.serving import build_deployment, build_signature_config_map  # noqa: PLC0415
+    from samd.operator.config import OperatorConfig  # noqa: PLC0415
     from samd.signing import Signer, sign_model  # noqa: PLC0415
     from samd.spec import parse_secure_model  # noqa: PLC0415
 

@@ -6,7 +6,11 @@
    `samd encrypt` it;
 4. apply the namespace, the trust policy, the key Secret and the SecureModel; wait until it is Ready;
 5. show a tampered signature: the SecureModel is not verified, and a pod claiming it is refused by
-   the API server with the webhook's message; so is a pod that mounts the model's key directly.
+   the API server with the webhook's message; so is a pod that mounts the model's key directly;
+6. serve the model: run the loader and the server commands of the operator's Deployment as local
+   processes (the demo's pods are on a fake KWOK node), with the Secrets and ConfigMap it mounts laid
+   out as files, and ask for a prediction as the `payments-api` client over mTLS; a client without a
+   certificate and one that is not in spec.serving.clients are refused.
 
 `hack/demo down` (or `make demo-down`) stops everything. State lives in `.local/demo`.
 """
@@ -15,13 +19,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
+import http.client
 import json
 import os
 import shlex
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,8 @@ KUBECONFIG = LOCAL / "kubeconfig"
 EXAMPLE = REPO / "examples" / "fraud-detection"
 NAMESPACE = "fraud-detection"
 WEBHOOK_PORT = int(os.environ.get("SAMD_DEMO_WEBHOOK_PORT", "16900"))
+SERVE_PORT = int(os.environ.get("SAMD_DEMO_SERVE_PORT", "16943"))
+SERVE_METRICS_PORT = int(os.environ.get("SAMD_DEMO_SERVE_METRICS_PORT", "16944"))
 BIN = Path(sys.executable).parent
 
 
@@ -252,10 +263,170 @@ def up() -> None:
     }  # fmt: skip
     print(kubectl("apply", "-f", "-", stdin=json.dumps(thief), check=False).strip())
 
+    serve_locally()
+
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
     print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
     print("stop everything: make demo-down")
+
+
+def _secret_files(name: str, namespace: str, folder: Path, items: dict[str, str] | None = None) -> Path:
+    """A Secret's data as the kubelet mounts it: one file per key (or per `items` key -> path)."""
+    data = json.loads(kubectl("get", "secret", name, "-n", namespace, "-o", "json", show=False))["data"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, value in data.items():
+        if items is None or key in items:
+            path = folder / (items[key] if items else key)
+            path.write_bytes(base64.b64decode(value))
+            path.chmod(0o600)
+    return folder
+
+
+def _mapped(command: list[str], mounts: dict[str, Path]) -> list[str]:
+    """The container's command with each mount path replaced by its local folder."""
+    words = []
+    for word in command:
+        mapped = word
+        for path, folder in sorted(mounts.items(), key=lambda item: -len(item[0])):
+            at = word.find(path)
+            if at >= 0 and (at == 0 or word[:at].endswith(":")):
+                mapped = word[:at] + str(folder) + word[at + len(path) :]
+                break
+        words.append(mapped)
+    return [str(BIN / "samd"), *words[1:]]
+
+
+def _flag(argv: list[str], flag: str, value: str) -> None:
+    argv[argv.index(flag) + 1] = value
+
+
+def _ask(name: str, context: ssl.SSLContext, body: bytes | None = None) -> str:
+    """One V2 request over mTLS to the local server; what came back, in a line or two."""
+    connection = http.client.HTTPSConnection("127.0.0.1", SERVE_PORT, context=context, timeout=10)
+    try:
+        if body is None:
+            connection.request("GET", "/v2/health/ready")
+        else:
+            path = "/v2/models/fraud-detection/infer"
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        text = answer.read().decode()
+        headers = {k: v for k, v in answer.getheaders() if k.lower().startswith("samd-")}
+        shown = json.dumps(json.loads(text), indent=2) if answer.status == 200 else text
+        shown_headers = json.dumps(headers, indent=2) + "\n" if answer.status == 200 else ""
+        return f"{name}: HTTP {answer.status}\n{shown_headers}{shown}"
+    except (ssl.SSLError, ConnectionError) as error:
+        return f"{name}: refused at the TLS handshake ({type(error).__name__}: {error})"
+    finally:
+        connection.close()
+
+
+def serve_locally() -> None:
+    from cryptography import x509  # noqa: PLC0415 - demo-only
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    from samd.operator.builders.certificates import (  # noqa: PLC0415
+        CertificateAuthority,
+        cert_pem,
+        issue_certificate,
+        key_pem,
+    )
+
+    step("Serve: the operator's loader and server commands, run here as the pod would run them")
+    pod = json.loads(
+        kubectl("get", "deployment", "fraud-detection", "-n", NAMESPACE, "-o", "json", show=False)
+    )["spec"]["template"]["spec"]
+    local = DEMO / "pod"
+    if local.exists():
+        shutil.rmtree(local)
+    model = local / "models"
+    model.mkdir(parents=True)
+    trust = local / "trust"
+    trust.mkdir()
+    configmap = json.loads(
+        kubectl("get", "configmap", "fraud-detection-trust", "-n", NAMESPACE, "-o", "json", show=False)
+    )
+    for key, value in configmap["data"].items():
+        (trust / key).write_text(value)
+    mounts = {
+        "/models": model,
+        "/var/run/samd/trust": trust,
+        "/var/run/samd/keys": _secret_files("fraud-detection-key", NAMESPACE, local / "keys"),
+        "/var/run/samd/tls": _secret_files("fraud-detection-tls", NAMESPACE, local / "tls"),
+    }
+    loader = _mapped(pod["initContainers"][0]["command"], mounts)
+    print(run(*loader).strip())
+    server = _mapped(pod["containers"][0]["command"], mounts)
+    # Here the server shares the host's network: loopback, and ports of the demo's own.
+    _flag(server, "--port", str(SERVE_PORT))
+    _flag(server, "--metrics-port", str(SERVE_METRICS_PORT))
+    server[2:2] = ["--host", "127.0.0.1"]
+    start_daemon("server", server)
+    client = _secret_files("fraud-detection-client-payments-api", NAMESPACE, local / "client-payments-api")
+
+    def context(cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+        tls = ssl.create_default_context(cafile=str(client / "ca.crt"))
+        tls.check_hostname = False  # the certificate names the Service; the demo calls 127.0.0.1
+        if cert is not None and key is not None:
+            tls.load_cert_chain(cert, key)
+        return tls
+
+    wait_for(
+        "the model server",
+        lambda: "HTTP" in _ask("probe", context(client / "tls.crt", client / "tls.key")),
+        60,
+    )
+
+    step(
+        "A prediction for payments-api over mTLS (its certificate: the Secret fraud-detection-client-payments-api)"
+    )
+    features = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
+    body = json.dumps(
+        {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 8], "data": features}]}
+    )
+    print(_ask("payments-api", context(client / "tls.crt", client / "tls.key"), body.encode()))
+
+    step("Refused: a client without a certificate, and a client that is not in spec.serving.clients")
+    print(_ask("no certificate", context(), body.encode()))
+    operator_ca = json.loads(
+        kubectl("get", "secret", "samd-operator-ca", "-n", "samd-system", "-o", "json", show=False)
+    )
+    ca = CertificateAuthority.from_secret_data(operator_ca["data"])
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"samd:{NAMESPACE}:fraud-detection"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "batch-scoring"),
+        ]
+    )
+    key, certificate = issue_certificate(
+        ca, subject=subject, usage=ExtendedKeyUsageOID.CLIENT_AUTH, hosts=[], now=now,
+        validity=datetime.timedelta(hours=1),
+    )  # fmt: skip
+    other = local / "client-batch-scoring"
+    other.mkdir()
+    (other / "tls.crt").write_bytes(cert_pem(certificate))
+    (other / "tls.key").write_bytes(key_pem(key))
+    print(
+        _ask(
+            "batch-scoring (issued by the operator's CA, not a listed client)",
+            context(other / "tls.crt", other / "tls.key"),
+            body.encode(),
+        )
+    )
+    metrics = (
+        urllib.request.urlopen(f"http://127.0.0.1:{SERVE_METRICS_PORT}/metrics", timeout=10).read().decode()
+    )
+    print(
+        "\n".join(
+            line
+            for line in metrics.splitlines()
+            if line.startswith(
+                ("samd_serving_requests_total", "samd_serving_refused", "samd_serving_forbidden")
+            )
+        )
+    )
 
 
 def secure_model(name: str, signature: Path) -> dict[str, Any]:

@@ -38,7 +38,19 @@ WORKLOAD_USER = 65532
 
 FETCH_CONTAINER = "samd-fetch"
 SERVER_CONTAINER = "server"
+"""The container on the model port: `samd serve`, or `samd proxy` when the SecureModel names an image."""
+MODEL_SERVER_CONTAINER = "model-server"
+"""The user's own model server (spec.serving.image), reachable only through `samd proxy` on localhost."""
 PORT_NAME = "https"
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
+UPSTREAM_HOST = "127.0.0.1"
+UPSTREAM_PORT = 8080
+"""Where the user's model server must listen (loopback only: the pod's network reaches only the proxy)."""
+PROXY_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "256Mi"},
+}
 
 MODEL_DIR = "/models"
 KEYS_DIR = "/var/run/samd/keys"
@@ -127,22 +139,27 @@ def fetch_command(ctx: ModelContext) -> list[str]:
         else:  # the spec refuses this; without a key the fetch could not decrypt
             raise ValueError(f"model {ctx.namespace}/{ctx.name}: a {key_ref.provider} key needs a uri")
     command += ["--trust-config", f"{TRUST_DIR}/{TRUST_FILE}", "--expect-digest", ctx.manifest_digest]
-    command += ["--output", MODEL_DIR]
+    # The server checks the model again at load with the kept signature (see `samd serve`).
+    command += ["--output", MODEL_DIR, "--keep-signature"]
     return command
 
 
-def serve_command(ctx: ModelContext) -> list[str]:
-    """The command of the serving container: mTLS on the model port, with the model's rate limit.
-
-    The operator CA signs the client certificates of every model, so the server also requires the
-    organization this model's client certificates carry: a client of another model is refused.
-    """
+def _front_end_flags(ctx: ModelContext) -> list[str]:
+    """The flags `samd serve` and `samd proxy` share: the verified model, mTLS, identity, limits."""
+    if ctx.manifest_digest is None:
+        raise ValueError(f"model {ctx.namespace}/{ctx.name} has no verified manifest digest to pin")
     serving = ctx.spec.serving
-    return [
-        "samd",
-        "serve",
+    flags = [
         "--model-dir",
         MODEL_DIR,
+        "--model-name",
+        ctx.name,
+        "--model-version",
+        ctx.spec.version,
+        "--expect-digest",
+        ctx.manifest_digest,
+        "--trust-config",
+        f"{TRUST_DIR}/{TRUST_FILE}",
         "--port",
         str(serving.port),
         "--tls-cert",
@@ -153,10 +170,55 @@ def serve_command(ctx: ModelContext) -> list[str]:
         f"{TLS_DIR}/ca.crt",
         "--client-organization",
         client_organization(ctx),
+    ]
+    for client in serving.clients:
+        flags += ["--allowed-client", client.name]
+    flags += [
         "--rate-limit",
         f"{serving.rate_limit.requests_per_second:g}",
         "--burst",
         str(serving.rate_limit.burst),
+        "--metrics-port",
+        str(METRICS_PORT),
+        "--log-format",
+        "json",
+    ]
+    return flags
+
+
+def serve_command(ctx: ModelContext) -> list[str]:
+    """The command of the serving container: mTLS on the model port, with the model's rate limit.
+
+    The operator CA signs the client certificates of every model, so the server also requires the
+    organization this model's client certificates carry (a client of another model is refused) and
+    a common name among spec.serving.clients. It verifies the model again at load against the
+    pinned digest and the trusted signers, and puts the model's provenance on every response.
+    """
+    return ["samd", "serve", *_front_end_flags(ctx), "--format", ctx.spec.format.value]
+
+
+def proxy_command(ctx: ModelContext) -> list[str]:
+    """The command of the front end before a user's model server: `samd serve`'s flags, an upstream."""
+    return ["samd", "proxy", *_front_end_flags(ctx), "--upstream", f"http://{UPSTREAM_HOST}:{UPSTREAM_PORT}"]
+
+
+def model_server_env(ctx: ModelContext) -> list[dict[str, str]]:
+    """How the user's model server learns to listen on localhost only and where its model is.
+
+    `SAMD_*` is the convention for any image (its entrypoint must honour them); MLServer reads its
+    own `MLSERVER_*` settings directly. The pod's network reaches only the proxy's port anyway (the
+    NetworkPolicy), but a server on loopback cannot be reached around the proxy even from inside.
+    """
+    return [
+        {"name": "SAMD_UPSTREAM_HOST", "value": UPSTREAM_HOST},
+        {"name": "SAMD_UPSTREAM_PORT", "value": str(UPSTREAM_PORT)},
+        {"name": "SAMD_MODEL_DIR", "value": MODEL_DIR},
+        {"name": "SAMD_MODEL_NAME", "value": ctx.name},
+        {"name": "MLSERVER_HOST", "value": UPSTREAM_HOST},
+        {"name": "MLSERVER_HTTP_PORT", "value": str(UPSTREAM_PORT)},
+        {"name": "MLSERVER_GRPC_PORT", "value": str(UPSTREAM_PORT + 1)},
+        {"name": "MLSERVER_METRICS_PORT", "value": str(UPSTREAM_PORT + 2)},
+        {"name": "MLSERVER_MODELS_DIR", "value": MODEL_DIR},
     ]
 
 
@@ -205,6 +267,11 @@ def _volumes(ctx: ModelContext) -> list[dict[str, Any]]:
         _memory_volume("model", settings.model_volume_size),
         _memory_volume("fetch-tmp", settings.scratch_volume_size),
         _memory_volume("server-tmp", settings.scratch_volume_size),
+        *(
+            [_memory_volume("model-server-tmp", settings.scratch_volume_size)]
+            if ctx.spec.serving.image
+            else []
+        ),
         {"name": "trust", "configMap": {"name": trust_config_map_name(ctx.name)}},
         {"name": "tls", "secret": {"secretName": tls_secret_name(ctx.name), "defaultMode": SECRET_FILE_MODE}},
     ]
@@ -258,22 +325,52 @@ def _fetch_container(ctx: ModelContext) -> dict[str, Any]:
     return container
 
 
-def _server_container(ctx: ModelContext) -> dict[str, Any]:
+def _front_end_container(ctx: ModelContext, command: list[str], resources: dict[str, Any]) -> dict[str, Any]:
     serving = ctx.spec.serving
     return {
         "name": SERVER_CONTAINER,
-        "image": serving.image or ctx.settings.default_image,
-        "command": serve_command(ctx),
-        "ports": [{"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"}],
+        "image": ctx.settings.default_image,
+        "command": command,
+        "ports": [
+            {"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": {"tcpSocket": {"port": PORT_NAME}},
-        "resources": copy.deepcopy(serving.resources),
+        "resources": resources,
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "server-tmp", "mountPath": "/tmp"},  # noqa: S108 - a private memory-backed volume
             {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
+            {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
         ],
     }
+
+
+def _model_server_container(ctx: ModelContext, image: str) -> dict[str, Any]:
+    """The user's image with its own command; it sees the model read-only and no Secret at all."""
+    return {
+        "name": MODEL_SERVER_CONTAINER,
+        "image": image,
+        "env": model_server_env(ctx),
+        "resources": copy.deepcopy(ctx.spec.serving.resources),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+            {"name": "model-server-tmp", "mountPath": "/tmp"},  # noqa: S108 - a private memory-backed volume
+        ],
+    }
+
+
+def _serving_containers(ctx: ModelContext) -> list[dict[str, Any]]:
+    """`samd serve` alone, or `samd proxy` in front of the user's own model server (spec.serving.image)."""
+    image = ctx.spec.serving.image
+    if image is None:
+        return [_front_end_container(ctx, serve_command(ctx), copy.deepcopy(ctx.spec.serving.resources))]
+    return [
+        _front_end_container(ctx, proxy_command(ctx), copy.deepcopy(PROXY_RESOURCES)),
+        _model_server_container(ctx, image),
+    ]
 
 
 def build_deployment(ctx: ModelContext) -> Manifest | None:
@@ -301,7 +398,7 @@ def build_deployment(ctx: ModelContext) -> Manifest | None:
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
                     "initContainers": [_fetch_container(ctx)],
-                    "containers": [_server_container(ctx)],
+                    "containers": _serving_containers(ctx),
                     "volumes": _volumes(ctx),
                 },
             },

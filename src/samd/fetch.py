@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".samd-staging-"
+KEPT_SIGNATURE = ".samd-signature.json"
+"""With `keep_signature`, the verified signature bundle is written into the output under this name,
+so that `samd serve` can verify it and the files again when it loads the model."""
 
 # Header attributes written by `samd encrypt` (authenticated with the header): how the plaintext
 # is packed, and for a single file the name it had.
@@ -678,26 +681,44 @@ def fetch_model(
     *,
     signature: bytes,
     verifier: Verifier,
-    keys: KeyProvider | KeyResolver,
+    keys: KeyProvider | KeyResolver | None,
     output: Path,
     force: bool = False,
     allow_unsigned_files: bool = False,
+    keep_signature: bool = False,
     limits: UnpackLimits = DEFAULT_LIMITS,
     progress: Callable[[int], None] | None = None,
 ) -> FetchResult:
     """Fetch, decrypt and verify a model into `output`; nothing is left there if anything fails.
 
-    `signature` is the OMS bundle (bytes); `keys` unwraps the artifact's data key.
+    `signature` is the OMS bundle (bytes); `keys` unwraps the artifact's data key. Without `keys`
+    the artifact must be unencrypted: the model file itself when the signature covers one file, a
+    tar stream of the directory when it covers a directory; it is hashed while it is written, as
+    a decrypted one is. With `keep_signature` the bundle is written beside the model files
+    (`KEPT_SIGNATURE`), after they verified.
     """
     # Imported here so that `samd fetch` loads only what it uses (peak memory of the init container).
     from samd.envelope import EnvelopeReader  # noqa: PLC0415
-    from samd.signing import SINGLE_FILE_RESOURCE, check_files_against_manifest, verify_bundle  # noqa: PLC0415
+    from samd.signing import SINGLE_FILE_RESOURCE, verify_bundle  # noqa: PLC0415
     from samd.storage import open_artifact  # noqa: PLC0415
 
     started = time.monotonic()
     verification = verify_bundle(signature, verifier)
     staged = StagedOutput(output, force=force)
     with staged:
+        if keys is None:
+            streamed, expected, file_name = _stream_plain(artifact_uri, verification, staged.root, limits)
+            return _finish(
+                staged,
+                streamed,
+                expected,
+                file_name,
+                verification,
+                started,
+                allow_unsigned_files,
+                signature,
+                keep_signature=keep_signature,
+            )
         with open_artifact(artifact_uri) as source:
             reader = EnvelopeReader(source, keys)
             packing, recorded_name = artifact_packing(reader.header.attributes)
@@ -730,11 +751,79 @@ def fetch_model(
                 allow_unsigned_files=allow_unsigned_files,
                 limits=limits,
             )
-        actual = {item.name: item.digest for item in streamed}
-        if file_name is not None:
-            actual = {SINGLE_FILE_RESOURCE: actual[file_name]}
-        check_files_against_manifest(actual, verification, allow_unsigned_files=allow_unsigned_files)
-        staged.commit()
+        return _finish(
+            staged,
+            streamed,
+            expected,
+            file_name,
+            verification,
+            started,
+            allow_unsigned_files,
+            signature,
+            keep_signature=keep_signature,
+        )
+
+
+def _stream_plain(
+    artifact_uri: str, verification: VerificationResult, root: Path, limits: UnpackLimits
+) -> tuple[list[StreamedFile], dict[str, str], str | None]:
+    """Write an unencrypted artifact into `root`, hashing it as it goes (see `fetch_model`)."""
+    from samd.envelope import MAGIC  # noqa: PLC0415 - see fetch_model
+    from samd.signing import SINGLE_FILE_RESOURCE  # noqa: PLC0415
+    from samd.storage import open_artifact  # noqa: PLC0415
+
+    expected = {signed.name: signed.algorithm for signed in verification.files}
+    file_name = None
+    with open_artifact(artifact_uri) as source:
+        if source.peek(len(MAGIC))[: len(MAGIC)] == MAGIC:
+            raise UsageError(
+                f"the artifact {artifact_uri} is encrypted, and no key was given",
+                hint="pass --key (the SecureModel's spec.encryption names it)",
+            )
+        if verification.is_single_file:
+            packing: Packing = "file"
+            base = artifact_uri.rstrip("/").rsplit("/", 1)[-1]
+            recorded = verification.model_name if _usable_file_name(verification.model_name) else base
+            file_name = single_file_name(recorded, verification)
+            expected = {file_name: expected[SINGLE_FILE_RESOURCE]}
+        else:
+            packing = "tar"
+        streamed = stream_into_directory(
+            iter(lambda: source.read(_BUFFER_BYTES), b""),
+            root,
+            packing=packing,
+            expected=expected,
+            skip=verification.is_ignored,
+            file_name=file_name,
+            limits=limits,
+        )
+    return streamed, expected, file_name
+
+
+def _finish(  # noqa: PLR0917
+    staged: StagedOutput,
+    streamed: list[StreamedFile],
+    expected: Mapping[str, str],
+    file_name: str | None,
+    verification: VerificationResult,
+    started: float,
+    allow_unsigned_files: bool,
+    signature: bytes,
+    *,
+    keep_signature: bool,
+) -> FetchResult:
+    """Compare the streamed files with the manifest; only then move them into the output."""
+    from samd.signing import SINGLE_FILE_RESOURCE, check_files_against_manifest  # noqa: PLC0415
+
+    actual = {item.name: item.digest for item in streamed}
+    if file_name is not None:
+        actual = {SINGLE_FILE_RESOURCE: actual[file_name]}
+    check_files_against_manifest(actual, verification, allow_unsigned_files=allow_unsigned_files)
+    if keep_signature:
+        if any(item.name == KEPT_SIGNATURE for item in streamed):
+            raise VerificationError(f"the model holds a file named {KEPT_SIGNATURE}, which samd reserves")
+        (staged.root / KEPT_SIGNATURE).write_bytes(signature)
+    staged.commit()
     files = tuple(
         FetchedFile(
             name=item.name, size=item.size, algorithm=expected.get(item.name, "sha256"), digest=item.digest

@@ -168,19 +168,70 @@ def test_the_pod_carries_the_verified_digest_for_the_webhook() -> None:
     assert fetch["command"][digest_flag + 1] == DIGEST
 
 
-def test_the_serving_image_is_the_models_own_or_the_default() -> None:
-    default = _all_containers(_deployment())[1]
-    assert default["image"] == "samd/inference-server:0.1.0"
-    custom = _all_containers(_deployment({"serving": {"image": "registry.example/fraud:7"}}))[1]
-    assert custom["image"] == "registry.example/fraud:7"
+def test_the_default_image_runs_samd_serve_with_the_models_identity_and_provenance() -> None:
+    (_, server) = _all_containers(_deployment())
+    assert server["image"] == "samd/inference-server:0.1.0"
+    command = server["command"]
+    assert command[:2] == ["samd", "serve"]
+
+    def values(flag: str) -> list[str]:
+        return [command[i + 1] for i, word in enumerate(command) if word == flag]
+
+    assert values("--allowed-client") == ["payments-api", "risk-dashboard"]
+    assert values("--client-organization") == ["samd:fraud:fraud-detection"]
+    assert values("--model-name") == ["fraud-detection"]
+    assert values("--model-version") == ["1.4.2"]
+    assert values("--expect-digest") == [DIGEST]
+    assert values("--trust-config") == ["/var/run/samd/trust/signers.json"]
+    assert values("--format") == ["onnx"]
+    assert {"name": "trust", "mountPath": "/var/run/samd/trust", "readOnly": True} in server["volumeMounts"]
+
+
+def test_a_models_own_image_runs_unchanged_behind_samd_proxy_on_localhost() -> None:
+    deployment = _deployment({"serving": {"image": "registry.example/fraud:7"}})
+    proxy, model_server = _pod(deployment)["containers"]
+    assert proxy["name"] == "server"
+    assert proxy["image"] == "samd/inference-server:0.1.0"
+    assert proxy["command"][:2] == ["samd", "proxy"]
+    upstream = proxy["command"][proxy["command"].index("--upstream") + 1]
+    assert upstream == "http://127.0.0.1:8080"
+    assert "--format" not in proxy["command"]
+    assert proxy["ports"][0] == {"name": "https", "containerPort": 8443, "protocol": "TCP"}
+    # The user's server keeps its own entrypoint, learns to listen on loopback, sees no Secret.
+    assert model_server["name"] == "model-server"
+    assert model_server["image"] == "registry.example/fraud:7"
+    assert "command" not in model_server
+    assert "args" not in model_server
+    assert "ports" not in model_server
+    env = {item["name"]: item["value"] for item in model_server["env"]}
+    assert env["SAMD_UPSTREAM_HOST"] == env["MLSERVER_HOST"] == "127.0.0.1"
+    assert env["SAMD_UPSTREAM_PORT"] == env["MLSERVER_HTTP_PORT"] == "8080"
+    assert env["MLSERVER_MODELS_DIR"] == "/models"
+    assert {mount["name"] for mount in model_server["volumeMounts"]} == {"model", "model-server-tmp"}
+    assert all(mount["readOnly"] for mount in model_server["volumeMounts"] if mount["name"] == "model")
+    assert model_server["securityContext"] == proxy["securityContext"]
+    assert _mounting(deployment, "tls") == ["server"]
+    assert _mounting(deployment, "keys") == ["samd-fetch"]
 
 
 def test_the_server_is_ready_when_its_port_accepts_connections() -> None:
     server = _all_containers(_deployment({"serving": {"port": 9443}}))[1]
-    assert server["ports"] == [{"name": "https", "containerPort": 9443, "protocol": "TCP"}]
+    assert server["ports"] == [
+        {"name": "https", "containerPort": 9443, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert server["readinessProbe"] == {"tcpSocket": {"port": "https"}}
     port_flag = server["command"].index("--port")
     assert server["command"][port_flag + 1] == "9443"
+
+
+def test_an_unencrypted_model_is_fetched_without_a_key_and_mounts_no_key() -> None:
+    ctx = fraud_detection({"encryption": None})
+    command = fetch_command(ctx)
+    assert "--key" not in command
+    assert command[-3:] == ["--output", "/models", "--keep-signature"]
+    deployment = _deployment({"encryption": None})
+    assert _mounting(deployment, "keys") == []
 
 
 def test_the_service_exposes_the_mtls_port_to_the_model_pods() -> None:
@@ -223,6 +274,7 @@ def test_fetch_command_with_a_kms_key_and_an_s3_compatible_endpoint() -> None:
         DIGEST,
         "--output",
         "/models",
+        "--keep-signature",
     ]
     # The endpoint reaches the storage client through the standard AWS variable.
     fetch = _all_containers(build_deployment(ctx) or {})[0]

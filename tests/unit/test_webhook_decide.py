@@ -637,10 +637,16 @@ async def test_a_loader_command_split_into_command_and_args_or_reordered_is_the_
     loader = container(pod, "samd-fetch")
     argv = loader["command"]
     first = _first_flag(argv)
-    flags = [argv[i : i + 2] for i in range(first, len(argv), 2)]
-    reordered = [word for pair in reversed(flags) for word in pair]
+    flags: list[list[str]] = []
+    for word in argv[first:]:  # `--flag value` pairs, and boolean flags alone
+        if word.startswith("--"):
+            flags.append([word])
+        else:
+            flags[-1].append(word)
+    valued = [pair for pair in flags if len(pair) == 2]
+    reordered = [word for pair in reversed(flags) if pair is not valued[-1] for word in pair]
     loader["command"] = argv[:2]
-    loader["args"] = [f"{reordered[0]}={reordered[1]}", *reordered[2:], *argv[2:first]]
+    loader["args"] = [f"{valued[-1][0]}={valued[-1][1]}", *reordered, *argv[2:first]]
 
     decision = await world.decide(review(pod))
 

@@ -207,7 +207,8 @@ async def test_a_serving_image_the_model_names_is_the_one_compared(world: World)
     world.model["spec"]["serving"]["image"] = CUSTOM_IMAGE
     pod = world.pod()  # built from the model as it is now
     samd_server = copy.deepcopy(pod)
-    container(samd_server, "server")["image"] = "samd:0.1.0"
+    # The model's image runs as `model-server`, behind the `samd proxy` container `server`.
+    container(samd_server, "model-server")["image"] = "samd:0.1.0"
 
     assert (await world.decide(review(pod))).allowed is True
     assert_denied(await world.decide(review(samd_server)), "PodAltered", "runs image 'samd:0.1.0'")

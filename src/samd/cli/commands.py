@@ -963,7 +963,15 @@ def rewrap(
     metavar="LOCATION",
     help="The model's signature: a path or a storage URI.",
 )
-@key_option
+@click.option(
+    "--key",
+    "-k",
+    "key",
+    multiple=True,
+    metavar="URI",
+    help="Key URI, as for decrypt (repeatable). Leave it out for an unencrypted artifact: the model file "
+    "itself, or a tar stream of a model directory.",
+)
 @click.option(
     "--output", "-o", type=PATH, required=True, metavar="DIR", help="The directory to write the model into."
 )
@@ -981,6 +989,12 @@ def rewrap(
 )
 @click.option(
     "--force", is_flag=True, help="Replace what the output directory holds (after the model verified)."
+)
+@click.option(
+    "--keep-signature",
+    is_flag=True,
+    help="Also write the verified signature into DIR (as .samd-signature.json), for `samd serve` "
+    "and `samd proxy` to check the model again when they load it.",
 )
 @allow_unsigned_option
 @json_option
@@ -1000,6 +1014,7 @@ def fetch(
     trust_config: Path | None,
     expect_digest: str | None,
     force: bool,
+    keep_signature: bool,
     allow_unsigned_files: bool,
     json_output: bool,
 ) -> None:
@@ -1039,7 +1054,8 @@ def fetch(
         # The kubelet stops an init container with SIGTERM: remove the partial model, then exit.
         previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
-        with _open_keys(key) as keys, progress_bar("fetch", None) as progress:
+        opened = _open_keys(key) if key else contextlib.nullcontext(None)
+        with opened as keys, progress_bar("fetch", None) as progress:
             result = fetch_model(
                 artifact,
                 signature=bundle,
@@ -1048,6 +1064,7 @@ def fetch(
                 output=output,
                 force=force,
                 allow_unsigned_files=allow_unsigned_files,
+                keep_signature=keep_signature,
                 progress=progress,
             )
     finally:
@@ -1157,3 +1174,282 @@ def _describe_signature(target: str, claims: dict[str, Any]) -> str:
         if len(files) > 20:
             lines.append(f"    ... and {len(files) - 20} more (use --json for all)")
     return "\n".join(lines)
+
+
+# --- serve and proxy -------------------------------------------------------------------------
+
+
+serving_options = _options(
+    click.option(
+        "--model-dir",
+        type=PATH,
+        required=True,
+        metavar="DIR",
+        help="The model `samd fetch --keep-signature` verified into DIR (the memory volume).",
+    ),
+    click.option("--model-name", required=True, metavar="NAME", help="The model's name in /v2/models/NAME."),
+    click.option("--model-version", metavar="SEMVER", help="The model's version (spec.version)."),
+    click.option(
+        "--expect-digest",
+        metavar="sha256:HEX",
+        help="Refuse to start unless the model's signed manifest has this digest (the operator pins it).",
+    ),
+    click.option(
+        "--trust-config",
+        type=PATH,
+        metavar="JSON",
+        help="Verify the kept signature with any signer listed in this file (the trust ConfigMap).",
+    ),
+    verifier_options,
+    click.option("--host", default="0.0.0.0", show_default=True, help="The address to listen on."),  # noqa: S104
+    click.option(
+        "--port", type=click.IntRange(0, 65535), default=8443, show_default=True, help="The mTLS port."
+    ),
+    click.option(
+        "--tls-cert", type=PATH, required=True, metavar="PEM", help="The server certificate (chain)."
+    ),
+    click.option("--tls-key", type=PATH, required=True, metavar="PEM", help="The server certificate's key."),
+    click.option(
+        "--client-ca",
+        type=PATH,
+        required=True,
+        metavar="PEM",
+        help="The CA that issues the clients' certificates.",
+    ),
+    click.option(
+        "--client-organization",
+        required=True,
+        metavar="O",
+        help="The organization (O) a client certificate must carry: samd:NAMESPACE:MODEL.",
+    ),
+    click.option(
+        "--allowed-client",
+        "allowed_client",
+        multiple=True,
+        metavar="NAME",
+        help="A client (certificate common name) allowed to call the model; repeatable (spec.serving.clients).",
+    ),
+    click.option(
+        "--rate-limit",
+        type=click.FloatRange(min=0, min_open=True),
+        default=50.0,
+        show_default=True,
+        help="Requests per second each client may make.",
+    ),
+    click.option(
+        "--burst",
+        type=click.IntRange(min=1),
+        default=100,
+        show_default=True,
+        help="Requests a client may save up.",
+    ),
+    click.option(
+        "--max-body-bytes",
+        type=click.IntRange(min=1024),
+        default=8 * 1024 * 1024,
+        show_default=True,
+        help="The largest request body.",
+    ),
+    click.option(
+        "--max-batch",
+        type=click.IntRange(min=1),
+        default=1024,
+        show_default=True,
+        help="The largest batch (first dimension, where the model leaves it open).",
+    ),
+    click.option(
+        "--max-elements",
+        type=click.IntRange(min=1),
+        default=1 << 22,
+        show_default=True,
+        help="The most elements one input tensor may have.",
+    ),
+    click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        metavar="PORT",
+        help="Serve Prometheus metrics over plain HTTP on this port (default: no metrics).",
+    ),
+    click.option(
+        "--cert-reload-interval",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How often to check the certificate, key and client CA files for a change.",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["auto", "json", "text"]),
+        default="auto",
+        show_default=True,
+        help="JSON lines (auto: unless stderr is a terminal).",
+    ),
+)
+
+
+def _verified_model(
+    model_dir: Path,
+    expect_digest: str | None,
+    trust_config: Path | None,
+    verifier_args: tuple[Path | None, Sequence[Path], str | None, str | None, Path | None],
+) -> Any:
+    """The model in `model_dir`, its kept signature verified again and its files hashed against it."""
+    from samd.serving.model import read_kept_signature, verify_model_files  # noqa: PLC0415
+    from samd.signing import verify_bundle  # noqa: PLC0415
+
+    bundle = read_kept_signature(model_dir)
+    if trust_config is not None:
+        if any(verifier_args[1:]) or verifier_args[0] is not None:
+            raise UsageError(
+                "--trust-config replaces --public-key, --certificate-root and the Sigstore options"
+            )
+        verifier = _verifier_from_trust_config(trust_config, bundle)
+    else:
+        verifier = _build_verifier(*verifier_args)
+    verification = verify_bundle(bundle, verifier)
+    return verify_model_files(model_dir, verification, expect_digest)
+
+
+def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any]) -> None:
+    """Verify the model, build the front end around the backend, and serve until SIGTERM."""
+    import prometheus_client  # noqa: PLC0415
+    import uvloop  # noqa: PLC0415
+
+    from samd.logs import configure_logging as configure_json_logging  # noqa: PLC0415
+    from samd.serving.access import IdentityPolicy, allowed_clients  # noqa: PLC0415
+    from samd.serving.metrics import ServingMetrics  # noqa: PLC0415
+    from samd.serving.protocol import Limits  # noqa: PLC0415
+    from samd.serving.server import FrontEnd, FrontEndConfig, Provenance, serve_until_signalled  # noqa: PLC0415
+    from samd.serving.tls import TlsFiles  # noqa: PLC0415
+
+    configure_json_logging("DEBUG" if options["debug"] else "INFO", options["log_format"])
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    clients = allowed_clients(options["allowed_client"])
+    if not clients:
+        import logging  # noqa: PLC0415
+
+        logging.getLogger("samd.serving").warning(
+            "no --allowed-client given: every request will be refused (list clients in spec.serving.clients)"
+        )
+    metrics = ServingMetrics(clients)
+    started = time.monotonic()
+    verified = _verified_model(
+        options["model_dir"],
+        options["expect_digest"],
+        options["trust_config"],
+        (
+            options["public_key"],
+            options["certificate_root"],
+            options["sigstore_identity"],
+            options["sigstore_issuer"],
+            options["trusted_root"],
+        ),
+    )
+    backend = backend_factory(verified)
+    metrics.model_load_seconds.set(time.monotonic() - started)
+    config = FrontEndConfig(
+        host=options["host"],
+        port=options["port"],
+        tls=TlsFiles(options["tls_cert"], options["tls_key"], options["client_ca"]),
+        identity=IdentityPolicy(options["client_organization"], clients),
+        provenance=Provenance(
+            model_name=options["model_name"],
+            model_version=options["model_version"],
+            manifest_digest=verified.manifest_digest,
+            signer=verified.signer,
+        ),
+        rate=options["rate_limit"],
+        burst=options["burst"],
+        limits=Limits(
+            max_body_bytes=options["max_body_bytes"],
+            max_batch=options["max_batch"],
+            max_elements=options["max_elements"],
+        ),
+        metrics_port=options["metrics_port"],
+        cert_reload_interval=options["cert_reload_interval"],
+    )
+    front = FrontEnd(config, backend, metrics)
+    uvloop.run(serve_until_signalled(front))
+
+
+@app.command()
+@serving_options
+@click.option(
+    "--format",
+    "model_format",
+    default="onnx",
+    show_default=True,
+    metavar="FORMAT",
+    help="The model's format (spec.format); samd serve runs onnx.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="onnxruntime threads per inference.",
+)
+@click.pass_context
+def serve(context: click.Context, /, **options: Any) -> None:
+    """Serve a verified model over mTLS on the Open Inference Protocol (KServe V2, REST).
+
+    At start-up the signature `samd fetch --keep-signature` kept is verified again, its manifest
+    digest must be --expect-digest, and the model's files are hashed against it; only then is the
+    model loaded. Clients need a certificate from --client-ca with O=--client-organization and a
+    CN among --allowed-client; each client is limited to --rate-limit requests/s. Every response
+    carries the model's name, version, manifest digest and signer. SIGTERM stops it gracefully.
+
+    \b
+    Example (what the operator runs):
+      samd serve --model-dir /models --model-name fraud-detection --model-version 1.4.0 \\
+          --expect-digest sha256:... --trust-config /var/run/samd/trust/signers.json \\
+          --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt \\
+          --client-organization samd:fraud-detection:fraud-detection --allowed-client payments-api
+    """
+    options["debug"] = _state(context).debug
+    model_format = options["model_format"]
+    threads = options["threads"]
+
+    def backend(verified: Any) -> Any:
+        from samd.serving.backends import InProcessBackend  # noqa: PLC0415
+        from samd.serving.model import load_runtime  # noqa: PLC0415
+
+        runtime = load_runtime(verified, model_format, threads)
+        return InProcessBackend(runtime, options["model_name"], options["model_version"])
+
+    _run_front_end(options, backend)
+
+
+@app.command()
+@serving_options
+@click.option(
+    "--upstream",
+    required=True,
+    metavar="URL",
+    help="The model server in the pod, on localhost only: http://127.0.0.1:PORT.",
+)
+@click.pass_context
+def proxy(context: click.Context, /, **options: Any) -> None:
+    """Put the mTLS front end of `samd serve` before a V2 model server of your own on localhost.
+
+    The same identity checks, rate limits, input checks against the model's declared inputs (read
+    from the upstream's /v2/models/NAME), provenance and metrics as `samd serve`; requests that
+    pass are forwarded to --upstream. The model directory is verified the same way at start-up, so
+    the provenance is the verified one. Ready once the upstream is ready.
+
+    \b
+    Example (what the operator runs beside an MLServer container):
+      samd proxy --upstream http://127.0.0.1:8080 --model-dir /models --model-name fraud-detection \\
+          --trust-config /var/run/samd/trust/signers.json --tls-cert tls.crt --tls-key tls.key \\
+          --client-ca ca.crt --client-organization samd:fraud:fraud-detection --allowed-client payments-api
+    """
+    options["debug"] = _state(context).debug
+    upstream = options["upstream"]
+
+    def backend(_verified: Any) -> Any:
+        from samd.serving.backends import UpstreamBackend  # noqa: PLC0415
+
+        return UpstreamBackend(upstream, options["model_name"])
+
+    _run_front_end(options, backend)

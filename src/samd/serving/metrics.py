@@ -1,0 +1,92 @@
+"""Prometheus metrics of `samd serve` and `samd proxy`, in a registry of their own.
+
+- ``samd_serving_requests_total{client, endpoint, outcome}``: outcome is ``ok``, ``invalid``
+  (400), ``forbidden`` (403), ``not_found``, ``too_large`` (413), ``rate_limited`` (429),
+  ``unavailable`` (503) or ``error`` (500);
+- ``samd_serving_request_duration_seconds{endpoint}``: from the request's arrival to its answer;
+- ``samd_serving_handshakes_total`` and ``samd_serving_refused_handshakes_total{reason}``
+  (``no_certificate``, ``untrusted_certificate``, ``protocol_version``, ``timeout``, ``other``);
+- ``samd_serving_forbidden_total{reason}``, ``samd_serving_rate_limited_total{client}``,
+  ``samd_serving_validation_failures_total{reason}``;
+- ``samd_serving_model_load_seconds`` (verification and load), ``samd_serving_ready``;
+- ``samd_serving_certificate_reloads_total{result}``, ``samd_serving_certificate_expiry_timestamp_seconds``.
+
+``client`` is a name from the allowed clients, or ``other``: a caller cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+ENDPOINTS = frozenset({"infer", "metadata", "ready", "live", "server", "other"})
+
+
+class ServingMetrics:
+    def __init__(self, clients: Collection[str] = ()) -> None:
+        self.clients = frozenset(clients)
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "samd_serving_requests",
+            "Requests answered, by client, endpoint and outcome",
+            ["client", "endpoint", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "samd_serving_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.handshakes = Counter(
+            "samd_serving_handshakes", "TLS handshakes completed (connections accepted)", registry=registry
+        )
+        self.refused_handshakes = Counter(
+            "samd_serving_refused_handshakes",
+            "TLS handshakes refused, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.forbidden = Counter(
+            "samd_serving_forbidden",
+            "Requests refused with 403 (certificate of another model or of a client not allowed)",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "samd_serving_rate_limited", "Requests refused with 429, by client", ["client"], registry=registry
+        )
+        self.validation_failures = Counter(
+            "samd_serving_validation_failures",
+            "Requests refused with 400 or 413, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.model_load_seconds = Gauge(
+            "samd_serving_model_load_seconds",
+            "Time to verify the model files and load the model (or reach the upstream server)",
+            registry=registry,
+        )
+        self.ready = Gauge("samd_serving_ready", "1 once the model is loaded and verified", registry=registry)
+        self.certificate_reloads = Counter(
+            "samd_serving_certificate_reloads",
+            "Reloads of the serving certificate, key and client CA, by result",
+            ["result"],
+            registry=registry,
+        )
+        self.certificate_expiry = Gauge(
+            "samd_serving_certificate_expiry_timestamp_seconds",
+            "When the serving certificate in use expires (Unix time)",
+            registry=registry,
+        )
+
+    def client_label(self, client: str | None) -> str:
+        return client if client is not None and client in self.clients else "other"
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
