@@ -23,7 +23,7 @@ from lightkube.models.meta_v1 import Status
 from lightkube.resources.core_v1 import ConfigMap
 
 from samd.operator.builders.context import BuilderSettings, ModelContext
-from samd.operator.builders.serving import build_deployment, build_signature_config_map
+from samd.operator.builders.serving import SIGNATURE_LABEL, build_deployment, build_signature_config_map
 from samd.operator.config import OperatorConfig
 from samd.signing import VerificationResult
 from samd.spec import parse_secure_model
@@ -414,12 +414,16 @@ async def test_the_operators_workload_as_the_api_server_stores_it_is_admitted_fr
         settings=BuilderSettings.of(OperatorConfig()),  # the operator's defaults, as the webhook's
     )
     signature = build_signature_config_map(context, artifacts.signature.read_bytes())
+    # Without the operator's own labels: an operator running in this session (it cannot read the
+    # model's local files) does not count it among its objects, so it leaves it to this test.
+    signature["metadata"]["labels"] = {SIGNATURE_LABEL: "true"}
     core.create_namespaced_config_map(namespace, signature)  # type: ignore[arg-type] # dicts are accepted
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="fraud-model"))
     )
     deployment = build_deployment(context)
     assert deployment is not None
+    deployment["metadata"]["labels"] = {}  # left alone by a running operator, as the ConfigMap above
     apps.create_namespaced_deployment(namespace, deployment)  # type: ignore[arg-type] # dicts are accepted
     pods: list[Any] = []
 
