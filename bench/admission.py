@@ -596,6 +596,9 @@ parsing, the JSON audit log line to a file, metrics) on the {loop} event loop: a
 real decider (`PolicyDecider`) over in-memory watched state with a warm verification cache; the
 same with a one-entry cache while the pods name {models} signed models round-robin, so that every
 review verifies a signature (the server's cache counters confirm one verification per review).
+The warm case sends each model's pod again and again, as a ReplicaSet does: after the first, the
+decider answers identical pod content from the admissions it made at the same state revision; the
+miss case keeps one, like its cache, so each of its reviews is checked and verified in full.
 {per_namespace} models per namespace, one ModelTrustPolicy. The load generator (another process,
 aiohttp) keeps {connections} keep-alive TLS connections busy in a closed loop for {duration:g} s
 after a {warmup:g} s warm-up, sending CREATE reviews of the pod the operator builds for each model,

@@ -38,6 +38,7 @@ the server denies (fail closed).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ from samd.webhook.state import (
 )
 from samd.webhook.workloads import (
     KUBELET_ROOT,
+    TEMPLATE_PATHS,
     MalformedWorkloadError,
     PodTemplate,
     containers,
@@ -981,6 +983,30 @@ MAX_KEPT_ANSWERS = 16
 """Distinct pod specs remembered per model."""
 
 
+ADMITTED_TTL = 30.0
+"""Seconds an admission of a pod spec is reused at most (well inside the verification cache's TTL)."""
+MAX_KEPT_ADMISSIONS = 4096
+"""At most this many admitted pod specs are kept (and never more than the verification cache keeps
+verifications, which the admissions rest on)."""
+
+
+def admission_key(namespace: str, kind: str, obj: Mapping[str, Any] | None) -> bytes | None:
+    """What an admission of a pod (template) depends on in the request: the namespace, the kind, and
+    the template's spec, annotations and labels, serialised exactly (None when not readable as such)."""
+    node: object = obj
+    for part in TEMPLATE_PATHS.get(kind, ()):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if not isinstance(node, Mapping):
+        return None
+    metadata = node.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    content = [namespace, kind, node.get("spec"), metadata.get("annotations"), metadata.get("labels")]
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
 def _parsed_spec(obj: Mapping[str, Any] | None) -> SecureModelSpec | None:
     raw = (obj or {}).get("spec")
     if not isinstance(raw, Mapping):
@@ -1009,6 +1035,8 @@ class PolicyDecider:
         """Asks the API server what a SecureModel's author may do; None: every such question is refused."""
         self._loaders: dict[tuple[str, str], tuple[WatchedModel, str, ExpectedLoader]] = {}
         self._pods: dict[tuple[str, str], _KeptPod] = {}
+        self._admitted: dict[bytes, tuple[int, float, Decision]] = {}
+        """Pod (template) admissions by exact content, valid for the state revision they were made at."""
         state.add_policy_listener(self._policy_changed)
 
     @property
@@ -1158,6 +1186,30 @@ class PolicyDecider:
         return [Violation(NOT_PERMITTED, problem, frozenset()) for problem in problems]
 
     async def _decide_workload(
+        self, request: AdmissionRequest, kind: str, obj: Mapping[str, Any] | None, cover: Coverage
+    ) -> Decision:
+        # A ReplicaSet's pods are one pod spec many times: once admitted, the same content in the same
+        # namespace is admitted again without the checks until anything the webhook watches changes
+        # (or ADMITTED_TTL passes, so that verifications are still renewed as the cache's TTL asks).
+        key = admission_key(request.namespace, kind, obj)
+        now = time.monotonic()
+        if key is not None:
+            kept = self._admitted.get(key)
+            if kept is not None and kept[0] == self.state.revision and now - kept[1] < ADMITTED_TTL:
+                return kept[2]
+        decision = await self._check_workload(request, kind, obj, cover)
+        if (
+            key is not None
+            and decision.allowed
+            and not decision.warnings
+            and decision.reason in (VERIFIED, NO_MODEL)
+        ):
+            if len(self._admitted) >= min(self.cache.max_entries, MAX_KEPT_ADMISSIONS):
+                self._admitted.clear()
+            self._admitted[key] = (self.state.revision, now, decision)
+        return decision
+
+    async def _check_workload(
         self, request: AdmissionRequest, kind: str, obj: Mapping[str, Any] | None, cover: Coverage
     ) -> Decision:
         subject = Subject(kind)

@@ -297,6 +297,8 @@ class WatchedState:
     def __init__(self, *, resync_period: float = RESYNC_PERIOD) -> None:
         self.resync_period = resync_period
         self._stores = _Stores()
+        self.revision = 0
+        """Bumped on every change the watches bring: what was decided at one revision holds until the next."""
         self._generations = itertools.count(1)
         self._listeners: list[PolicyListener] = []
         self._synced: set[Kind] = set()
@@ -366,6 +368,7 @@ class WatchedState:
 
     def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> None:
         """Replace everything known of `kind` by a full list (after a list or a re-list)."""
+        self.revision += 1
         objects = list(objects)
         if kind is Kind.MODELS:
             listed_models = {(_namespace(obj), _name(obj)) for obj in objects}
@@ -385,6 +388,7 @@ class WatchedState:
 
     def apply(self, kind: Kind, event: str, obj: Mapping[str, Any]) -> None:
         """Apply one watch event (ADDED, MODIFIED or DELETED) of `kind`."""
+        self.revision += 1
         deleted = event == "DELETED"
         if kind is Kind.MODELS:
             self._apply_model(obj, deleted)

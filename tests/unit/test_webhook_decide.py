@@ -1144,8 +1144,10 @@ def test_a_violation_charged_to_no_policy_denies() -> None:
 
 async def test_a_bundle_is_verified_once_per_policy_generation(world: World) -> None:
     decider = world.decider()
-    for _ in range(3):
-        assert (await decider.decide(review(world.pod()))).allowed
+    for zone in ("a", "b", "c"):  # three different pods (identical ones are admitted once, below)
+        pod = world.pod()
+        pod["spec"]["nodeSelector"] = {"zone": zone}
+        assert (await decider.decide(review(pod))).allowed
 
     assert world.cache.stats.misses == 1
     assert world.cache.stats.hits == 2

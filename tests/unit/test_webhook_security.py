@@ -15,6 +15,7 @@ import yaml
 
 from samd.spec import parse_secure_model
 from samd.webhook.access import SECRET_REFERENCES, required_permissions
+from samd.webhook.state import Kind
 from tests.support.cluster import REPO
 from tests.unit.test_webhook_decide import (  # noqa: F401 - fraud, churn and world are fixtures
     NAMESPACE,
@@ -27,6 +28,7 @@ from tests.unit.test_webhook_decide import (  # noqa: F401 - fraud, churn and wo
     namespace,
     plain_pod,
     review,
+    tampered,
     world,
 )
 
@@ -511,3 +513,24 @@ def test_every_secret_a_securemodel_can_name_is_checked_against_its_author() -> 
     }
 
     assert naming_secrets == {path for path, _ in SECRET_REFERENCES}
+
+
+async def test_the_same_pod_is_admitted_again_only_while_nothing_watched_changes(world: World) -> None:
+    decider = world.decider()
+    pod = world.pod()
+    assert (await decider.decide(review(pod))).allowed
+    checks = world.cache.stats.hits + world.cache.stats.misses
+
+    again = await decider.decide(review(copy.deepcopy(pod)))
+
+    assert again.allowed is True
+    assert world.cache.stats.hits + world.cache.stats.misses == checks  # answered from the admission
+    # The operator's signature ConfigMap is tampered with: the next identical pod is checked again.
+    stored = next(c for c in world.config_maps if c["metadata"]["name"] == "fraud-signature")
+    tampered_map = copy.deepcopy(stored)
+    tampered_map["data"]["bundle.json"] = tampered(world.fraud.signature.read_bytes()).decode()
+    decider.state.apply(Kind.SIGNATURES, "MODIFIED", tampered_map)
+
+    refused = await decider.decide(review(copy.deepcopy(pod)))
+
+    assert_denied(refused, "SignatureInvalid", "does not verify")
