@@ -38,6 +38,7 @@ import orjson
 from aiohttp import web
 
 from samd.errors import SamdError, UsageError
+from samd.tlsfiles import ReloadingContext, load_certificate
 from samd.webhook.audit import AuditRecord, log_decision, log_unparsed
 from samd.webhook.config import WebhookConfig
 from samd.webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -70,22 +71,6 @@ _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 # --- TLS with certificate reload ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _FileState:
-    """What identifies a version of the files: a changed symlink target changes the inode."""
-
-    cert: tuple[int, int, int]
-    key: tuple[int, int, int]
-
-
-def _file_state(cert_file: Path, key_file: Path) -> _FileState:
-    def of(path: Path) -> tuple[int, int, int]:
-        status = os.stat(path)  # follows symlinks: a Secret volume's ..data swap shows here
-        return (status.st_mtime_ns, status.st_ino, status.st_size)
-
-    return _FileState(of(cert_file), of(key_file))
-
-
 def build_tls_context(cert_file: Path, key_file: Path, min_version: ssl.TLSVersion) -> ssl.SSLContext:
     """A server context for the certificate chain and key; raises UsageError naming what is wrong."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -94,25 +79,8 @@ def build_tls_context(cert_file: Path, key_file: Path, min_version: ssl.TLSVersi
     if min_version <= ssl.TLSVersion.TLSv1_2:
         context.set_ciphers(_TLS12_CIPHERS)
     context.set_alpn_protocols(["http/1.1"])
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as error:
-        raise UsageError(f"the TLS certificate or key file {error.filename} does not exist") from None
-    except (ssl.SSLError, OSError) as error:
-        raise UsageError(
-            f"cannot use the TLS certificate {cert_file} with the key {key_file}: {error}",
-            hint="the files must be PEM, and the key must belong to the certificate",
-        ) from None
+    load_certificate(context, cert_file, key_file)
     return context
-
-
-def certificate_expiry(cert_file: Path) -> datetime.datetime | None:
-    from cryptography import x509  # noqa: PLC0415 - only when a certificate is (re)loaded
-
-    try:
-        return x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -165,13 +133,11 @@ def write_development_certificates(
     return paths
 
 
-class CertificateReloader:
+class CertificateReloader(ReloadingContext):
     """Serves the newest valid certificate: each handshake switches to it in the SNI callback.
 
     The listening context given to the socket never changes; its SNI callback (called for every
     ClientHello, with or without a server name) points the connection at the current context.
-    A new pair of files is loaded into a NEW context, so a half-written update (a new certificate
-    with the old key) fails to load and the old certificate stays in use until the next check.
     """
 
     def __init__(
@@ -181,62 +147,21 @@ class CertificateReloader:
         min_version: ssl.TLSVersion,
         metrics: WebhookMetrics | None = None,
     ) -> None:
-        self.cert_file, self.key_file, self.min_version = cert_file, key_file, min_version
-        self._metrics = metrics
-        try:
-            self._state = _file_state(cert_file, key_file)  # before loading: a change meanwhile is seen
-        except OSError as error:
-            raise UsageError(f"cannot read the TLS file {error.filename}: {error.strerror}") from None
-        self.listening_context = build_tls_context(cert_file, key_file, min_version)
-        self._current = self.listening_context
+        super().__init__(
+            (cert_file, key_file),
+            lambda: build_tls_context(cert_file, key_file, min_version),
+            metrics=metrics,
+        )
+        self.listening_context = self.context
         self.listening_context.sni_callback = self._select_context
-        self._record_expiry()
 
     @property
     def current_context(self) -> ssl.SSLContext:
-        return self._current
+        return self.context
 
     def _select_context(self, connection: ssl.SSLObject, _server_name: str | None, _: ssl.SSLContext) -> None:
-        if self._current is not self.listening_context:
-            connection.context = self._current
-
-    def _record_expiry(self) -> None:
-        expiry = certificate_expiry(self.cert_file)
-        if self._metrics is not None and expiry is not None:
-            self._metrics.certificate_expiry.set(expiry.timestamp())
-
-    def check(self) -> bool:
-        """Reload if the files changed since the last load; True when a new certificate is in use."""
-        try:
-            state = _file_state(self.cert_file, self.key_file)
-        except OSError as error:
-            logger.warning("cannot read the TLS files (%s); keeping the certificate in use", error)
-            return False
-        if state == self._state:
-            return False
-        try:
-            context = build_tls_context(self.cert_file, self.key_file, self.min_version)
-        except UsageError as error:
-            # Typically the certificate was written and the key not yet: try again at the next check.
-            logger.warning("the TLS files changed but cannot be used yet: %s", error)
-            if self._metrics is not None:
-                self._metrics.certificate_reloads.labels("failed").inc()
-            return False
-        self._state = state
-        self._current = context
-        self._record_expiry()
-        if self._metrics is not None:
-            self._metrics.certificate_reloads.labels("loaded").inc()
-        logger.info("loaded the new TLS certificate from %s", self.cert_file)
-        return True
-
-    async def watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.check()
-            except Exception:  # keep watching: a later change may load fine
-                logger.exception("checking the TLS files for a change failed")
+        if self.context is not self.listening_context:
+            connection.context = self.context
 
 
 # --- connections -------------------------------------------------------------------------------------

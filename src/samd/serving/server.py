@@ -42,7 +42,8 @@ from samd.serving.protocol import (
     parse_infer_request,
     split_body,
 )
-from samd.serving.tls import ContextReloader, TlsAcceptor, TlsFiles
+from samd.serving.tls import TlsAcceptor, TlsFiles, context_reloader
+from samd.tlsfiles import ReloadingContext
 
 logger = logging.getLogger(__name__)
 refusals = logging.getLogger("samd.serving.refused")
@@ -163,13 +164,13 @@ class FrontEnd:
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._acceptor: TlsAcceptor | None = None
-        self._reloader: ContextReloader | None = None
+        self._reloader: ReloadingContext | None = None
         self._watch: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
 
     @property
-    def reloader(self) -> ContextReloader:
+    def reloader(self) -> ReloadingContext:
         if self._reloader is None:
             raise RuntimeError("the server is not started")
         return self._reloader
@@ -179,7 +180,7 @@ class FrontEnd:
     async def start(self) -> int:
         """Load the certificates, start the backend, listen; return the port (useful with port 0)."""
         config = self.config
-        self._reloader = ContextReloader(config.tls, self.metrics)
+        self._reloader = context_reloader(config.tls, self.metrics)
         await self.backend.start()
         self._runner = web.AppRunner(
             self.app,

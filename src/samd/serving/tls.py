@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from typing import Any
 
 from samd.errors import UsageError
 from samd.serving.metrics import ServingMetrics
+from samd.tlsfiles import ReloadingContext, load_certificate
 
 logger = logging.getLogger(__name__)
 refusals = logging.getLogger("samd.serving.refused")
@@ -38,14 +37,6 @@ class TlsFiles:
     client_ca_file: Path
 
 
-def _state(files: TlsFiles) -> tuple[tuple[int, int, int], ...]:
-    def of(path: Path) -> tuple[int, int, int]:
-        status = os.stat(path)  # follows symlinks: a Secret volume's ..data swap shows here
-        return (status.st_mtime_ns, status.st_ino, status.st_size)
-
-    return (of(files.cert_file), of(files.key_file), of(files.client_ca_file))
-
-
 def build_mtls_context(files: TlsFiles) -> ssl.SSLContext:
     """TLS 1.3 only, a client certificate from the client CA required; UsageError names what is wrong."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -53,15 +44,7 @@ def build_mtls_context(files: TlsFiles) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["http/1.1"])
-    try:
-        context.load_cert_chain(files.cert_file, files.key_file)
-    except FileNotFoundError as error:
-        raise UsageError(f"the TLS certificate or key file {error.filename} does not exist") from None
-    except (ssl.SSLError, OSError) as error:
-        raise UsageError(
-            f"cannot use the TLS certificate {files.cert_file} with the key {files.key_file}: {error}",
-            hint="the files must be PEM, and the key must belong to the certificate",
-        ) from None
+    load_certificate(context, files.cert_file, files.key_file)
     try:
         context.load_verify_locations(cafile=files.client_ca_file)
     except FileNotFoundError:
@@ -74,61 +57,13 @@ def build_mtls_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-def certificate_expiry(cert_file: Path) -> datetime.datetime | None:
-    from cryptography import x509  # noqa: PLC0415 - only when a certificate is (re)loaded
-
-    try:
-        return x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc
-    except (OSError, ValueError):
-        return None
-
-
-class ContextReloader:
-    """The current mTLS context; `check()` loads a new one when the files changed."""
-
-    def __init__(self, files: TlsFiles, metrics: ServingMetrics) -> None:
-        self.files = files
-        self._metrics = metrics
-        try:
-            self._state = _state(files)  # before loading: a change meanwhile is seen
-        except OSError as error:
-            raise UsageError(f"cannot read the TLS file {error.filename}: {error.strerror}") from None
-        self.context = build_mtls_context(files)
-        self._record_expiry()
-
-    def _record_expiry(self) -> None:
-        expiry = certificate_expiry(self.files.cert_file)
-        if expiry is not None:
-            self._metrics.certificate_expiry.set(expiry.timestamp())
-
-    def check(self) -> bool:
-        try:
-            state = _state(self.files)
-        except OSError as error:
-            logger.warning("cannot read the TLS files (%s); keeping the certificate in use", error)
-            return False
-        if state == self._state:
-            return False
-        try:
-            context = build_mtls_context(self.files)
-        except UsageError as error:
-            logger.warning("the TLS files changed but cannot be used yet: %s", error.message)
-            self._metrics.certificate_reloads.labels("failed").inc()
-            return False
-        self._state = state
-        self.context = context
-        self._record_expiry()
-        self._metrics.certificate_reloads.labels("loaded").inc()
-        logger.info("loaded the new TLS certificate and client CA from %s", self.files.cert_file.parent)
-        return True
-
-    async def watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.check()
-            except Exception:  # keep watching: a later change may load fine
-                logger.exception("checking the TLS files for a change failed")
+def context_reloader(files: TlsFiles, metrics: ServingMetrics) -> ReloadingContext:
+    """The current mTLS context, built again when the certificate, key or client CA changes."""
+    return ReloadingContext(
+        (files.cert_file, files.key_file, files.client_ca_file),
+        lambda: build_mtls_context(files),
+        metrics=metrics,
+    )
 
 
 def refusal_reason(error: BaseException) -> str:
@@ -155,7 +90,7 @@ class TlsAcceptor:
 
     def __init__(
         self,
-        reloader: ContextReloader,
+        reloader: ReloadingContext,
         protocol_factory: Callable[[], asyncio.Protocol],
         metrics: ServingMetrics,
     ) -> None:
