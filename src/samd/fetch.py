@@ -698,9 +698,7 @@ def fetch_model(
     (`KEPT_SIGNATURE`), after they verified.
     """
     # Imported here so that `samd fetch` loads only what it uses (peak memory of the init container).
-    from samd.envelope import EnvelopeReader  # noqa: PLC0415
-    from samd.signing import SINGLE_FILE_RESOURCE, verify_bundle  # noqa: PLC0415
-    from samd.storage import open_artifact  # noqa: PLC0415
+    from samd.signing import verify_bundle  # noqa: PLC0415
 
     started = time.monotonic()
     verification = verify_bundle(signature, verifier)
@@ -708,48 +706,9 @@ def fetch_model(
     with staged:
         if keys is None:
             streamed, expected, file_name = _stream_plain(artifact_uri, verification, staged.root, limits)
-            return _finish(
-                staged,
-                streamed,
-                expected,
-                file_name,
-                verification,
-                started,
-                allow_unsigned_files,
-                signature,
-                keep_signature=keep_signature,
-            )
-        with open_artifact(artifact_uri) as source:
-            reader = EnvelopeReader(source, keys)
-            packing, recorded_name = artifact_packing(reader.header.attributes)
-            expected = {signed.name: signed.algorithm for signed in verification.files}
-            file_name = None
-            if packing == "file":
-                if not verification.is_single_file:
-                    raise VerificationError(
-                        f"the artifact holds a single file but the signature covers a directory of "
-                        f"{len(verification.files)} file(s)",
-                        hint="is this the signature of another model?",
-                    )
-                file_name = single_file_name(recorded_name, verification)
-                expected = {file_name: expected[SINGLE_FILE_RESOURCE]}
-            elif verification.is_single_file:
-                raise VerificationError(
-                    "the artifact holds a directory but the signature covers a single file",
-                    hint="is this the signature of another model?",
-                )
-            buffers = _segment_buffers(reader.header.segment_size)
-            streamed = stream_into_directory(
-                # stream_into_directory runs the decryption in its own thread
-                reader.decrypted_views(buffers, progress=progress),
-                staged.root,
-                buffers=buffers,
-                packing=packing,
-                expected=expected,
-                skip=verification.is_ignored,
-                file_name=file_name,
-                allow_unsigned_files=allow_unsigned_files,
-                limits=limits,
+        else:
+            streamed, expected, file_name = _stream_decrypted(
+                artifact_uri, keys, verification, staged.root, allow_unsigned_files, limits, progress
             )
         return _finish(
             staged,
@@ -762,6 +721,55 @@ def fetch_model(
             signature,
             keep_signature=keep_signature,
         )
+
+
+def _stream_decrypted(  # noqa: PLR0917 - the fetch's settings, passed on
+    artifact_uri: str,
+    keys: KeyProvider | KeyResolver,
+    verification: VerificationResult,
+    root: Path,
+    allow_unsigned_files: bool,
+    limits: UnpackLimits,
+    progress: Callable[[int], None] | None,
+) -> tuple[list[StreamedFile], dict[str, str], str | None]:
+    """Decrypt an envelope artifact into `root`, hashing it as it goes (see `fetch_model`)."""
+    from samd.envelope import EnvelopeReader  # noqa: PLC0415
+    from samd.signing import SINGLE_FILE_RESOURCE  # noqa: PLC0415
+    from samd.storage import open_artifact  # noqa: PLC0415
+
+    with open_artifact(artifact_uri) as source:
+        reader = EnvelopeReader(source, keys)
+        packing, recorded_name = artifact_packing(reader.header.attributes)
+        expected = {signed.name: signed.algorithm for signed in verification.files}
+        file_name = None
+        if packing == "file":
+            if not verification.is_single_file:
+                raise VerificationError(
+                    f"the artifact holds a single file but the signature covers a directory of "
+                    f"{len(verification.files)} file(s)",
+                    hint="is this the signature of another model?",
+                )
+            file_name = single_file_name(recorded_name, verification)
+            expected = {file_name: expected[SINGLE_FILE_RESOURCE]}
+        elif verification.is_single_file:
+            raise VerificationError(
+                "the artifact holds a directory but the signature covers a single file",
+                hint="is this the signature of another model?",
+            )
+        buffers = _segment_buffers(reader.header.segment_size)
+        streamed = stream_into_directory(
+            # stream_into_directory runs the decryption in its own thread
+            reader.decrypted_views(buffers, progress=progress),
+            root,
+            buffers=buffers,
+            packing=packing,
+            expected=expected,
+            skip=verification.is_ignored,
+            file_name=file_name,
+            allow_unsigned_files=allow_unsigned_files,
+            limits=limits,
+        )
+    return streamed, expected, file_name
 
 
 def _stream_plain(
