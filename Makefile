@@ -33,6 +33,23 @@ deps: $(INSTALLED) $(SYSTEM_DEPS) ## Install Python and Debian dependencies (ide
 control-plane: ## Build (once, cached outside the repo) the control-plane binaries
 	hack/build-control-plane >/dev/null
 
+NODE_DEPS := .local/.node-deps
+
+$(NODE_DEPS): hack/install-node-deps
+	hack/install-node-deps
+	mkdir -p .local && touch $@
+
+.PHONY: node-deps
+node-deps: $(NODE_DEPS) ## Install the Debian packages of the image build and the real node (root)
+
+.PHONY: image
+image: deps node-deps ## Build SAMD's image without Docker: an OCI archive in .local/image (root)
+	hack/build-image
+
+.PHONY: node
+node: ## Build (once, cached outside the repo) the real node's binaries
+	hack/build-node >/dev/null
+
 .PHONY: lint
 lint: deps ## ruff
 	$(BIN)/ruff check .
