@@ -39,6 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 REPO = Path(__file__).resolve().parent.parent
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 FAKE_NODE = "kwok-node-0"
+SERVICE_CIDR = "10.0.0.0/16"  # a /24 holds only 254 Services
 
 
 class ClusterError(Exception):
@@ -304,6 +305,7 @@ def generate_pki(settings: Settings) -> None:
         "kube-controller-manager": ("system:kube-controller-manager", None),
         "kube-scheduler": ("system:kube-scheduler", None),
         "kwok": ("samd-kwok", "system:masters"),
+        "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
     }
     for component, (common_name, organization) in identities.items():
         key, cert = ca.issue(common_name, organization=organization, client=True)
@@ -541,7 +543,12 @@ def up(settings: Settings) -> None:
             f"--tls-cert-file={certs / 'apiserver.crt'}",
             f"--tls-private-key-file={certs / 'apiserver.key'}",
             f"--client-ca-file={certs / 'ca.crt'}",
-            "--service-cluster-ip-range=10.0.0.0/16",  # a /24 holds only 254 Services
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # `kubectl logs/exec` on a real node (hack/local-node): the API server's client identity
+            # at the kubelet, and the kubelet's address as the node reports it.
+            f"--kubelet-client-certificate={certs / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={certs / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
