@@ -67,9 +67,15 @@ unit: deps ## Unit tests (no cluster)
 integration: deps control-plane ## Integration tests against the real local control plane
 	$(BIN)/pytest -m integration
 
+.PHONY: real
+real: deps control-plane node-deps node ## The real tier: pods on a real node, from SAMD's own image (root)
+	$(BIN)/pytest -m real
+
+# The real tier runs in a session of its own: it runs its own operator (see tests/real/conftest.py).
 .PHONY: test
-test: deps control-plane lint typecheck ## Everything CI runs: lint, types, unit and integration tests
+test: deps control-plane node-deps node lint typecheck ## Everything CI runs: lint, types, unit, integration and real tests
 	$(BIN)/pytest -m "unit or integration"
+	$(BIN)/pytest -m real
 
 .PHONY: e2e
 e2e: deps ## e2e tier against the cluster named by KUBECONFIG (or the local control plane)
