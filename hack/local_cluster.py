@@ -347,6 +347,10 @@ def read_pid(settings: Settings, component: str) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
+    # A component started by an earlier command has exited once it is a zombie waiting for init.
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return None
     return pid
 
 
