@@ -8,13 +8,15 @@ operator and the integration tier's must not run against one cluster at once.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 from kubernetes.client import ApiClient
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, local_control_plane
 from tests.support.moto_server import MotoServer, run_moto_server
 from tests.support.node import RealNode, real_node
 from tests.support.operator import OperatorProcess
@@ -31,6 +33,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "the real and integration tiers each run an operator: run them in separate sessions "
             '(pytest -m "unit or integration"; pytest -m real), as `make test` does'
         )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The local control plane, advertising the node's bridge address to pods (the chart's pods call it).
+
+    A control plane that is already running keeps its address; the chart test says what to do then.
+    """
+    subnet = ipaddress.IPv4Network(os.environ.get("SAMD_NODE_SUBNET", "10.244.0.0/24"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(
+            "SAMD_CLUSTER_ADVERTISE_ADDRESS",
+            os.environ.get("SAMD_CLUSTER_ADVERTISE_ADDRESS", str(next(subnet.hosts()))),
+        )
+        with local_control_plane() as running:
+            yield running
 
 
 @pytest.fixture(scope="session")

@@ -51,10 +51,23 @@ def real_node(api: client.ApiClient) -> Iterator[RealNode]:
             subprocess.run([str(LOCAL_NODE), "down"], capture_output=True, check=False)
 
 
+def control_plane_tool(name: str) -> str:
+    """A binary from the control plane's build cache (kubectl, helm)."""
+    folder = _run([str(REPO / "hack" / "build-control-plane")], "locating the control plane's binaries")
+    return f"{folder.strip().splitlines()[-1]}/{name}"
+
+
 def kubectl(*args: str) -> str:
-    """Run the cached kubectl against the local control plane."""
-    folder = _run([str(REPO / "hack" / "build-control-plane")], "locating kubectl").strip().splitlines()[-1]
-    return _run([f"{folder}/kubectl", f"--kubeconfig={local_kubeconfig()}", *args], "kubectl")
+    """Run kubectl against the local control plane."""
+    return _run([control_plane_tool("kubectl"), f"--kubeconfig={local_kubeconfig()}", *args], "kubectl")
+
+
+def helm(*args: str, check: bool = True) -> str:
+    """Run helm against the local control plane."""
+    argv = [control_plane_tool("helm"), f"--kubeconfig={local_kubeconfig()}", *args]
+    if check:
+        return _run(argv, "helm")
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
 
 def wait_pod(
