@@ -151,6 +151,8 @@ def up() -> None:
     stop_daemons()
     step("Start a real local control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK node)")
     print(run(REPO / "hack" / "local-cluster", "up").strip())
+    step("Where the model's pods run")
+    print(node_choice())
     step("Install the SecureModel and ModelTrustPolicy CRDs")
     print(kubectl("apply", "--server-side", "-f", str(REPO / "crds")).strip())
     print(kubectl("apply", "--server-side", "-f", "-", show=False,
@@ -254,6 +256,25 @@ def up() -> None:
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
     print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
     print("stop everything: make demo-down")
+
+
+def node_choice() -> str:
+    """The demo's pods run on KWOK's fake node; say why, and refuse a cluster with a real node joined."""
+    real = kubectl("get", "nodes", "-l", "samd.dev/node=real", "-o", "name", show=False).strip()
+    if real:
+        raise SystemExit(
+            f"demo: a real node is joined ({real}) and the fake node is tainted, so the model's pods would "
+            "run there; the demo's model cannot become Ready on a real node yet (the image has no "
+            "inference server, `samd serve`). Run `hack/local-node down` first."
+        )
+    reasons = ["the image has no inference server yet (`samd serve`), so a model pod cannot become Ready"]
+    if os.geteuid() != 0:
+        reasons.append("a real node needs root")
+    return (
+        "on KWOK's fake node kwok-node-0: pods are marked Running, no container starts. Not on a real "
+        f"node because {'; and '.join(reasons)}. `make real` runs this example's loader, security "
+        "profile and NetworkPolicy in real containers (hack/local-node)."
+    )
 
 
 def secure_model(name: str, signature: Path) -> dict[str, Any]:

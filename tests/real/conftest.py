@@ -23,6 +23,7 @@ from tests.support.operator import OperatorProcess
 from tests.support.scenario import operator_fixture
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     del config
     markers = {
