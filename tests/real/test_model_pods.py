@@ -69,7 +69,13 @@ class Deployed:
         return names[0]
 
 
-def deploy_example(scenario: Scenario, s3: MotoServer, *, tamper: bool = False) -> Deployed:
+def deploy_example(
+    scenario: Scenario,
+    s3: MotoServer,
+    *,
+    tamper: bool = False,
+    allowed_clients: list[dict[str, Any]] | None = None,
+) -> Deployed:
     """Upload the example's artifact and signature to S3, apply the SecureModel, wait for its Deployment."""
     bucket = f"models-{scenario.namespace}"[:63]
     credentials = s3.env()
@@ -121,6 +127,8 @@ def deploy_example(scenario: Scenario, s3: MotoServer, *, tamper: bool = False) 
         signature={"uri": f"s3://{bucket}/{prefix}/model.sig"},
     )
     body["spec"]["serving"]["replicas"] = 1
+    if allowed_clients is not None:
+        body["spec"]["serving"]["allowedClients"] = allowed_clients
     scenario.apply_model(body)
     scenario.wait_condition(MODEL, "Verified", "True")
     deployment: list[client.V1Deployment] = []
@@ -229,7 +237,7 @@ def test_a_tampered_artifact_stops_the_pod_in_init_error_and_nothing_is_served(
     log = fetch_log(deployed, name)
     assert "tampered" in log.lower() or "authentication" in log.lower(), log
     # `kubectl get pod` shows Init:Error (or Init:CrashLoopBackOff while it waits to retry).
-    shown = subprocess_status(scenario, name)
+    shown = shown_status(scenario, name)
     assert shown in {"Init:Error", "Init:CrashLoopBackOff"}, shown
     # Nothing is served: the server never started and the Service has no endpoint.
     pod = scenario.core.read_namespaced_pod(name, scenario.namespace)
@@ -241,7 +249,7 @@ def test_a_tampered_artifact_stops_the_pod_in_init_error_and_nothing_is_served(
     assert all(not (e.conditions and e.conditions.ready) for s in slices for e in (s.endpoints or []))
 
 
-def subprocess_status(scenario: Scenario, pod: str) -> str:
+def shown_status(scenario: Scenario, pod: str) -> str:
     """The STATUS column of `kubectl get pod`, as a person sees it."""
     return kubectl("get", "pod", pod, "-n", scenario.namespace, "--no-headers").split()[2]
 
@@ -398,13 +406,13 @@ def test_the_network_policy_admits_the_allowed_client_and_cuts_off_another_names
     scenario: Scenario, node: RealNode, node_s3: MotoServer, client_namespaces: tuple[str, str, str]
 ) -> None:
     allowed_ns, other_ns, label = client_namespaces
-    deployed_body_clients = [
+    allowed_clients = [
         {
             "namespaceSelector": {"matchLabels": {"samd-test/clients": label}},
             "podSelector": {"matchLabels": {"app": "payments-api"}},
         }
     ]
-    deployed = deploy_example_with_clients(scenario, node_s3, deployed_body_clients)
+    deployed = deploy_example(scenario, node_s3, allowed_clients=allowed_clients)
     port = int(scenario.model(MODEL)["spec"]["serving"]["port"])
     model_labels = dict(deployed.template["metadata"]["labels"])
     listener = template_copy(
@@ -433,23 +441,6 @@ def test_the_network_policy_admits_the_allowed_client_and_cuts_off_another_names
     assert "cut off" in other_namespace[1]
     assert not other_pod[0], other_pod[1]  # the allowed namespace, another pod
     assert "cut off" in other_pod[1]
-
-
-def deploy_example_with_clients(
-    scenario: Scenario, s3: MotoServer, clients: list[dict[str, Any]]
-) -> Deployed:
-    original = scenario.example
-
-    def example(**overrides: Any) -> dict[str, Any]:
-        body = original(**overrides)
-        body["spec"]["serving"]["allowedClients"] = clients
-        return body
-
-    scenario.example = example  # type: ignore[method-assign]
-    try:
-        return deploy_example(scenario, s3)
-    finally:
-        scenario.example = original  # type: ignore[method-assign]
 
 
 def wait_for_firewall(namespace: str, pod: str, timeout: float = 30.0) -> None:
