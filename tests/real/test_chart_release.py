@@ -59,9 +59,17 @@ def available(apps: client.AppsV1Api, namespace: str) -> bool:
     return True
 
 
-def pods_of(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, client.V1Pod]:
+def ready_pods(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, client.V1Pod]:
+    """The Deployment's pods that run with every container ready (not those being deleted)."""
     pods = core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={name}").items
-    return {str(p.metadata.name): p for p in pods if p.metadata.deletion_timestamp is None}
+    return {
+        str(p.metadata.name): p
+        for p in pods
+        if p.metadata.deletion_timestamp is None
+        and p.status.pod_ip
+        and p.status.container_statuses
+        and all(c.ready for c in p.status.container_statuses)
+    }
 
 
 def test_the_chart_runs_the_operator_and_webhook_from_the_image_and_they_survive_deletion(
@@ -69,7 +77,7 @@ def test_the_chart_runs_the_operator_and_webhook_from_the_image_and_they_survive
 ) -> None:
     core, apps = client.CoreV1Api(k8s), client.AppsV1Api(k8s)
     assert available(apps, release)
-    before = {name: pods_of(core, release, name) for name in DEPLOYMENTS}
+    before = {name: ready_pods(core, release, name) for name in DEPLOYMENTS}
     for pods in before.values():
         assert pods
         for pod in pods.values():
@@ -89,7 +97,7 @@ def test_the_chart_runs_the_operator_and_webhook_from_the_image_and_they_survive
     eventually(
         lambda: (
             available(apps, release)
-            and all(set(pods_of(core, release, name)) - set(before[name]) for name in DEPLOYMENTS)
+            and all(set(ready_pods(core, release, name)) - set(before[name]) for name in DEPLOYMENTS)
         ),
         120,
         "new operator and webhook pods to be ready",
@@ -117,7 +125,7 @@ def assert_the_api_server_calls_the_webhook(core: client.CoreV1Api, namespace: s
 
     (`default` holds no SecureModel, so the decision is to allow it; what is counted is that one was made.)
     """
-    webhooks = list(pods_of(core, namespace, "samd-webhook"))
+    webhooks = list(ready_pods(core, namespace, "samd-webhook"))
     before = decisions(namespace, webhooks)
     pod = {
         "apiVersion": "v1",
