@@ -33,6 +33,23 @@ deps: $(INSTALLED) $(SYSTEM_DEPS) ## Install Python and Debian dependencies (ide
 control-plane: ## Build (once, cached outside the repo) the control-plane binaries
 	hack/build-control-plane >/dev/null
 
+NODE_DEPS := .local/.node-deps
+
+$(NODE_DEPS): hack/install-node-deps
+	hack/install-node-deps
+	mkdir -p .local && touch $@
+
+.PHONY: node-deps
+node-deps: $(NODE_DEPS) ## Install the Debian packages of the image build and the real node (root)
+
+.PHONY: image
+image: deps node-deps ## Build SAMD's image without Docker: an OCI archive in .local/image (root)
+	hack/build-image
+
+.PHONY: node
+node: ## Build (once, cached outside the repo) the real node's binaries
+	hack/build-node >/dev/null
+
 .PHONY: lint
 lint: deps ## ruff
 	$(BIN)/ruff check .
@@ -50,9 +67,15 @@ unit: deps ## Unit tests (no cluster)
 integration: deps control-plane ## Integration tests against the real local control plane
 	$(BIN)/pytest -m integration
 
+.PHONY: real
+real: deps control-plane node-deps node ## The real tier: pods on a real node, from SAMD's own image (root)
+	$(BIN)/pytest -m real
+
+# The real tier runs in a session of its own: it runs its own operator (see tests/real/conftest.py).
 .PHONY: test
-test: deps control-plane lint typecheck ## Everything CI runs: lint, types, unit and integration tests
+test: deps control-plane node-deps node lint typecheck ## Everything CI runs: lint, types, unit, integration and real tests
 	$(BIN)/pytest -m "unit or integration"
+	$(BIN)/pytest -m real
 
 .PHONY: e2e
 e2e: deps ## e2e tier against the cluster named by KUBECONFIG (or the local control plane)

@@ -159,6 +159,8 @@ def up() -> None:
     stop_daemons()
     step("Start a real local control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK node)")
     print(run(REPO / "hack" / "local-cluster", "up").strip())
+    step("Where the model's pods run")
+    print(node_choice())
     step("Install the SecureModel and ModelTrustPolicy CRDs")
     print(kubectl("apply", "--server-side", "-f", str(REPO / "crds")).strip())
     print(kubectl("apply", "--server-side", "-f", "-", show=False,
@@ -426,6 +428,25 @@ def serve_locally() -> None:
                 ("samd_serving_requests_total", "samd_serving_refused", "samd_serving_forbidden")
             )
         )
+    )
+
+
+def node_choice() -> str:
+    """The demo's pods run on KWOK's fake node; say why, and refuse a cluster with a real node joined."""
+    real = kubectl("get", "nodes", "-l", "samd.dev/node=real", "-o", "name", show=False).strip()
+    if real:
+        raise SystemExit(
+            f"demo: a real node is joined ({real}) and the fake node is tainted, so the model's pods would "
+            "run there; the demo does not drive a real node yet (its prediction runs the server as a local "
+            "process). Run `hack/local-node down` first."
+        )
+    reasons = ["the demo does not drive a real node yet (it serves the model as a local process)"]
+    if os.geteuid() != 0:
+        reasons.append("a real node needs root")
+    return (
+        "on KWOK's fake node kwok-node-0: pods are marked Running, no container starts. Not on a real "
+        f"node because {'; and '.join(reasons)}. `make real` runs this example's loader, security "
+        "profile and NetworkPolicy in real containers (hack/local-node)."
     )
 
 

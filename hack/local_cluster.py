@@ -39,6 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 REPO = Path(__file__).resolve().parent.parent
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 FAKE_NODE = "kwok-node-0"
+SERVICE_CIDR = "10.0.0.0/16"  # a /24 holds only 254 Services
 
 
 class ClusterError(Exception):
@@ -107,6 +108,10 @@ class Settings:
     layout: Layout
     ports: Ports
     ready_timeout: float
+    # Where pods reach the API server (the `kubernetes` Service's endpoint): loopback unless pods run
+    # on a real node (hack/local-node), whose bridge address it then is; the API server then also
+    # listens on every address, not only on loopback.
+    advertise_address: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -116,6 +121,7 @@ class Settings:
             layout=Layout(root=local / "cluster", kubeconfig=local / "kubeconfig"),
             ports=Ports.from_base(base),
             ready_timeout=float(os.environ.get("SAMD_CLUSTER_READY_TIMEOUT", "90")),
+            advertise_address=os.environ.get("SAMD_CLUSTER_ADVERTISE_ADDRESS", "127.0.0.1"),
         )
 
 
@@ -285,7 +291,7 @@ def generate_pki(settings: Settings) -> None:
     key, cert = ca.issue(
         "kube-apiserver",
         server_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-        server_ips=["127.0.0.1", "10.0.0.1"],
+        server_ips=sorted({"127.0.0.1", "10.0.0.1", settings.advertise_address}),
     )
     (certs / "apiserver.crt").write_bytes(_pem(cert))
     _write_key(certs / "apiserver.key", key)
@@ -304,6 +310,7 @@ def generate_pki(settings: Settings) -> None:
         "kube-controller-manager": ("system:kube-controller-manager", None),
         "kube-scheduler": ("system:kube-scheduler", None),
         "kwok": ("samd-kwok", "system:masters"),
+        "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
     }
     for component, (common_name, organization) in identities.items():
         key, cert = ca.issue(common_name, organization=organization, client=True)
@@ -345,6 +352,10 @@ def read_pid(settings: Settings, component: str) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
+    # A component started by an earlier command has exited once it is a zombie waiting for init.
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return None
     return pid
 
 
@@ -503,6 +514,7 @@ def up(settings: Settings) -> None:
         )
     binaries = locate_binaries()
     layout, ports = settings.layout, settings.ports
+    loopback = ipaddress.ip_address(settings.advertise_address).is_loopback
     layout.root.mkdir(parents=True, exist_ok=True)
     generate_pki(settings)
     certs = layout.certs
@@ -534,14 +546,19 @@ def up(settings: Settings) -> None:
         [
             str(binaries["kube-apiserver"]),
             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={'127.0.0.1' if loopback else '0.0.0.0'}",  # noqa: S104 - pods must reach it
+            f"--advertise-address={settings.advertise_address}",
             f"--secure-port={ports.apiserver}",
             f"--cert-dir={certs}",
             f"--tls-cert-file={certs / 'apiserver.crt'}",
             f"--tls-private-key-file={certs / 'apiserver.key'}",
             f"--client-ca-file={certs / 'ca.crt'}",
-            "--service-cluster-ip-range=10.0.0.0/16",  # a /24 holds only 254 Services
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # `kubectl logs/exec` on a real node (hack/local-node): the API server's client identity
+            # at the kubelet, and the kubelet's address as the node reports it.
+            f"--kubelet-client-certificate={certs / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={certs / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -689,7 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kube-controller-manager, kube-scheduler, KWOK fake node) on loopback.",
         epilog="Environment: KUBEBUILDER_ASSETS (use these binaries instead of building), "
         "SAMD_CLUSTER_PORT_BASE (default 16000), SAMD_LOCAL_DIR (default .local), "
-        "SAMD_CLUSTER_READY_TIMEOUT (seconds, default 90), SAMD_CACHE_DIR (binary cache).",
+        "SAMD_CLUSTER_READY_TIMEOUT (seconds, default 90), SAMD_CACHE_DIR (binary cache), "
+        "SAMD_CLUSTER_ADVERTISE_ADDRESS (the API server's address for pods; default 127.0.0.1, set it to "
+        "the real node's bridge address, 10.244.0.1 by default, for pods that call the API).",
     )
     parser.add_argument("command", choices=["up", "down", "status"])
     args = parser.parse_args(argv)

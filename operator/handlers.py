@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
+import os
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -94,6 +96,24 @@ class ModelDiffBaseInMemory(kopf.AnnotationsDiffBaseStorage):
 
 
 # --- start-up ---------------------------------------------------------------------------------------
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the API server at KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT; elsewhere KUBECONFIG.
+
+    kopf's own service-account login names ``https://kubernetes.default.svc``, which only resolves
+    where the cluster runs a DNS service; the service variables, which client-go's in-cluster
+    configuration uses, are set in every pod.
+    """
+    info = kopf.login_with_service_account(**kwargs)
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if info is not None and host:
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        return dataclasses.replace(
+            info, server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        )
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

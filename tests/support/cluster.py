@@ -35,7 +35,7 @@ class Cluster:
         return api
 
 
-def _local_kubeconfig() -> Path:
+def local_kubeconfig() -> Path:
     return Path(os.environ.get("SAMD_LOCAL_DIR", REPO / ".local")) / "kubeconfig"
 
 
@@ -56,7 +56,7 @@ def local_control_plane() -> Iterator[Cluster]:
                 + started.stderr
             )
     try:
-        yield Cluster(kubeconfig=_local_kubeconfig(), local=True)
+        yield Cluster(kubeconfig=local_kubeconfig(), local=True)
     finally:
         if not already_running:
             _run_local_cluster("down")

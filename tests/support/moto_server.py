@@ -30,25 +30,25 @@ class MotoServer:
         }
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 @contextmanager
-def run_moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
-    """Start `moto_server` in a subprocess and stop it on exit."""
-    port = _free_port()
+def run_moto_server(timeout: float = 30.0, host: str = "127.0.0.1") -> Iterator[MotoServer]:
+    """Start `moto_server` in a subprocess on ``host`` (loopback unless pods must reach it); stop it on exit."""
+    port = _free_port(host)
     # moto logs every request: send that to a file (a pipe nobody reads would fill up and stall it).
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally block below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "moto.server", "--host", host, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     deadline = time.monotonic() + timeout
     try:

@@ -31,7 +31,7 @@ def eventually(check: Callable[[], bool], timeout: float = 60.0, what: str = "co
 
 
 def operator_fixture(
-    cluster: Cluster, k8s: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, k8s: client.ApiClient, tmp_path_factory: pytest.TempPathFactory, **env: str
 ) -> Iterator[OperatorProcess]:
     install_crds(k8s)
     core = client.CoreV1Api(k8s)
@@ -53,6 +53,7 @@ def operator_fixture(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
+        **env,
     ) as process:
         yield process
 

@@ -1,0 +1,138 @@
+"""The Helm chart on the real node: the operator and the webhook run from SAMD's image, and recover.
+
+The pods reach the API server through the `kubernetes` Service (the control plane advertises the
+node's bridge address), and the API server reaches the webhook through its Service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from tests.support.cluster import REPO, scratch_namespace
+from tests.support.node import RealNode, helm, kubectl
+from tests.support.scenario import eventually
+
+pytestmark = pytest.mark.real
+
+RELEASE = "samd"
+DEPLOYMENTS = ("samd-operator", "samd-webhook")
+
+
+@pytest.fixture
+def release(node: RealNode, k8s: client.ApiClient) -> Iterator[str]:
+    """The chart installed (and waited for) in a namespace of its own; uninstalled afterwards."""
+    endpoints = client.DiscoveryV1Api(k8s).list_namespaced_endpoint_slice(
+        "default", label_selector="kubernetes.io/service-name=kubernetes"
+    )
+    addresses = {a for s in endpoints.items for e in s.endpoints or [] for a in e.addresses}
+    assert addresses == {node.ip}, (
+        f"the API server advertises {addresses}, which pods cannot reach: restart the local control "
+        f"plane with SAMD_CLUSTER_ADVERTISE_ADDRESS={node.ip}"
+    )
+    with scratch_namespace(k8s, prefix="samd-chart") as namespace:
+        try:
+            helm(
+                "install",
+                RELEASE,
+                str(REPO / "charts" / "samd"),
+                "-n",
+                namespace,
+                "--wait",
+                "--timeout",
+                "180s",
+            )
+            yield namespace
+        finally:  # removes the webhook configuration too
+            helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
+
+
+def available(apps: client.AppsV1Api, namespace: str) -> bool:
+    for name in DEPLOYMENTS:
+        status = apps.read_namespaced_deployment(name, namespace).status
+        if (status.available_replicas or 0) < (status.replicas or 1) or (status.updated_replicas or 0) < (
+            status.replicas or 1
+        ):
+            return False
+    return True
+
+
+def ready_pods(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, client.V1Pod]:
+    """The Deployment's pods that run with every container ready (not those being deleted)."""
+    pods = core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={name}").items
+    return {
+        str(p.metadata.name): p
+        for p in pods
+        if p.metadata.deletion_timestamp is None
+        and p.status.pod_ip
+        and p.status.container_statuses
+        and all(c.ready for c in p.status.container_statuses)
+    }
+
+
+def test_the_chart_runs_the_operator_and_webhook_from_the_image_and_they_survive_deletion(
+    release: str, node: RealNode, k8s: client.ApiClient
+) -> None:
+    core, apps = client.CoreV1Api(k8s), client.AppsV1Api(k8s)
+    assert available(apps, release)
+    before = {name: ready_pods(core, release, name) for name in DEPLOYMENTS}
+    for pods in before.values():
+        assert pods
+        for pod in pods.values():
+            assert pod.spec.node_name == node.name
+            assert all(c.ready for c in pod.status.container_statuses)
+    # The operator in its pod talks to the API server (kopf logged in and started).
+    operator_pod = next(iter(before["samd-operator"]))
+    eventually(
+        lambda: "Activity 'configure' succeeded" in kubectl("logs", "-n", release, operator_pod),
+        30,
+        "the operator to start",
+    )
+    # The API server calls the webhook pods over TLS through their Service.
+    assert_the_api_server_calls_the_webhook(core, release)
+
+    kubectl("delete", "pod", "-n", release, operator_pod, next(iter(before["samd-webhook"])), "--wait=false")
+    eventually(
+        lambda: (
+            available(apps, release)
+            and all(set(ready_pods(core, release, name)) - set(before[name]) for name in DEPLOYMENTS)
+        ),
+        120,
+        "new operator and webhook pods to be ready",
+    )
+    assert_the_api_server_calls_the_webhook(core, release)
+
+
+def decisions(namespace: str, pods: list[str]) -> float:
+    """Admission decisions the webhook pods counted (their /metrics, read through the API server's proxy)."""
+    total = 0.0
+    for pod in pods:
+        metrics = kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{namespace}/pods/https:{pod}:8443/proxy/metrics"
+        )
+        total += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("samd_webhook_admission_decisions_total{")
+        )
+    return total
+
+
+def assert_the_api_server_calls_the_webhook(core: client.CoreV1Api, namespace: str) -> None:
+    """A pod created (dry run) in another namespace is sent to the webhook pods, which decide on it.
+
+    (`default` holds no SecureModel, so the decision is to allow it; what is counted is that one was made.)
+    """
+    webhooks = list(ready_pods(core, namespace, "samd-webhook"))
+    before = decisions(namespace, webhooks)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        # Claiming a model is what sends a pod to the webhook (its match conditions).
+        "metadata": {"name": "admission-probe", "annotations": {"samd.dev/model": "no-such-model"}},
+        "spec": {"containers": [{"name": "c", "image": "samd:0.1.0"}]},
+    }
+    core.create_namespaced_pod("default", pod, dry_run="All")  # type: ignore[arg-type]
+    eventually(lambda: decisions(namespace, webhooks) > before, 10, "the webhook to count the admission")
