@@ -18,11 +18,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 from kubernetes import client
 
+from samd.fetch import KEPT_SIGNATURE
 from samd.operator.builders.serving import FETCH_CONTAINER, MODEL_DIR, SERVER_CONTAINER, WORKLOAD_USER
 from tests.support.cluster import scratch_namespace
 from tests.support.moto_server import MotoServer
@@ -127,6 +129,10 @@ def deploy_example(
         signature={"uri": f"s3://{bucket}/{prefix}/model.sig"},
     )
     body["spec"]["serving"]["replicas"] = 1
+    # The test's S3 server is plain http on the node's private address: the operator reads from it
+    # only because the cluster admin's policy lists it.
+    host = urlsplit(s3.endpoint).hostname
+    scenario.patch_policy({"allowedEndpoints": [{"cidr": f"{host}/32", "allowHttp": True}]})
     if allowed_clients is not None:
         body["spec"]["serving"]["allowedClients"] = allowed_clients
     scenario.apply_model(body)
@@ -216,7 +222,8 @@ def test_the_loader_fetches_decrypts_and_verifies_from_s3_on_the_real_node(
     assert terminated is not None
     assert (terminated.exit_code, terminated.reason) == (0, "Completed"), fetch_log(deployed, name)
     log = fetch_log(deployed, name)
-    assert "fetched 1 verified file(s)" in log, log
+    signed_files = len(list(scenario.artifacts.model.iterdir()))  # the model and its samd-model.json
+    assert f"fetched {signed_files} verified file(s)" in log, log
 
 
 def test_a_tampered_artifact_stops_the_pod_in_init_error_and_nothing_is_served(
@@ -309,8 +316,13 @@ def test_the_model_pod_runs_as_the_restricted_profile_says_inside_its_containers
     assert inside["models_mount"]["fstype"] == "tmpfs"  # the model lives in memory only
     assert inside["tmp_mount"]["fstype"] == "tmpfs"
     # The loader (the operator's init container, unchanged) wrote the decrypted, verified model.
-    expected = hashlib.sha256(scenario.artifacts.model.read_bytes()).hexdigest()
-    assert list(inside["models"].values()) == [expected]
+    # (every signed file, byte for byte, and the signature it verified, kept for the server)
+    expected = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in scenario.artifacts.model.iterdir()
+    }
+    assert {name: inside["models"].get(name) for name in expected} == expected
+    assert set(inside["models"]) - set(expected) == {KEPT_SIGNATURE}
 
 
 # --- the NetworkPolicy ----------------------------------------------------------------------------
