@@ -1,4 +1,4 @@
-"""`samd audit`: a periodic security audit of SAMD in one cluster (docs/audit.md).
+"""`samd audit`: a periodic security audit of SAMD in one cluster (docs/cli.md, "samd audit").
 
 Keys and certificates, who can reach each model's key and SecureModel (SubjectAccessReviews),
 exposed endpoints, signatures under the current policies, images, storage posture, the admission
