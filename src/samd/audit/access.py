@@ -190,11 +190,20 @@ def access_findings(
     operator_namespace: str,
 ) -> Iterator[Finding]:
     subjects = [s for s in candidate_subjects(snapshot) if not expected_subject(s, operator_namespace)]
+    answers: dict[tuple[Identity, AccessQuestion], bool] = {}
+
+    def remembered(identity: Identity, question: AccessQuestion) -> bool:
+        # Models in one namespace ask the same pod question: one review per subject and namespace.
+        key = (identity, question)
+        if key not in answers:
+            answers[key] = allowed(identity, question)
+        return answers[key]
+
     for model in snapshot.models:
         meta = model["metadata"]
         ref = ObjectRef("SecureModel", meta["name"], meta["namespace"])
         for question, by_design in model_questions(model):
-            for subject in _allowed_subjects(subjects, question.question, allowed):
+            for subject in _allowed_subjects(subjects, question.question, remembered):
                 grants = _bindings_of(subject, meta["namespace"], snapshot)
                 wildcard = [g for g in grants if g.wildcard]
                 if subject in by_design and not wildcard:

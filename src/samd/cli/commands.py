@@ -36,7 +36,8 @@ A typical flow:
   samd fetch model.samd --signature model.sig --public-key signer.pub.pem \\
       --key local:keys.json --output /models/current
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 verification, 4 integrity, 5 key provider, 6 storage.
+Exit codes: 0 ok, 1 error, 2 usage, 3 verification, 4 integrity, 5 key provider, 6 storage,
+8 audit findings at or above --fail-on.
 Run `samd COMMAND --help` for the options and an example of each command.
 """
 
