@@ -198,7 +198,9 @@ def test_operator_down_key_rotation_overdue_and_certificate_expiring(
             GROUP, VERSION, ns, "securemodels", MODEL,
             {"status": {"key": {"rotatedAt": _iso(now - datetime.timedelta(days=40)),
                                 "nextRotation": _iso(now - datetime.timedelta(days=10))},
-                        "certificates": {"serverNotAfter": _iso(now + datetime.timedelta(days=3))}}},
+                        "certificates": {"serverNotAfter": _iso(now + datetime.timedelta(days=3))},
+                        # What the operator's bucket posture check records for an insecure bucket.
+                        "storage": {"encrypted": False, "publicAccessBlocked": True}}},
         )  # fmt: skip
         down = run_audit(
             cluster.kubeconfig, capsys, monkeypatch, "--namespace", ns, "--reconcile-grace", "0s"
@@ -209,6 +211,7 @@ def test_operator_down_key_rotation_overdue_and_certificate_expiring(
     assert down.one("operator-not-reconciling", kind="SecureModel", name=MODEL)["severity"] == "high"
     assert down.one("key-rotation-overdue", name=MODEL)["severity"] == "high"
     assert down.one("certificate-expiring", name=MODEL)["severity"] == "medium"
+    assert "default bucket encryption is off" in down.one("storage-insecure", name=MODEL)["message"]
     assert down.exit_code == 8
 
     # Restarted: it reconciles every model, rotates the overdue key and rewrites the certificate status.
@@ -299,13 +302,29 @@ def test_repeated_unauthorized_access_exfiltration_review_and_drift_check(  # no
         if "intruder@example.com" in line and '"denied"' in line
     ]
     assert len([d for d in denials if d.get("namespace") == ns]) >= 3
-    # 2. The audit names the binding through which the intruder may create pods.
+    # Exfiltration, step 2: someone could read the key Secret outside SAMD.
+    reader: Any = {
+        "metadata": {"name": "key-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }
+    rbac.create_namespaced_role(ns, reader)
+    reads: Any = {
+        "metadata": {"name": "curious-reads-keys"},
+        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": "key-reader"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "curious@example.com"}],
+    }
+    rbac.create_namespaced_role_binding(ns, reads)
+    # 2. The audit names the binding through which the intruder may create pods (and the key reader).
     run = run_audit(cluster.kubeconfig, capsys, monkeypatch, "--namespace", ns)
+    key_reader = run.one("key-secret-readable", name=MODEL)
+    assert "User curious@example.com may get secrets/fraud-detection-key" in key_reader["message"]
+    assert f"RoleBinding {ns}/curious-reads-keys" in key_reader["message"]
     finding = [f for f in run.findings("pods-creatable", ns) if "intruder@example.com" in f["message"]]
     assert len(finding) == 1
     assert "RoleBinding " + ns + "/intruder-makes-pods" in finding[0]["message"]
-    # 3. Take the access away: refused by RBAC before the webhook is asked.
+    # 3. Take the access away: refused by RBAC before the webhook is asked (exfiltration step 4 alike).
     rbac.delete_namespaced_role_binding("intruder-makes-pods", ns)
+    rbac.delete_namespaced_role_binding("curious-reads-keys", ns)
 
     def forbidden_by_rbac() -> bool:
         try:
@@ -320,6 +339,7 @@ def test_repeated_unauthorized_access_exfiltration_review_and_drift_check(  # no
     #   samd quarantine clear NS/fraud-detection -> Ready True again.
     again = run_audit(cluster.kubeconfig, capsys, monkeypatch, "--namespace", ns)
     assert not [f for f in again.findings(namespace=ns) if "intruder@example.com" in f["message"]]
+    assert not again.findings("key-secret-readable")
     # Drift alert, step 1: the model served is the one signed (status, pods, audit).
     digest = scenario.artifacts.manifest_digest()
     assert scenario.model(MODEL)["status"]["verification"]["manifestDigest"] == digest
