@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 
 import pytest
 
 from samd.audit import CHECK_NAMES, Finding, ObjectRef, Report, Severity, fails_gate
-from samd.audit.render import HistoryPoint, history_json, parse_history, to_html, to_json, to_metrics
+from samd.audit.render import (
+    HistoryPoint,
+    history_json,
+    parse_history,
+    print_table,
+    to_html,
+    to_json,
+    to_metrics,
+)
 from samd.errors import UsageError
 
 pytestmark = pytest.mark.unit
@@ -65,3 +74,18 @@ def test_a_damaged_history_starts_again_and_a_good_one_round_trips() -> None:
     assert parse_history("{not json") == []
     points = [HistoryPoint(NOW, {"high": 1})]
     assert parse_history(history_json(points)) == points
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, _Terminal], ids=["plain", "terminal"])
+def test_the_table_shows_text_as_written_and_the_totals(stream: type[io.StringIO]) -> None:
+    report = Report(NOW, "https://k8s", [finding(Severity.HIGH, name="web [public]")], {"secureModels": 1})
+    out = stream()
+    print_table(report, out)
+    text = out.getvalue()
+    assert "web [public]" in text  # not taken for markup on a terminal
+    assert "1 finding(s): 1 high. Checked: 1 secureModels." in text

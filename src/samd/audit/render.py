@@ -90,6 +90,7 @@ def _plain_table(report: Report, out: TextIO) -> None:
 
 def _rich_table(report: Report, out: TextIO) -> None:
     from rich.console import Console  # noqa: PLC0415
+    from rich.markup import escape  # noqa: PLC0415 - object names and messages may hold "[...]"
     from rich.table import Table  # noqa: PLC0415
 
     console = Console(file=out)
@@ -103,10 +104,10 @@ def _rich_table(report: Report, out: TextIO) -> None:
         colour = SEVERITY_COLOURS[f.severity.label]
         table.add_row(
             f"[bold {colour}]{f.severity.label}[/]",
-            f.check,
-            str(f.object),
-            f"{f.message}\n[dim]{f.why}[/]",
-            f.fix,
+            escape(f.check),
+            escape(str(f.object)),
+            f"{escape(f.message)}\n[dim]{escape(f.why)}[/]",
+            escape(f.fix),
         )
     console.print(table)
 
