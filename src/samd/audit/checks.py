@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -600,10 +600,3 @@ def snapshot_findings(snapshot: Snapshot, settings: AuditSettings) -> list[Findi
 def _days(delta: datetime.timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
-
-
-def by_namespace(items: Iterable[Obj]) -> dict[str, list[Obj]]:
-    grouped: dict[str, list[Obj]] = {}
-    for item in items:
-        grouped.setdefault(item["metadata"].get("namespace") or "", []).append(item)
-    return grouped

@@ -7,7 +7,7 @@ is not installed, 403 names the right the audit's identity lacks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -211,7 +211,3 @@ def connect(kubeconfig_context: str | None = None) -> Iterator[ClusterReader]:
         yield reader
     finally:
         reader.close()
-
-
-def names(items: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [str(item["metadata"]["name"]) for item in items]

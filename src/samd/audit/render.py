@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from samd.audit.findings import Report, Severity
+from samd.audit.findings import Report
 from samd.errors import UsageError
 
 SEVERITY_COLOURS = {
@@ -274,6 +274,3 @@ def _iso(moment: datetime.datetime) -> str:
 
 def _parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-ALL_SEVERITIES = [s.label for s in sorted(Severity, reverse=True)]

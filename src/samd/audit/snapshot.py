@@ -62,6 +62,7 @@ def read_snapshot(reader: ClusterReader, namespace: str | None = None) -> Snapsh
         ingresses=listed("networking.k8s.io/v1", "Ingress"),
         http_routes=reader.list("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, namespaced=True),
         network_policies=listed("networking.k8s.io/v1", "NetworkPolicy"),
+        # Everywhere, also with a namespace: the operator's and the webhook's own Deployments count.
         deployments=reader.list("apps/v1", "Deployment", None, namespaced=True) or [],
         role_bindings=listed("rbac.authorization.k8s.io/v1", "RoleBinding"),
         cluster_role_bindings=listed("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", namespaced=False),
