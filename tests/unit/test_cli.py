@@ -26,7 +26,18 @@ from samd.envelope import read_header
 pytestmark = pytest.mark.unit
 
 SAMD = str(Path(sys.executable).with_name("samd"))
-COMMANDS = ("keygen", "sign", "verify", "encrypt", "decrypt", "rewrap", "fetch", "inspect")
+COMMANDS = (
+    "keygen",
+    "sign",
+    "verify",
+    "encrypt",
+    "decrypt",
+    "rewrap",
+    "fetch",
+    "inspect",
+    "reencrypt",
+    "audit",
+)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ A typical flow:
   samd fetch model.samd --signature model.sig --public-key signer.pub.pem \\
       --key local:keys.json --output /models/current
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 verification, 4 integrity, 5 key provider, 6 storage.
+Exit codes: 0 ok, 1 error, 2 usage, 3 verification, 4 integrity, 5 key provider, 6 storage,
+8 audit findings at or above --fail-on.
 Run `samd COMMAND --help` for the options and an example of each command.
 """
 
@@ -1453,3 +1454,287 @@ def proxy(context: click.Context, /, **options: Any) -> None:
         return UpstreamBackend(upstream, options["model_name"])
 
     _run_front_end(options, backend)
+
+
+# --- reencrypt --------------------------------------------------------------------------------
+
+
+@app.command()
+@click.argument("artifact", metavar="ARTIFACT")
+@key_option
+@click.option(
+    "--old-key",
+    multiple=True,
+    metavar="URI",
+    help="The key that wrapped the current data key, if not --key (repeatable).",
+)
+@click.option(
+    "--output",
+    "-o",
+    metavar="LOCATION",
+    help="Write the new artifact here (a path or s3://) instead of replacing ARTIFACT (local files only).",
+)
+@json_option
+@click.pass_context
+def reencrypt(
+    context: click.Context,
+    *,
+    artifact: str,
+    key: tuple[str, ...],
+    old_key: tuple[str, ...],
+    output: str | None,
+    json_output: bool,
+) -> None:
+    """Re-encrypt an artifact under a fresh data key: the answer to a leaked data key.
+
+    `samd rewrap` only wraps the same data key again (after a key-encryption key rotation); a data
+    key that leaked still decrypts a rewrapped artifact. reencrypt decrypts the artifact segment by
+    segment (every segment authenticated) and encrypts it under a new random data key wrapped by
+    --key. The result appears atomically: a local ARTIFACT is replaced only once complete. The
+    model's files, and therefore its signature, do not change.
+
+    \b
+    Examples:
+      samd reencrypt model.samd --key local:keys.json
+      samd reencrypt s3://models/fraud/1.4.0/model.samd --key aws-kms://alias/models \\
+          --output s3://models/fraud/1.4.0/model.samd
+    """
+    state = _start(context, json_output)
+    from samd.envelope import reencrypt_file, reencrypt_stream  # noqa: PLC0415
+    from samd.storage import LocalPath, open_artifact, parse_artifact_uri  # noqa: PLC0415
+
+    if len(key) != 1:
+        raise UsageError("reencrypt wraps the new data key with exactly one --key")
+    source = parse_artifact_uri(artifact)
+    if output is None and not isinstance(source, LocalPath):
+        raise UsageError(
+            f"{artifact} is not a local file: give --output (it may name the same object to replace it)"
+        )
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        wrapping: KeyProvider = stack.enter_context(_open_keys(key))  # type: ignore[assignment]
+        unwrapping = stack.enter_context(_open_keys(old_key)) if old_key else wrapping
+        if isinstance(source, LocalPath):
+            total = source.path.stat().st_size if source.path.is_file() else None
+        else:
+            total = None
+        progress = stack.enter_context(progress_bar("reencrypt", total))
+        target = parse_artifact_uri(output) if output is not None else source
+        if isinstance(source, LocalPath) and isinstance(target, LocalPath):
+            result = reencrypt_file(
+                source.path,
+                wrapping,
+                keys=unwrapping,
+                output=target.path if output else None,
+                progress=progress,
+            )
+        else:
+            reader = stack.enter_context(open_artifact(artifact))
+            result = _reencrypt_to_storage(
+                reader, output or artifact, unwrapping, wrapping, progress, reencrypt_stream
+            )
+    before, after = result.previous, result.header
+    document = {
+        "artifact": artifact,
+        "output": output or artifact,
+        "plaintext_bytes": result.plaintext_bytes,
+        "seconds": round(time.monotonic() - started, 3),
+        "previous": before.to_dict(),
+        "header": after.to_dict(),
+    }
+    emit(
+        state,
+        document,
+        f"re-encrypted {artifact} under a new data key ({_human_size(result.plaintext_bytes)}) to "
+        f"{output or artifact}\nkey: {after.provider} {after.key_id} version {after.key_version} "
+        f"(was {before.provider} {before.key_id} version {before.key_version})\n"
+        "the old data key no longer decrypts it; delete every other copy of the old artifact",
+    )
+
+
+def _reencrypt_to_storage(  # noqa: PLR0917
+    reader: BinaryIO,
+    destination: str,
+    unwrapping: Any,
+    wrapping: KeyProvider,
+    progress: Any,
+    reencrypt_stream: Callable[..., Any],
+) -> Any:
+    """Stream a re-encryption into object storage (or a local path) through the uploader."""
+    import tempfile  # noqa: PLC0415
+
+    from samd.envelope import atomic_output  # noqa: PLC0415
+    from samd.storage import LocalPath, parse_artifact_uri, put_artifact  # noqa: PLC0415
+
+    target = parse_artifact_uri(destination)
+    if isinstance(target, LocalPath):
+        with atomic_output(target.path) as out:
+            return reencrypt_stream(reader, out, unwrapping, wrapping, progress=progress)
+    # The source may be the destination object: stage the new artifact before replacing it.
+    with tempfile.TemporaryFile(prefix="samd-reencrypt-") as staged:
+        result = reencrypt_stream(reader, staged, unwrapping, wrapping, progress=progress)
+        staged.seek(0)
+        put_artifact(destination, staged)
+    return result
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+AUDIT_EXIT_FINDINGS = 8
+"""`samd audit` exit code when a finding is at or above --fail-on."""
+
+
+@app.command()
+@click.option("--namespace", "-n", metavar="NS", help="Audit the models of one namespace (default: all).")
+@click.option("--context", "kube_context", metavar="NAME", help="The kubeconfig context (default: current).")
+@click.option(
+    "--fail-on",
+    default="high",
+    show_default=True,
+    type=click.Choice(["critical", "high", "medium", "low", "info", "none"]),
+    help=f"Exit {AUDIT_EXIT_FINDINGS} when a finding is at this severity or worse ('none': never).",
+)
+@click.option("--html", "html_path", type=PATH, metavar="FILE", help="Also write a report a person reads.")
+@click.option(
+    "--history",
+    type=PATH,
+    metavar="DIR",
+    help="A directory of earlier JSON reports: charted over time in --html; this report is added to it.",
+)
+@click.option(
+    "--store-configmap",
+    metavar="NS/NAME",
+    help="Write the report (report.json, report.html, history.json, metrics.prom) into this existing "
+    "ConfigMap, keeping the history it holds (what the chart's CronJob does).",
+)
+@click.option(
+    "--metrics-file", type=PATH, metavar="FILE", help="Also write the Prometheus text-format metrics."
+)
+@click.option(
+    "--certificate-warning",
+    default="720h",
+    show_default=True,
+    metavar="DURATION",
+    help="Report certificates expiring sooner than this.",
+)
+@click.option(
+    "--reconcile-grace",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long a change may wait for the operator before it counts as not reconciled.",
+)
+@click.option(
+    "--operator-namespace",
+    default="samd-system",
+    show_default=True,
+    metavar="NS",
+    help="Where SAMD runs (its service accounts' access is expected).",
+)
+@json_option
+@click.pass_context
+def audit(
+    context: click.Context,
+    *,
+    namespace: str | None,
+    kube_context: str | None,
+    fail_on: str,
+    html_path: Path | None,
+    history: Path | None,
+    store_configmap: str | None,
+    metrics_file: Path | None,
+    certificate_warning: str,
+    reconcile_grace: str,
+    operator_namespace: str,
+    json_output: bool,
+) -> int:
+    """Audit SAMD in the cluster named by KUBECONFIG: every finding with its severity, the object,
+    why it matters and how to fix it.
+
+    Checks: keys past their rotation period; certificates (model servers, signers, the webhook's CA)
+    near expiry; signatures verified again under the current trust policies; who may read each
+    model's key Secret, update its SecureModel or create pods next to it (asked of the API server
+    with SubjectAccessReviews, for every subject of every binding and the groups that stand for
+    everyone); expired time-bound grants still bound; Services, Ingresses and HTTPRoutes reaching
+    model pods; NetworkPolicies that allow all; namespaces without Pod Security enforcement;
+    unpinned images; the bucket posture; the webhook's configuration; whether the operator and the
+    webhook run. Read only, apart from --store-configmap.
+
+    \b
+    Exit codes: 0 nothing at or above --fail-on, 8 findings at or above it, 2 usage, 1 other errors.
+    \b
+    Examples:
+      samd audit
+      samd audit --json --fail-on critical > audit.json
+      samd audit --html audit.html --history ./audits/
+    """
+    state = _start(context, json_output)
+    from samd.audit import CHECK_NAMES, AuditSettings, Severity, fails_gate, run_audit  # noqa: PLC0415
+    from samd.audit.cluster import connect  # noqa: PLC0415
+    from samd.audit.render import (  # noqa: PLC0415
+        HistoryPoint,
+        history_from_directory,
+        history_json,
+        parse_history,
+        print_table,
+        to_html,
+        to_json,
+        to_metrics,
+    )
+    from samd.audit.run import utc_now  # noqa: PLC0415
+    from samd.spec import parse_duration  # noqa: PLC0415
+
+    def duration(option: str, text: str) -> Any:
+        try:
+            return parse_duration(text)
+        except (ValueError, UsageError):
+            raise UsageError(
+                f"{option} {text!r} is not a duration", hint="write it like 720h, 1h30m or 90s"
+            ) from None
+
+    configmap: tuple[str, str] | None = None
+    if store_configmap is not None:
+        ns, _, name = store_configmap.partition("/")
+        if not ns or not name:
+            raise UsageError(f"--store-configmap {store_configmap!r} must be NAMESPACE/NAME")
+        configmap = (ns, name)
+    if history is not None and not history.is_dir():
+        raise UsageError(f"--history {history} is not a directory", hint=f"create it: mkdir -p {history}")
+    settings = AuditSettings(
+        now=utc_now(),
+        certificate_warning=duration("--certificate-warning", certificate_warning),
+        reconcile_grace=duration("--reconcile-grace", reconcile_grace),
+        operator_namespace=operator_namespace,
+    )
+    with connect(kube_context) as reader:
+        report = run_audit(reader, settings, namespace=namespace)
+        points = history_from_directory(history) if history is not None else []
+        stored: dict[str, str] = {}
+        if configmap is not None:
+            existing = reader.get("v1", "ConfigMap", configmap[1], configmap[0])
+            points += parse_history(((existing or {}).get("data") or {}).get("history.json"))
+        points = sorted([*points, HistoryPoint.of(report)], key=lambda p: p.generated_at)
+        page = to_html(report, points)
+        metrics = to_metrics(report, CHECK_NAMES)
+        if configmap is not None:
+            stored = {
+                "report.json": to_json(report),
+                "report.html": page,
+                "history.json": history_json(points),
+                "metrics.prom": metrics,
+            }
+            reader.write_config_map(configmap[0], configmap[1], stored)
+    if html_path is not None:
+        html_path.write_text(page)
+    if history is not None:
+        stamp = report.generated_at.strftime("%Y%m%dT%H%M%S.%fZ")  # two runs in one second keep both
+        (history / f"samd-audit-{stamp}.json").write_text(to_json(report))
+    if metrics_file is not None:
+        metrics_file.write_text(metrics)
+    if state.json:
+        sys.stdout.write(to_json(report))
+    else:
+        print_table(report, sys.stdout)
+    sys.stdout.flush()
+    threshold = None if fail_on == "none" else Severity.parse(fail_on)
+    return AUDIT_EXIT_FINDINGS if fails_gate(report, threshold) else 0

@@ -2,11 +2,14 @@
 an authenticated versioned header carrying the wrapped data key (docs/format.md)."""
 
 from samd.envelope.files import (
+    ReencryptResult,
     RewrapResult,
     atomic_output,
     body_offset,
     decrypt_file,
     encrypt_file,
+    reencrypt_file,
+    reencrypt_stream,
     rewrap_header,
 )
 from samd.envelope.header import (
@@ -31,6 +34,7 @@ __all__ = [
     "EnvelopeReader",
     "Header",
     "Progress",
+    "ReencryptResult",
     "RewrapResult",
     "atomic_output",
     "body_offset",
@@ -40,5 +44,7 @@ __all__ = [
     "encrypt_file",
     "encrypt_stream",
     "read_header",
+    "reencrypt_file",
+    "reencrypt_stream",
     "rewrap_header",
 ]

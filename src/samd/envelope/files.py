@@ -26,7 +26,7 @@ from samd.envelope.header import (
     dek_context,
     new_header,
 )
-from samd.envelope.stream import Progress, decrypt_stream, encrypt_stream, open_artifact
+from samd.envelope.stream import EnvelopeReader, Progress, decrypt_stream, encrypt_stream, open_artifact
 from samd.errors import StorageError, UsageError
 from samd.keys.base import KeyProvider, KeyResolver
 
@@ -159,6 +159,103 @@ def rewrap_header(
         header.key_version,
     )
     return RewrapResult(previous=previous, header=header, rewrapped=True)
+
+
+@dataclass(frozen=True)
+class ReencryptResult:
+    """The header before and after a re-encryption (a new data key, salt and nonce prefix)."""
+
+    previous: Header
+    header: Header
+    plaintext_bytes: int
+
+
+class _PlaintextReader:
+    """A readable stream over authenticated plaintext segments (the decrypting side of a re-encryption)."""
+
+    def __init__(self, segments: Iterator[bytes]) -> None:
+        self._segments = segments
+        self._pending = memoryview(b"")
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = size if size >= 0 else 1 << 62
+        chunks = []
+        while wanted > 0:
+            if not self._pending:
+                segment = next(self._segments, None)
+                if segment is None:
+                    break
+                self._pending = memoryview(segment)
+            taken = self._pending[:wanted]
+            self._pending = self._pending[len(taken) :]
+            chunks.append(bytes(taken))
+            wanted -= len(taken)
+        data = b"".join(chunks)
+        self.count += len(data)
+        return data
+
+
+def reencrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    keys: KeyResolver | KeyProvider,
+    provider: KeyProvider,
+    *,
+    progress: Progress | None = None,
+) -> ReencryptResult:
+    """Decrypt `src` with `keys` and encrypt it to `dst` under a fresh data key wrapped by `provider`.
+
+    Unlike a rewrap, which only wraps the same data key again, this replaces the data key itself:
+    the answer to a leaked data key. The plaintext streams through segment by segment (memory stays
+    at a few segments); attributes and segment size are kept. `dst` holds a complete artifact only
+    if this returns: a truncated or tampered source raises, and `dst` must then be discarded
+    (`reencrypt_file` does).
+    """
+    reader = EnvelopeReader(src, keys)
+    previous = reader.header
+    plaintext = _PlaintextReader(reader.segments(progress=progress))
+    header = encrypt_stream(
+        plaintext,  # type: ignore[arg-type]
+        dst,
+        provider,
+        attributes=previous.attributes,
+        segment_size=previous.segment_size,
+    )
+    return ReencryptResult(previous=previous, header=header, plaintext_bytes=plaintext.count)
+
+
+def reencrypt_file(
+    path: str | os.PathLike[str],
+    provider: KeyProvider,
+    *,
+    keys: KeyResolver | KeyProvider | None = None,
+    output: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> ReencryptResult:
+    """Re-encrypt an artifact file under a fresh data key, in place (or into `output`), atomically.
+
+    The new artifact is written to a temporary file beside the destination and renamed over it only
+    once every source segment authenticated; on any error the destination is untouched.
+    """
+    source = Path(path)
+    target = Path(output) if output is not None else source
+    if output is not None:
+        _refuse_same_file(source, target)
+    with _open_for_reading(source) as src:
+        file_mode = stat.S_IMODE(os.fstat(src.fileno()).st_mode)
+        with atomic_output(target, mode=file_mode) as dst:
+            result = reencrypt_stream(
+                src, dst, keys if keys is not None else provider, provider, progress=progress
+            )
+    logger.info(
+        "re-encrypted %s under a new data key wrapped by %s key %s version %s",
+        target,
+        result.header.provider,
+        result.header.key_id,
+        result.header.key_version,
+    )
+    return result
 
 
 def body_offset(header: Header) -> int:
