@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import admission, artifact, serving
+from bench import admission, admission_e2e, artifact, serving
 from bench import operator as operator_suite
 from bench.report import Row, text_table, write_section
 
@@ -71,6 +71,20 @@ def run_admission(options: argparse.Namespace) -> bool:
     )
 
 
+def run_admission_e2e(options: argparse.Namespace) -> bool:
+    settings = admission_e2e.Settings(
+        duration=options.admission_seconds, connections=options.admission_e2e_connections
+    )
+    rows = admission_e2e.run(settings)
+    return report(
+        options,
+        "admission-e2e",
+        "Admission end to end: pods created through the API server",
+        rows,
+        lambda command: admission_e2e.section(rows, settings, command),
+    )
+
+
 def run_serving(options: argparse.Namespace) -> bool:
     settings = serving.Settings(
         duration=options.serving_seconds,
@@ -91,6 +105,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], bool]] = {
     "artifact": run_artifact,
     "operator": run_operator,
     "admission": run_admission,
+    "admission-e2e": run_admission_e2e,
     "serving": run_serving,
 }
 
@@ -108,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--admission-seconds", type=float, default=10.0, help="measured seconds per admission case"
+    )
+    parser.add_argument(
+        "--admission-e2e-connections",
+        type=int,
+        default=8,
+        help="keep-alive connections creating pods through the API server (admission-e2e suite)",
     )
     parser.add_argument(
         "--admission-connections",
