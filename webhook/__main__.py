@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_arguments(arguments)
     except SamdError as error:
         parser.error(str(error))
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, component="webhook")
     # One line per API request of the watches is noise next to the audit log.
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))
     # The `_created` series double /metrics for nothing a dashboard uses.

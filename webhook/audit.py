@@ -1,8 +1,10 @@
 """One structured audit line per admission decision (logger ``samd.audit``).
 
-With JSON logging (``samd.logs.configure_logging``) each line carries the fields below, so an
-auditor can answer "who tried to run which model where, and what did SAMD say": user, groups,
-operation, kind, namespace, object, model, policy, decision, reason, dry_run, duration_ms, uid.
+With JSON logging (``samd.logs.configure_logging``) each line has SAMD's decision shape
+(`samd.logs.decision_fields`: component, event "admission", decision, reason, user, model
+{namespace, name}) and the admission's own fields, so an auditor can answer "who tried to run which
+model where, and what did SAMD say": groups, operation, kind, namespace, object, policy, dry_run,
+duration_ms, uid.
 Only names and decisions are logged; never object contents, key material or model bytes.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from samd.logs import decision_fields
 from samd.webhook.review import AdmissionRequest, Decision
 
 logger = logging.getLogger("samd.audit")
@@ -56,21 +59,24 @@ class AuditRecord:
 
     def fields(self) -> dict[str, object]:
         """The `extra=` of the log record (``message`` is the record's own message)."""
-        return {
-            "uid": self.uid,
-            "user": self.user,
-            "groups": list(self.groups),
-            "operation": self.operation,
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "object": self.object_name,
-            "model": self.model,
-            "policy": self.policy,
-            "decision": self.decision,
-            "reason": self.reason,
-            "dry_run": self.dry_run,
-            "duration_ms": self.duration_ms,
-        }
+        model_namespace, _, model_name = (self.model or "").rpartition("/")
+        return decision_fields(
+            component="webhook",
+            event="admission",
+            decision=self.decision,
+            reason=self.reason,
+            user=self.user or None,
+            model=(model_namespace or self.namespace, model_name) if model_name else None,
+            uid=self.uid,
+            groups=list(self.groups),
+            operation=self.operation,
+            kind=self.kind,
+            namespace=self.namespace,
+            object=self.object_name,
+            policy=self.policy,
+            dry_run=self.dry_run,
+            duration_ms=self.duration_ms,
+        )
 
 
 def log_decision(record: AuditRecord) -> None:
@@ -96,5 +102,12 @@ def log_unparsed(uid: str, kind: str, problem: str) -> None:
         "denied a malformed AdmissionReview (uid %s): %s",
         uid,
         problem,
-        extra={"uid": uid, "kind": kind, "decision": "denied", "reason": "InvalidAdmissionReview"},
+        extra=decision_fields(
+            component="webhook",
+            event="admission",
+            decision="denied",
+            reason="InvalidAdmissionReview",
+            uid=uid,
+            kind=kind,
+        ),
     )
