@@ -55,7 +55,7 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -248,7 +248,7 @@ def test_the_sink_configuration_names_what_is_wrong() -> None:
         EventConfigError, match=r"SAMD_EVENT_SINKS\[0\].url 'ftp://x' is not an http\(s\) URL"
     ):
         parse_sinks('[{"url": "ftp://x"}]', {"SAMD_EVENT_SINK_0_KEY": "k"})
-    with pytest.raises(EventConfigError, match="known types: dev.samd.signature.failed"):
+    with pytest.raises(EventConfigError, match=r"known types: dev\.samd\.signature\.failed"):
         parse_sinks('[{"url": "https://x", "types": ["drift"]}]', {"SAMD_EVENT_SINK_0_KEY": "k"})
     with pytest.raises(EventConfigError, match="is not JSON"):
         parse_sinks("[{", {})
