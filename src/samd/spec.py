@@ -308,6 +308,18 @@ class AllowedEndpoint(_Camel):
         return self
 
 
+class Responses(_Camel):
+    """Incident responses for the covered models (docs/events.md); nothing happens unless set.
+
+    A threshold crossed sends a security event; with `quarantine`, the operator also quarantines
+    the model (scaled to zero, new pods refused) until a person clears it.
+    """
+
+    unauthorized_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    drift_psi: Annotated[float | None, Field(gt=0, le=100, alias="driftPSI")] = None
+    quarantine: bool = False
+
+
 class ModelTrustPolicySpec(_Camel):
     namespace_selector: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["enforce", "warn"] = "enforce"
@@ -320,6 +332,7 @@ class ModelTrustPolicySpec(_Camel):
     # Where the operator may be pointed at (no confused deputy): see samd.storage.guard.
     allowed_endpoints: tuple[AllowedEndpoint, ...] = ()
     allow_local_files: bool | None = None  # unset: false; development only (see SAMD_ALLOW_LOCAL_FILES)
+    responses: Responses = Field(default_factory=Responses)
 
 
 def _describe(error: ValidationError, kind: str) -> str:
