@@ -30,9 +30,20 @@ from typing import Any
 
 import kopf
 
+from samd import events
 from samd.operator.config import OperatorConfig
+from samd.operator.incidents import record_outcome_events
 from samd.operator.kube import Kube, connect
-from samd.operator.reconcile import Change, ModelObject, OwnedRef, Reconciler, Rollout, due_at, owning_model
+from samd.operator.reconcile import (
+    Change,
+    ModelObject,
+    OwnedRef,
+    Reconciler,
+    Rollout,
+    due_at,
+    owning_model,
+    quarantine_pending,
+)
 from samd.policy import TrustPolicy
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
@@ -137,6 +148,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kube_context = connect(connections=config.workers * 2 + 8, remember_for=config.reverify_interval / 2)
     memo.kube = await memo.kube_context.__aenter__()
     memo.reconciler = Reconciler(kube=memo.kube, config=config)
+    try:
+        # Security events go to the sinks SAMD_EVENT_SINKS names, from a background thread; their
+        # addresses pass the guard the operator applies to every endpoint.
+        events.install(events.dispatcher_from_env(os.environ, config.address_policy()))
+    except events.EventConfigError as error:
+        raise kopf.PermanentError(f"the operator cannot start: {error}") from error
     # Resource handlers get a shallow copy of this memo, so what they must hand to the resync loop
     # goes into a container shared by all the copies, not into an attribute of their own copy.
     memo.shared_indexes = {}
@@ -148,6 +165,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await asyncio.to_thread(events.uninstall)
     for task in (memo.resync, memo.owned_watch):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -207,6 +225,7 @@ async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     for event in outcome.events:
         kind = "Warning" if event.warning else "Normal"
         kopf.event(body, type=kind, reason=event.reason, message=event.message)
+    record_outcome_events(model.namespace, model.name, outcome.events)
     if outcome.error is not None:
         raise outcome.error
 
@@ -420,7 +439,22 @@ async def expose_index(
     secure_models: kopf.Index[Any, Any] = kwargs["secure_models"]
     # Indexes are only injected into handlers; keep a reference for the resync loop.
     memo.shared_indexes["secure_models"] = secure_models
-    if event.get("type") == "DELETED" and namespace is not None:
+    memo.shared_indexes["trust_policies"] = kwargs["trust_policies"]
+    memo.shared_indexes["namespace_labels"] = kwargs["namespace_labels"]
+    if namespace is None:
+        return
+    requested: dict[tuple[str, str], object] = memo.shared_indexes.setdefault("quarantine_requested", {})
+    if event.get("type") == "DELETED":
         reconciler: Reconciler = memo.reconciler
         reconciler.drop_model(namespace, name)
         memo.model_diffbase.forget(str(kwargs["uid"]))
+        requested.pop((namespace, name), None)
+        return
+    # status.quarantine is written through the status subresource, which kopf's update handler does
+    # not see: a quarantine set or cleared re-queues the model once (the reconcile applies it).
+    status = (event.get("object") or {}).get("status") or {}
+    if not quarantine_pending(status):
+        requested.pop((namespace, name), None)
+    elif requested.get((namespace, name)) != status.get("quarantine"):
+        requested[(namespace, name)] = status.get("quarantine")
+        await request_reconcile(memo.kube, namespace, name, "quarantine changed")

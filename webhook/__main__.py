@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import prometheus_client
 import uvloop
 
+from samd import events
 from samd.errors import SamdError
 from samd.logs import configure_logging
+from samd.storage.guard import AddressPolicy
 from samd.webhook.config import WebhookConfig, build_parser, config_from_arguments
 
 logger = logging.getLogger("samd.webhook")
@@ -97,11 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The `_created` series double /metrics for nothing a dashboard uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
+        # Security events (refused bypass attempts) go to the sinks SAMD_EVENT_SINKS names, from a
+        # background thread; the sinks' addresses pass the same guard as the operator's endpoints.
+        events.install(events.dispatcher_from_env(os.environ, AddressPolicy()))
+    except events.EventConfigError as error:
+        logger.error("the webhook cannot run: %s", error)
+        return 2
+    try:
         # uvloop: the same server needs about a sixth less CPU per admission than on asyncio's loop.
         uvloop.run(run(config, arguments.loader_image))
     except SamdError as error:
         logger.error("the webhook cannot run: %s", error)
         return 2
+    finally:
+        events.uninstall()
     return 0
 
 

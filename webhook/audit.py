@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from samd.events import EventType, SecurityEvent
 from samd.logs import decision_fields
 from samd.webhook.review import AdmissionRequest, Decision
 
@@ -110,4 +111,50 @@ def log_unparsed(uid: str, kind: str, problem: str) -> None:
             uid=uid,
             kind=kind,
         ),
+    )
+
+
+# Refusals that are attempts to get around SAMD, and refusals of a signature: security events.
+ATTEMPTS = frozenset(
+    {
+        "BypassAttempt",  # a pod given a model's Secret, artifact or identity
+        "KeyExposed",
+        "NotPermitted",  # a Secret or subject a user may not use themselves
+        "CoverageRemoved",  # a namespace label change that would switch protection off
+        "PodAltered",
+        "LoaderAltered",
+        "LoaderMissing",
+        "DigestMismatch",
+        "Quarantined",  # a pod for a quarantined model
+    }
+)
+SIGNATURE_FAILURES = frozenset({"SignatureInvalid", "SignatureMissing"})
+
+
+def security_event(record: AuditRecord) -> SecurityEvent | None:
+    """The security event a denial stands for (None for an admission, a dry run, or a plain mistake)."""
+    if record.decision != "denied" or record.dry_run:
+        return None
+    if record.reason in ATTEMPTS:
+        kind = EventType.BYPASS_ATTEMPTED
+    elif record.reason in SIGNATURE_FAILURES:
+        kind = EventType.SIGNATURE_FAILED
+    else:
+        return None
+    model_namespace, _, model_name = (record.model or "").rpartition("/")
+    return SecurityEvent(
+        kind,
+        "webhook",
+        record.reason,
+        record.message,
+        namespace=model_namespace or record.namespace,
+        name=model_name,
+        user=record.user or None,
+        details={
+            "operation": record.operation,
+            "kind": record.kind,
+            "namespace": record.namespace,
+            "object": record.object_name,
+            "policy": record.policy,
+        },
     )

@@ -1483,3 +1483,10 @@ def proxy(context: click.Context, /, **options: Any) -> None:
         return UpstreamBackend(upstream, options["model_name"])
 
     _run_front_end(options, backend)
+
+
+# --- incident response (its own module) ----------------------------------------------------------------
+
+from samd.cli.quarantine import quarantine as _quarantine_group  # noqa: E402 - registered after the others
+
+app.add_command(_quarantine_group)
