@@ -32,7 +32,7 @@ import kopf
 
 from samd import events
 from samd.operator.config import OperatorConfig
-from samd.operator.incidents import record_outcome_events
+from samd.operator.incidents import IncidentWatch, record_outcome_events
 from samd.operator.kube import Kube, connect
 from samd.operator.reconcile import (
     Change,
@@ -44,7 +44,7 @@ from samd.operator.reconcile import (
     owning_model,
     quarantine_pending,
 )
-from samd.policy import TrustPolicy
+from samd.policy import TrustPolicy, applicable_policies
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.owned = OwnedObjects(memo.kube, memo.reconciler)
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
+    memo.incident_watch = asyncio.create_task(_incident_loop(memo, IncidentWatch(memo.kube)))
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await asyncio.to_thread(events.uninstall)
-    for task in (memo.resync, memo.owned_watch):
+    for task in (memo.resync, memo.owned_watch, memo.incident_watch):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -430,6 +431,32 @@ async def _resync_loop(memo: kopf.Memo) -> None:
                     except (kopf.TemporaryError, kopf.PermanentError) as error:
                         # One model's failure must not end the loop that serves every model.
                         log.warning("could not re-queue %s/%s: %s", namespace, name, error)
+
+
+async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
+    """Compare the served models' metrics with their policies' incident thresholds (docs/events.md)."""
+    config: OperatorConfig = memo.config
+    while True:
+        await asyncio.sleep(config.incident_check_interval.total_seconds())
+        models = memo.shared_indexes.get("secure_models")
+        policies_index = memo.shared_indexes.get("trust_policies")
+        labels_index = memo.shared_indexes.get("namespace_labels")
+        if models is None or policies_index is None or labels_index is None:
+            continue
+        policies = [policy for name in policies_index for policy in policies_index[name]]
+        if not any(p.spec.responses.unauthorized_per_minute or p.spec.responses.drift_psi for p in policies):
+            continue
+
+        def covering(
+            namespace: str, policies: list[TrustPolicy] = policies, labels_index: Any = labels_index
+        ) -> list[TrustPolicy]:
+            labels = next(iter(labels_index.get(namespace, [])), {})
+            return applicable_policies(policies, labels)
+
+        try:
+            await watch.check(list(models), covering)
+        except Exception:  # the loop must outlive any one failure
+            log.exception("the incident check failed; trying again in %s", config.incident_check_interval)
 
 
 @kopf.on.event("samd.dev", "v1alpha1", "securemodels", id="keep-index")

@@ -7,11 +7,25 @@ also become CloudEvents (`samd.events`), each with one decision log line.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
 
 from samd.events import EventType, SecurityEvent, emit
+from samd.logs import decision_fields
+from samd.operator.builders.metadata import MODEL_LABEL
+from samd.operator.kube import Kube
 from samd.operator.reconcile import Event
-from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED
+from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED, TrustPolicy
+from samd.spec import API_VERSION
+
+log = logging.getLogger(__name__)
 
 SECURITY_REASONS: dict[str, EventType] = {
     "SignatureInvalid": EventType.SIGNATURE_FAILED,
@@ -38,3 +52,245 @@ def record_outcome_events(namespace: str, name: str, events: Iterable[Event]) ->
         found = security_event(namespace, name, event)
         if found is not None:
             emit(found)
+
+
+# --- thresholds: the operator reads each served model's metrics -------------------------------------
+#
+# On its own timer (SAMD_INCIDENT_CHECK_INTERVAL) the operator reads the metrics endpoint of each
+# running pod of every model whose covering policies set spec.responses, and compares what changed
+# since the last reading with the thresholds. Pulled, not pushed: a model's pods cannot make the
+# operator act on another model, nor quarantine anything by sending it a message.
+
+UNAUTHORIZED_COUNTERS = ("samd_serving_forbidden_total", "samd_serving_refused_handshakes_total")
+DRIFT_GAUGE = "samd_serving_drift_psi"
+METRICS_PORT_NAME = "metrics"
+DEFAULT_METRICS_PORT = 9090
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The strictest thresholds of the policies covering a model, and whether any asks for quarantine."""
+
+    unauthorized_per_minute: int | None = None
+    drift_psi: float | None = None
+    quarantine: bool = False
+
+    @classmethod
+    def of(cls, policies: Iterable[TrustPolicy]) -> Thresholds:
+        per_minute = [p.spec.responses.unauthorized_per_minute for p in policies]
+        psi = [p.spec.responses.drift_psi for p in policies]
+        return cls(
+            unauthorized_per_minute=min((v for v in per_minute if v is not None), default=None),
+            drift_psi=min((v for v in psi if v is not None), default=None),
+            quarantine=any(p.spec.responses.quarantine for p in policies),
+        )
+
+    @property
+    def any(self) -> bool:
+        return self.unauthorized_per_minute is not None or self.drift_psi is not None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one pod's metrics said at one moment."""
+
+    unauthorized: float  # refused handshakes + 403 answers, since the server started
+    drift_psi: float | None  # the largest PSI over its inputs and outputs, if it exports any
+    at: float  # monotonic seconds
+
+
+def read_metrics(text: str, at: float) -> Reading:
+    """A Reading from a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    unauthorized = 0.0
+    drift: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in UNAUTHORIZED_COUNTERS:
+                unauthorized += sample.value
+            elif sample.name == DRIFT_GAUGE:
+                drift = sample.value if drift is None else max(drift, sample.value)
+    return Reading(unauthorized, drift, at)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: EventType
+    reason: str
+    message: str
+    details: dict[str, object]
+
+
+def evaluate(
+    previous: Mapping[str, Reading], current: Mapping[str, Reading], thresholds: Thresholds
+) -> list[Finding]:
+    """What crossed a threshold between two readings of a model's pods (keyed by pod name).
+
+    The rate counts only pods read both times (a new pod has no baseline yet); a counter that went
+    down (a restarted server) counts from zero.
+    """
+    findings = []
+    if thresholds.unauthorized_per_minute is not None:
+        refused, seconds = 0.0, 0.0
+        for pod, now in current.items():
+            before = previous.get(pod)
+            if before is None or now.at <= before.at:
+                continue
+            refused += (
+                now.unauthorized - before.unauthorized
+                if now.unauthorized >= before.unauthorized
+                else now.unauthorized
+            )
+            seconds = max(seconds, now.at - before.at)
+        if seconds > 0:
+            per_minute = refused * 60 / seconds
+            if per_minute >= thresholds.unauthorized_per_minute:
+                findings.append(
+                    Finding(
+                        EventType.UNAUTHORIZED_ACCESS,
+                        "UnauthorizedAccess",
+                        f"{refused:.0f} refused handshakes and 403 answers in {seconds:.0f} s ({per_minute:.0f} per "
+                        f"minute; the policy's threshold is {thresholds.unauthorized_per_minute})",
+                        {"refused": refused, "seconds": round(seconds, 1), "perMinute": round(per_minute, 1)},
+                    )
+                )
+    if thresholds.drift_psi is not None:
+        drifts = [r.drift_psi for r in current.values() if r.drift_psi is not None]
+        if drifts and max(drifts) >= thresholds.drift_psi:
+            findings.append(
+                Finding(
+                    EventType.DRIFT_DETECTED,
+                    "DriftOverThreshold",
+                    f"population stability index {max(drifts):.3f} (the policy's threshold is {thresholds.drift_psi})",
+                    {"psi": max(drifts)},
+                )
+            )
+    return findings
+
+
+def metrics_url(pod: Mapping[str, Any]) -> str | None:
+    """http://<pod IP>:<its metrics port>/metrics of a running pod, or None."""
+    status = pod.get("status") or {}
+    address = status.get("podIP")
+    if status.get("phase") != "Running" or not address:
+        return None
+    port = DEFAULT_METRICS_PORT
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for declared in container.get("ports") or []:
+            if declared.get("name") == METRICS_PORT_NAME:
+                port = int(declared["containerPort"])
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}/metrics"
+
+
+ModelKey = tuple[str, str]
+MAX_METRICS_BYTES = 4 * 1024 * 1024
+OPERATOR_USER = "samd-operator"
+
+
+async def fetch_metrics(url: str, timeout: float = 3.0) -> str:
+    """GET a pod's metrics page (bounded in time and size)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.get(url, allow_redirects=False) as response,
+    ):
+        if response.status != 200:
+            raise aiohttp.ClientResponseError(
+                response.request_info, (), status=response.status, message=f"HTTP {response.status}"
+            )
+        body = await response.content.read(MAX_METRICS_BYTES)
+        return body.decode("utf-8", errors="replace")
+
+
+class IncidentWatch:
+    """The thresholds check of every model a policy's spec.responses covers; one `check` per interval."""
+
+    def __init__(self, kube: Kube, fetch: Callable[[str], Awaitable[str]] = fetch_metrics) -> None:
+        self.kube = kube
+        self.fetch = fetch
+        self.readings: dict[ModelKey, dict[str, Reading]] = {}
+        self.crossed: dict[ModelKey, set[EventType]] = {}
+
+    async def check(
+        self, models: Iterable[ModelKey], policies_of: Callable[[str], Sequence[TrustPolicy]]
+    ) -> None:
+        seen = set()
+        for key in models:
+            thresholds = Thresholds.of(policies_of(key[0]))
+            if not thresholds.any:
+                continue
+            seen.add(key)
+            try:
+                await self._check_model(key, thresholds)
+            except (kopf.TemporaryError, kopf.PermanentError) as error:
+                log.warning("incident check of %s/%s failed: %s", *key, error)
+        for gone in set(self.readings) - seen:
+            self.readings.pop(gone, None)
+            self.crossed.pop(gone, None)
+
+    async def _check_model(self, key: ModelKey, thresholds: Thresholds) -> None:
+        namespace, name = key
+        current: dict[str, Reading] = {}
+        for pod in await self.kube.list_in("v1", "Pod", namespace, {MODEL_LABEL: name}):
+            url = metrics_url(pod)
+            if url is None:
+                continue
+            try:
+                text = await self.fetch(url)
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                log.info("cannot read the metrics of %s/%s at %s: %s", namespace, name, url, error)
+                continue
+            current[str(pod["metadata"]["name"])] = read_metrics(text, time.monotonic())
+        findings = evaluate(self.readings.get(key, {}), current, thresholds)
+        self.readings[key] = current
+        kinds = {finding.kind for finding in findings}
+        started = kinds - self.crossed.get(key, set())
+        self.crossed[key] = kinds
+        for finding in findings:
+            if finding.kind in started:  # once per crossing, not once per check
+                emit(
+                    SecurityEvent(
+                        finding.kind,
+                        "operator",
+                        finding.reason,
+                        finding.message,
+                        namespace=namespace,
+                        name=name,
+                        details=finding.details,
+                    )
+                )
+        if findings and thresholds.quarantine:
+            await self._quarantine(key, findings[0])
+
+    async def _quarantine(self, key: ModelKey, finding: Finding) -> None:
+        """Set status.quarantine (once); the model's reconcile then scales it down and records it."""
+        namespace, name = key
+        model = await self.kube.get(API_VERSION, "SecureModel", name, namespace)
+        if model is None or ((model.get("status") or {}).get("quarantine") or {}).get("active") is True:
+            return
+        since = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        quarantine = {
+            "active": True,
+            "reason": finding.reason,
+            "message": f"{finding.message}; quarantined by the incident response of its trust policy",
+            "since": since,
+            "by": OPERATOR_USER,
+        }
+        await self.kube.patch_merge(
+            API_VERSION, "SecureModel", name, namespace, {"status": {"quarantine": quarantine}}, status=True
+        )
+        log.warning(
+            "quarantined %s/%s: %s",
+            namespace,
+            name,
+            finding.message,
+            extra=decision_fields(
+                component="operator",
+                event="quarantine",
+                decision="quarantined",
+                reason=finding.reason,
+                user=OPERATOR_USER,
+                model=key,
+            ),
+        )

@@ -644,6 +644,7 @@ class Reconciler:
             repr(run.guard),
         )
         cached = self._keys.get(key)
+        rotating = False  # a failure while rotating is a security event (KeyRotationFailed)
         try:
             if (
                 cached is not None
@@ -657,6 +658,7 @@ class Reconciler:
             rotated_at = _parse_time(previous.get("rotatedAt")) or state.current_created or now
             version = state.artifact_key_version
             if rotated_at + spec.encryption.rotation_interval <= now:
+                rotating = True
                 # Store the new key version before any artifact depends on it; old versions still
                 # unwrap, so a crash between the two steps leaves a working model.
                 new_keyset = await asyncio.to_thread(artifacts.rotate_key, spec, keyset, run.guard)
@@ -682,6 +684,8 @@ class Reconciler:
             return previous
         except (KeyProviderError, StorageError) as error:
             self._keys.pop(key, None)
+            if rotating:
+                run.event("KeyRotationFailed", f"the key rotation due failed: {error}", warning=True)
             if error.transient:
                 return run.retry_later(C.ENCRYPTED, "KeyServiceUnreachable", error, previous)
             run.set(C.ENCRYPTED, False, "KeyInvalid", str(error))
