@@ -38,7 +38,9 @@ def _client(kubeconfig: str | None, context: str | None) -> Any:
 
     try:
         config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
-        return Client(config=config, context=context, field_manager="samd-cli")
+        return Client(
+            config=config.get(context_name=context) if context else config, field_manager="samd-cli"
+        )
     except (ConfigError, OSError) as error:
         raise UsageError(
             f"cannot read the Kubernetes configuration: {error}", hint="set KUBECONFIG or pass --kubeconfig"
