@@ -166,8 +166,8 @@ class _Delivery:
                     DELIVERED.inc()
                     return
                 problem = f"HTTP {status}"
-                if 400 <= status < 500 and status not in (408, 429):
-                    break  # the receiver refuses this event; sending it again changes nothing
+                if status < 500 and status not in (408, 429):
+                    break  # refused (or redirected, which is not followed): sending it again changes nothing
             if attempt + 1 < self.retry.attempts and not self.stopping.wait(self.retry.delay(attempt)):
                 log.info(
                     "event sink %s: attempt %d failed (%s), retrying",
