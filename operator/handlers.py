@@ -450,7 +450,7 @@ async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
         def covering(
             namespace: str, policies: list[TrustPolicy] = policies, labels_index: Any = labels_index
         ) -> list[TrustPolicy]:
-            labels = next(iter(labels_index.get(namespace, [])), {})
+            labels: dict[str, str] = next(iter(labels_index.get(namespace, [])), {})
             return applicable_policies(policies, labels)
 
         try:

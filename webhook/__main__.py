@@ -55,6 +55,7 @@ async def run(config: WebhookConfig, loader_images: Sequence[str] | None) -> Non
     from samd.webhook.access import AccessReviewer, lightkube_ask  # noqa: PLC0415
     from samd.webhook.cache import VerificationCache  # noqa: PLC0415
     from samd.webhook.decide import DecisionConfig, PolicyDecider  # noqa: PLC0415
+    from samd.webhook.events import EventRecorder, lightkube_create  # noqa: PLC0415
     from samd.webhook.metrics import WebhookMetrics  # noqa: PLC0415
     from samd.webhook.server import AdmissionServer, serve_until_signalled  # noqa: PLC0415
     from samd.webhook.state import WatchedState  # noqa: PLC0415
@@ -73,10 +74,15 @@ async def run(config: WebhookConfig, loader_images: Sequence[str] | None) -> Non
     state = WatchedState()
     decider = PolicyDecider(state, cache, decision_config, access=AccessReviewer(lightkube_ask(client)))
     server = AdmissionServer(config, decider, WebhookMetrics(cache_stats=lambda: cache.stats))
+    recorder = EventRecorder(state, lightkube_create(client))
+    events.add_listener(recorder)
     state.start(client)
+    recorder.start()
     try:
         await serve_until_signalled(server)
     finally:
+        events.remove_listener(recorder)
+        await recorder.stop()
         await state.stop()
         await client.close()
 

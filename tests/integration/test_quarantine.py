@@ -64,7 +64,7 @@ def events_of(scenario: Scenario, reason: str) -> list[Any]:
 
 
 def replicas(scenario: Scenario) -> int:
-    return int(scenario.apps.read_namespaced_deployment(MODEL, scenario.namespace).spec.replicas)
+    return int(scenario.apps.read_namespaced_deployment(MODEL, scenario.namespace).spec.replicas or 0)
 
 
 def until(check: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
@@ -85,7 +85,7 @@ def test_an_attack_threshold_quarantines_the_model_until_an_authorised_person_cl
     with ExitStack() as stack:
         for pod in pods:
             served = attacked if pod is pods[0] else ServingMetrics(frozenset({"payments-api"}))
-            stack.enter_context(metrics_at(pod.status.pod_ip, served))
+            stack.enter_context(metrics_at(str(pod.status.pod_ip), served))
         scenario.patch_policy({"responses": {"unauthorizedPerMinute": 60, "quarantine": True}})
 
         # 403s at one pod's server: 10 every half second, about 1,200 a minute.
@@ -122,9 +122,15 @@ def test_an_attack_threshold_quarantines_the_model_until_an_authorised_person_cl
     with pytest.raises(ApiException) as refused:
         scenario.core.create_namespaced_pod(scenario.namespace, pod)
     assert refused.value.status == 403
-    message = json.loads(refused.value.body)["message"]
+    message = json.loads(refused.value.body or "{}")["message"]
     assert f"SecureModel {MODEL} is quarantined (UnauthorizedAccess" in message
     assert f"samd quarantine clear {MODEL} --namespace {scenario.namespace}" in message
+    # The webhook records the refused attempt on the model, beside the operator's own Event.
+    until(
+        lambda: any(e.source.component == "samd-webhook" for e in events_of(scenario, "Quarantined")),
+        "the webhook's Quarantined Event on the model",
+        15,
+    )
 
     # The model's deployer (who may update the SecureModel) cannot clear it, and nothing changes.
     rbac = client.RbacAuthorizationV1Api(scenario.api)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,3 +253,16 @@ def test_the_sink_configuration_names_what_is_wrong() -> None:
         parse_sinks('[{"url": "https://x", "types": ["drift"]}]', {"SAMD_EVENT_SINK_0_KEY": "k"})
     with pytest.raises(EventConfigError, match="is not JSON"):
         parse_sinks("[{", {})
+
+
+def test_the_receivers_recipe_in_the_docs_accepts_a_signed_body_and_refuses_a_changed_one() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    recipe = next(block for block in text.split("```python\n")[1:] if "def verify(" in block).split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(recipe, namespace)  # noqa: S102 - the documentation's own snippet, run as a reader would
+    body = b'{"type": "dev.samd.model.quarantined"}'
+    header = sign(KEY, body)
+
+    namespace["verify"](KEY, header, body)
+    with pytest.raises(ValueError, match="bad signature"):
+        namespace["verify"](KEY, header, body + b" ")

@@ -108,7 +108,7 @@ def test_only_running_pods_with_an_address_are_read_on_their_metrics_port() -> N
 
 def test_a_quarantine_makes_ready_false_and_asks_for_a_reconcile_until_applied() -> None:
     quarantined = Condition(ConditionType.QUARANTINED, True, "UnauthorizedAccess", "60 refusals per minute")
-    others = {
+    others: dict[ConditionType, Condition] = {
         kind: Condition(kind, True, "Fine", "fine")
         for kind in ConditionType
         if kind not in (ConditionType.READY, ConditionType.QUARANTINED)

@@ -12,6 +12,7 @@ test) `emit` still counts the event and logs it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from samd.events.cloud import (
     REPLAY_WINDOW,
@@ -43,9 +44,11 @@ __all__ = [
     "SecurityEvent",
     "SignatureError",
     "Sink",
+    "add_listener",
     "dispatcher_from_env",
     "emit",
     "install",
+    "remove_listener",
     "sign",
     "structured_body",
     "verify",
@@ -54,6 +57,17 @@ __all__ = [
 log = logging.getLogger("samd.events")
 
 _dispatcher: list[EventDispatcher] = []  # set once at start-up by `install`
+_listeners: list[Callable[[SecurityEvent], None]] = []  # e.g. the webhook's Kubernetes Event recorder
+
+
+def add_listener(listener: Callable[[SecurityEvent], None]) -> None:
+    """Also hand every emitted event to `listener` (it must not block: enqueue, as `emit` does)."""
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Callable[[SecurityEvent], None]) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 def install(dispatcher: EventDispatcher) -> EventDispatcher:
@@ -88,6 +102,11 @@ def emit(event: SecurityEvent) -> None:
         _dispatcher[0].emit(event)
     else:
         EVENTS.labels(event.type.value).inc()
+    for listener in list(_listeners):
+        try:
+            listener(event)
+        except Exception:  # a listener's failure must not reach the caller
+            log.exception("a security event listener failed")
 
 
 def _decision_of(kind: EventType) -> str:
