@@ -199,3 +199,15 @@ def test_an_attack_threshold_quarantines_the_model_until_an_authorised_person_cl
     by = scenario.model(MODEL)["status"]["quarantine"]["by"]
     assert by not in ("", "unknown", "samd-operator")  # the API server's name for the admin
     assert f"cleared (by {by})" in events_of(scenario, "QuarantineCleared")[0].message
+
+    # The incident playbook's own switch: a person quarantines the model by hand.
+    quarantined_by_hand = subprocess.run(
+        [str(SAMD), "quarantine", "set", MODEL, "--namespace", scenario.namespace,
+         "--kubeconfig", str(cluster.kubeconfig), "--reason", "SuspectedTheft", "--message", "INC-2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert quarantined_by_hand.returncode == 0, quarantined_by_hand.stderr
+    assert f"SecureModel {scenario.namespace}/{MODEL} quarantined by {by}" in quarantined_by_hand.stdout
+    manual = scenario.wait_condition(MODEL, "Quarantined", "True", timeout=30)
+    assert manual["reason"] == "SuspectedTheft"
+    until(lambda: replicas(scenario) == 0, "the Deployment to be scaled to zero again")
