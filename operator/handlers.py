@@ -32,7 +32,7 @@ import kopf
 
 from samd import events
 from samd.operator.config import OperatorConfig
-from samd.operator.incidents import IncidentWatch, record_outcome_events
+from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
 from samd.operator.reconcile import (
     Change,
@@ -160,12 +160,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.owned = OwnedObjects(memo.kube, memo.reconciler)
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
-    memo.incident_watch = asyncio.create_task(_incident_loop(memo, IncidentWatch(memo.kube)))
+    memo.policy_sinks = PolicySinks(memo.kube, config)
+    memo.incident_watch = asyncio.create_task(
+        _incident_loop(memo, IncidentWatch(memo.kube, sinks=memo.policy_sinks))
+    )
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await memo.policy_sinks.stop()
     await asyncio.to_thread(events.uninstall)
     for task in (memo.resync, memo.owned_watch, memo.incident_watch):
         task.cancel()
@@ -226,7 +230,10 @@ async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     for event in outcome.events:
         kind = "Warning" if event.warning else "Normal"
         kopf.event(body, type=kind, reason=event.reason, message=event.message)
-    record_outcome_events(model.namespace, model.name, outcome.events)
+    security = record_outcome_events(model.namespace, model.name, outcome.events)
+    if security:
+        policy_sinks: PolicySinks = memo.policy_sinks
+        await policy_sinks.deliver(security, applicable_policies(policies, labels))
     if outcome.error is not None:
         raise outcome.error
 

@@ -7,7 +7,10 @@ also become CloudEvents (`samd.events`), each with one decision log line.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -17,13 +20,15 @@ from typing import Any
 import aiohttp
 import kopf
 
-from samd.events import EventType, SecurityEvent, emit
+from samd.events import EventDispatcher, EventType, SecurityEvent, Sink, emit
 from samd.logs import decision_fields
 from samd.operator.builders.metadata import MODEL_LABEL
+from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
 from samd.operator.reconcile import Event
 from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED, TrustPolicy
-from samd.spec import API_VERSION
+from samd.spec import API_VERSION, PolicyEventSink
+from samd.storage.guard import policy_allowances
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +51,15 @@ def security_event(namespace: str, name: str, event: Event) -> SecurityEvent | N
     return SecurityEvent(kind, "operator", event.reason, event.message, namespace=namespace, name=name)
 
 
-def record_outcome_events(namespace: str, name: str, events: Iterable[Event]) -> None:
+def record_outcome_events(namespace: str, name: str, events: Iterable[Event]) -> list[SecurityEvent]:
     """Emit the security events among a reconcile's events (enqueued: never blocks the reconcile)."""
+    emitted = []
     for event in events:
         found = security_event(namespace, name, event)
         if found is not None:
             emit(found)
+            emitted.append(found)
+    return emitted
 
 
 # --- thresholds: the operator reads each served model's metrics -------------------------------------
@@ -206,9 +214,15 @@ async def fetch_metrics(url: str, timeout: float = 3.0) -> str:
 class IncidentWatch:
     """The thresholds check of every model a policy's spec.responses covers; one `check` per interval."""
 
-    def __init__(self, kube: Kube, fetch: Callable[[str], Awaitable[str]] = fetch_metrics) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        fetch: Callable[[str], Awaitable[str]] = fetch_metrics,
+        sinks: PolicySinks | None = None,
+    ) -> None:
         self.kube = kube
         self.fetch = fetch
+        self.sinks = sinks
         self.readings: dict[ModelKey, dict[str, Reading]] = {}
         self.crossed: dict[ModelKey, set[EventType]] = {}
 
@@ -217,19 +231,22 @@ class IncidentWatch:
     ) -> None:
         seen = set()
         for key in models:
-            thresholds = Thresholds.of(policies_of(key[0]))
+            covering = policies_of(key[0])
+            thresholds = Thresholds.of(covering)
             if not thresholds.any:
                 continue
             seen.add(key)
             try:
-                await self._check_model(key, thresholds)
+                await self._check_model(key, thresholds, covering)
             except (kopf.TemporaryError, kopf.PermanentError) as error:
                 log.warning("incident check of %s/%s failed: %s", *key, error)
         for gone in set(self.readings) - seen:
             self.readings.pop(gone, None)
             self.crossed.pop(gone, None)
 
-    async def _check_model(self, key: ModelKey, thresholds: Thresholds) -> None:
+    async def _check_model(
+        self, key: ModelKey, thresholds: Thresholds, covering: Sequence[TrustPolicy]
+    ) -> None:
         namespace, name = key
         current: dict[str, Reading] = {}
         for pod in await self.kube.list_in("v1", "Pod", namespace, {MODEL_LABEL: name}):
@@ -249,17 +266,18 @@ class IncidentWatch:
         self.crossed[key] = kinds
         for finding in findings:
             if finding.kind in started:  # once per crossing, not once per check
-                emit(
-                    SecurityEvent(
-                        finding.kind,
-                        "operator",
-                        finding.reason,
-                        finding.message,
-                        namespace=namespace,
-                        name=name,
-                        details=finding.details,
-                    )
+                event = SecurityEvent(
+                    finding.kind,
+                    "operator",
+                    finding.reason,
+                    finding.message,
+                    namespace=namespace,
+                    name=name,
+                    details=finding.details,
                 )
+                emit(event)
+                if self.sinks is not None:
+                    await self.sinks.deliver([event], covering)
         if findings and thresholds.quarantine:
             await self._quarantine(key, findings[0])
 
@@ -294,3 +312,68 @@ class IncidentWatch:
                 model=key,
             ),
         )
+
+
+# --- the trust policies' own sinks ------------------------------------------------------------------
+
+
+class PolicySinks:
+    """Also deliver the operator's security events to the `spec.eventSinks` of the policies covering
+    the model. Each sink's HMAC key is read from its Secret in the operator's namespace when an event
+    is sent (events are rare; a rotated key is used at once); its URL passes the operator's address
+    guard with the policy's own `allowedEndpoints`, like an artifact endpoint."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+        self.kube = kube
+        self.config = config
+        self._dispatchers: dict[tuple[str, int, str, str], EventDispatcher] = {}
+
+    async def deliver(self, events: Sequence[SecurityEvent], policies: Sequence[TrustPolicy]) -> None:
+        for policy in policies:
+            for sink in policy.spec.event_sinks:
+                dispatcher = await self._dispatcher(policy, sink)
+                if dispatcher is None:
+                    continue
+                for event in events:
+                    dispatcher.emit(event)
+
+    async def _dispatcher(self, policy: TrustPolicy, sink: PolicyEventSink) -> EventDispatcher | None:
+        secret = await self.kube.get("v1", "Secret", sink.secret_ref.name, self.config.namespace)
+        encoded = ((secret or {}).get("data") or {}).get(sink.secret_ref.key)
+        if not encoded:
+            # Fail closed: an event is never sent unsigned.
+            log.warning(
+                "ModelTrustPolicy %s: event sink %s: no HMAC key in Secret %s/%s (entry %s); events not sent",
+                policy.name,
+                sink.name,
+                self.config.namespace,
+                sink.secret_ref.name,
+                sink.secret_ref.key,
+            )
+            return None
+        key = base64.b64decode(encoded)
+        ident = (policy.name, policy.generation, sink.name, hashlib.sha256(key).hexdigest())
+        dispatcher = self._dispatchers.get(ident)
+        if dispatcher is not None:
+            return dispatcher
+        for old in [k for k in self._dispatchers if k[0] == policy.name and k[2] == sink.name]:
+            await asyncio.to_thread(self._dispatchers.pop(old).stop, 1.0)
+        allowed, _ = policy_allowances([policy])
+        dispatcher = EventDispatcher(
+            [
+                Sink(
+                    name=f"{policy.name}/{sink.name}",
+                    url=sink.url,
+                    key=key,
+                    types=frozenset(EventType(kind) for kind in sink.types),
+                )
+            ],
+            address_policy=self.config.address_policy().with_allowed(allowed),
+        ).start()
+        self._dispatchers[ident] = dispatcher
+        return dispatcher
+
+    async def stop(self) -> None:
+        for dispatcher in self._dispatchers.values():
+            await asyncio.to_thread(dispatcher.stop, 2.0)
+        self._dispatchers.clear()

@@ -22,11 +22,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_wsgi_server
 
+from samd.events import SIGNATURE_HEADER, verify
 from samd.serving.metrics import ServingMetrics
 from samd.spec import GROUP, VERSION
 from tests.support.cluster import Cluster
+from tests.support.operator import OPERATOR_NAMESPACE
 from tests.support.scenario import Scenario, eventually
 from tests.support.serving import SAMD
+from tests.unit.test_events import (
+    KEY,
+    Receiver,
+    receiver,  # noqa: F401 - the fixture, used by name
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +78,22 @@ def until(check: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
     eventually(check, timeout, what)
 
 
+@pytest.fixture
+def sink_key(scenario: Scenario) -> Iterator[str]:
+    """An HMAC key for the policy's event sink, in a Secret in SAMD's namespace."""
+    name = f"sink-key-{uuid.uuid4().hex[:6]}"
+    body: Any = {"metadata": {"name": name}, "stringData": {"key": KEY.decode()}}
+    scenario.core.create_namespaced_secret(OPERATOR_NAMESPACE, body)
+    yield name
+    scenario.core.delete_namespaced_secret(name, OPERATOR_NAMESPACE)
+
+
 def test_an_attack_threshold_quarantines_the_model_until_an_authorised_person_clears_it(
-    scenario: Scenario, webhook: None, cluster: Cluster
+    scenario: Scenario,
+    webhook: None,
+    cluster: Cluster,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+    sink_key: str,
 ) -> None:
     scenario.apply_model(scenario.example())
     scenario.wait_condition(MODEL, "Ready", "True", timeout=90)
@@ -86,7 +107,14 @@ def test_an_attack_threshold_quarantines_the_model_until_an_authorised_person_cl
         for pod in pods:
             served = attacked if pod is pods[0] else ServingMetrics(frozenset({"payments-api"}))
             stack.enter_context(metrics_at(str(pod.status.pod_ip), served))
-        scenario.patch_policy({"responses": {"unauthorizedPerMinute": 60, "quarantine": True}})
+        scenario.patch_policy(
+            {
+                "responses": {"unauthorizedPerMinute": 60, "quarantine": True},
+                # The policy's own sink: on loopback, so the policy must allow that address.
+                "eventSinks": [{"name": "soar", "url": receiver.url, "secretRef": {"name": sink_key}}],
+                "allowedEndpoints": [{"cidr": "127.0.0.1/32", "allowHttp": True}],
+            }
+        )
 
         # 403s at one pod's server: 10 every half second, about 1,200 a minute.
         deadline = time.monotonic() + 45
@@ -108,6 +136,16 @@ def test_an_attack_threshold_quarantines_the_model_until_an_authorised_person_cl
     until(lambda: replicas(scenario) == 0, "the Deployment to be scaled to zero")
     until(lambda: bool(events_of(scenario, "Quarantined")), "a Quarantined Event on the model")
     assert events_of(scenario, "Quarantined")[0].type == "Warning"
+
+    # The policy's sink got both events, signed with the key from the Secret.
+    receiver.wait_for(2, timeout=30)
+    kinds = []
+    for headers, body in receiver.received:
+        verify(KEY, headers[SIGNATURE_HEADER], body)
+        event = json.loads(body)
+        assert event["subject"] == f"{scenario.namespace}/{MODEL}"
+        kinds.append(event["type"])
+    assert kinds[:2] == ["dev.samd.access.unauthorized", "dev.samd.model.quarantined"]
 
     # New pods of the model are refused, even a faithful copy of the operator's own.
     template = scenario.apps.read_namespaced_deployment(MODEL, scenario.namespace).spec.template

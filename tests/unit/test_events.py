@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import typing
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +30,7 @@ from samd.events import (
     verify,
 )
 from samd.events.dispatch import DROPPED, parse_sinks
+from samd.spec import EventTypeName
 
 pytestmark = pytest.mark.unit
 
@@ -266,3 +268,7 @@ def test_the_receivers_recipe_in_the_docs_accepts_a_signed_body_and_refuses_a_ch
     namespace["verify"](KEY, header, body)
     with pytest.raises(ValueError, match="bad signature"):
         namespace["verify"](KEY, header, body + b" ")
+
+
+def test_the_trust_policys_sink_types_are_the_event_types() -> None:
+    assert set(typing.get_args(EventTypeName)) == {kind.value for kind in EventType}

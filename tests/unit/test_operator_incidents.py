@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
-from samd.events import EventType
+from samd.events import SIGNATURE_HEADER, EventType, SecurityEvent, verify
 from samd.operator.conditions import Condition, ConditionType, ready_condition
-from samd.operator.incidents import Reading, Thresholds, evaluate, metrics_url, read_metrics, security_event
+from samd.operator.config import OperatorConfig
+from samd.operator.incidents import (
+    PolicySinks,
+    Reading,
+    Thresholds,
+    evaluate,
+    metrics_url,
+    read_metrics,
+    security_event,
+)
 from samd.operator.reconcile import Event, Quarantine, quarantine_pending
 from samd.policy import TrustPolicy
 from samd.spec import parse_trust_policy
+from tests.unit.test_events import (
+    KEY,
+    Receiver,
+    dropped,
+    receiver,  # noqa: F401 - the fixture, used by name
+)
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +155,79 @@ def test_the_security_events_among_a_reconciles_events() -> None:
     assert failed is not None
     assert failed.type is EventType.KEY_ROTATION_FAILED
     assert failed.subject == "ns/m"
+
+
+class SecretsOnly:
+    """The one API call PolicySinks makes: reading a Secret (a boundary fake for a unit test)."""
+
+    def __init__(self, secrets: dict[str, dict[str, str]]) -> None:
+        self.secrets = secrets
+
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None
+    ) -> dict[str, object] | None:
+        assert (api_version, kind, namespace) == ("v1", "Secret", "samd-system")
+        data = self.secrets.get(name)
+        return (
+            None
+            if data is None
+            else {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+        )
+
+
+def sink_policy(url: str, **extra: object) -> TrustPolicy:
+    spec = parse_trust_policy(
+        {
+            "signers": [{"name": "ci", "publicKey": "PEM"}],
+            "eventSinks": [{"name": "soar", "url": url, "secretRef": {"name": "soar-hmac"}}],
+            **extra,
+        }
+    )
+    return TrustPolicy(name="prod", generation=1, spec=spec)
+
+
+QUARANTINED = SecurityEvent(
+    EventType.MODEL_QUARANTINED, "operator", "Quarantined", "scaled to zero", "ml", "fraud"
+)
+
+
+async def test_a_policys_sink_gets_the_event_signed_with_its_secrets_key(
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    sinks = PolicySinks(SecretsOnly({"soar-hmac": {"key": KEY.decode()}}), OperatorConfig())  # type: ignore[arg-type]
+    allowed = sink_policy(receiver.url, allowedEndpoints=[{"cidr": "127.0.0.1/32", "allowHttp": True}])
+
+    await sinks.deliver([QUARANTINED], [allowed])
+    receiver.wait_for(1)
+    await sinks.stop()
+
+    headers, body = receiver.received[0]
+    verify(KEY, headers[SIGNATURE_HEADER], body)
+    assert json.loads(body)["type"] == "dev.samd.model.quarantined"
+
+
+async def test_a_policys_sink_on_an_internal_address_is_refused_unless_the_policy_allows_it(
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+) -> None:
+    before = dropped("address_refused")
+    sinks = PolicySinks(SecretsOnly({"soar-hmac": {"key": KEY.decode()}}), OperatorConfig())  # type: ignore[arg-type]
+
+    await sinks.deliver([QUARANTINED], [sink_policy(receiver.url)])
+    await sinks.stop()
+
+    assert receiver.received == []
+    assert dropped("address_refused") == before + 1
+
+
+async def test_without_its_key_a_policys_sink_gets_nothing(
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sinks = PolicySinks(SecretsOnly({}), OperatorConfig())  # type: ignore[arg-type]
+    allowed = sink_policy(receiver.url, allowedEndpoints=[{"cidr": "127.0.0.1/32", "allowHttp": True}])
+
+    await sinks.deliver([QUARANTINED], [allowed])
+    await sinks.stop()
+
+    assert receiver.received == []
+    assert "no HMAC key in Secret samd-system/soar-hmac" in caplog.text

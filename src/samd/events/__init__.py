@@ -98,10 +98,9 @@ def emit(event: SecurityEvent) -> None:
             model=(event.namespace, event.name) if event.name else None,
         ),
     )
+    EVENTS.labels(event.type.value).inc()
     if _dispatcher:
         _dispatcher[0].emit(event)
-    else:
-        EVENTS.labels(event.type.value).inc()
     for listener in list(_listeners):
         try:
             listener(event)

@@ -251,7 +251,7 @@ class EventDispatcher:
         return self
 
     def emit(self, event: SecurityEvent) -> None:
-        EVENTS.labels(event.type.value).inc()
+        """Enqueue `event` for each sink that wants it (`samd.events.emit` counts it, once)."""
         wanted = [delivery for delivery in self._deliveries if delivery.sink.wants(event)]
         if not wanted:
             return
