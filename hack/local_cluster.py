@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 FAKE_NODE = "kwok-node-0"
 SERVICE_CIDR = "10.0.0.0/16"  # a /24 holds only 254 Services
+AUDIT_POLICY = REPO / "deploy" / "audit-policy.yaml"
 
 
 class ClusterError(Exception):
@@ -92,6 +93,11 @@ class Layout:
     @property
     def etcd_data(self) -> Path:
         return self.root / "etcd-data"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log, written under SAMD's audit policy (deploy/audit-policy.yaml)."""
+        return self.root / "audit" / "audit.log"
 
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
@@ -516,6 +522,7 @@ def up(settings: Settings) -> None:
     layout, ports = settings.layout, settings.ports
     loopback = ipaddress.ip_address(settings.advertise_address).is_loopback
     layout.root.mkdir(parents=True, exist_ok=True)
+    layout.audit_log.parent.mkdir(parents=True, exist_ok=True)
     generate_pki(settings)
     certs = layout.certs
 
@@ -564,6 +571,16 @@ def up(settings: Settings) -> None:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={certs / 'sa.pub'}",
             f"--service-account-signing-key-file={certs / 'sa.key'}",
+            # SAMD's audit policy: who changed which model or policy, who read which Secret (metadata
+            # only). Blocking mode writes each entry before the request returns; rotation keeps
+            # a long-running local cluster within 3 x 50 MB.
+            f"--audit-policy-file={AUDIT_POLICY}",
+            f"--audit-log-path={layout.audit_log}",
+            "--audit-log-mode=blocking",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=50",
+            "--audit-log-maxbackup=2",
+            "--audit-log-maxage=7",
             "--profiling=false",
             "--v=1",
         ],

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("SAMD_LOG_LEVEL", "INFO"))
     parser.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format, component="operator")
 
     from samd.operator import handlers, policies  # noqa: F401, PLC0415 - importing registers the handlers with kopf
 

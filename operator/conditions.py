@@ -17,6 +17,7 @@ class ConditionType(StrEnum):
     NETWORK_ISOLATED = "NetworkIsolated"
     CERTIFICATES_READY = "CertificatesReady"
     SERVING = "Serving"
+    QUARANTINED = "Quarantined"  # present only once a model has been quarantined
     READY = "Ready"
 
 
@@ -86,7 +87,10 @@ def merge_conditions(
 
 
 def ready_condition(conditions: Mapping[ConditionType, Condition]) -> Condition:
-    """Ready is True only when every condition it depends on is True."""
+    """Ready is True only when every condition it depends on is True, and the model is not quarantined."""
+    quarantined = conditions.get(ConditionType.QUARANTINED)
+    if quarantined is not None and quarantined.status is True:
+        return Condition(ConditionType.READY, False, "Quarantined", f"Quarantined: {quarantined.message}")
     for kind in READY_DEPENDS_ON:
         condition = conditions.get(kind)
         if condition is None:

@@ -32,6 +32,8 @@ class OperatorConfig:
     storage_egress: tuple[EgressPeer, ...] = (EgressPeer("0.0.0.0/0", 443),)
     reverify_interval: datetime.timedelta = datetime.timedelta(hours=1)
     resync_interval: datetime.timedelta = datetime.timedelta(seconds=5)
+    # How often the servers' metrics are read for the policies' incident thresholds (docs/events.md).
+    incident_check_interval: datetime.timedelta = datetime.timedelta(seconds=30)
     max_signature_bytes: int = 16 * 1024 * 1024
     workers: int = field(default=8)  # SecureModels reconciled at once (SAMD_WORKERS)
     # No confused deputy (docs/operator.md): what a SecureModel may point the operator at.
@@ -76,6 +78,9 @@ class OperatorConfig:
             storage_egress=peers,
             reverify_interval=duration("SAMD_REVERIFY_INTERVAL", defaults.reverify_interval),
             resync_interval=duration("SAMD_RESYNC_INTERVAL", defaults.resync_interval),
+            incident_check_interval=duration(
+                "SAMD_INCIDENT_CHECK_INTERVAL", defaults.incident_check_interval
+            ),
             workers=int(env.get("SAMD_WORKERS", defaults.workers)),
             allow_local_files=_flag(env, "SAMD_ALLOW_LOCAL_FILES"),
             local_file_roots=tuple(r for r in env.get("SAMD_LOCAL_FILE_ROOTS", "").split(os.pathsep) if r),

@@ -30,10 +30,21 @@ from typing import Any
 
 import kopf
 
+from samd import events
 from samd.operator.config import OperatorConfig
+from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
-from samd.operator.reconcile import Change, ModelObject, OwnedRef, Reconciler, Rollout, due_at, owning_model
-from samd.policy import TrustPolicy
+from samd.operator.reconcile import (
+    Change,
+    ModelObject,
+    OwnedRef,
+    Reconciler,
+    Rollout,
+    due_at,
+    owning_model,
+    quarantine_pending,
+)
+from samd.policy import TrustPolicy, applicable_policies
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
 log = logging.getLogger(__name__)
@@ -137,18 +148,30 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kube_context = connect(connections=config.workers * 2 + 8, remember_for=config.reverify_interval / 2)
     memo.kube = await memo.kube_context.__aenter__()
     memo.reconciler = Reconciler(kube=memo.kube, config=config)
+    try:
+        # Security events go to the sinks SAMD_EVENT_SINKS names, from a background thread; their
+        # addresses pass the guard the operator applies to every endpoint.
+        events.install(events.dispatcher_from_env(os.environ, config.address_policy()))
+    except events.EventConfigError as error:
+        raise kopf.PermanentError(f"the operator cannot start: {error}") from error
     # Resource handlers get a shallow copy of this memo, so what they must hand to the resync loop
     # goes into a container shared by all the copies, not into an attribute of their own copy.
     memo.shared_indexes = {}
     memo.owned = OwnedObjects(memo.kube, memo.reconciler)
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
+    memo.policy_sinks = PolicySinks(memo.kube, config)
+    memo.incident_watch = asyncio.create_task(
+        _incident_loop(memo, IncidentWatch(memo.kube, sinks=memo.policy_sinks))
+    )
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    for task in (memo.resync, memo.owned_watch):
+    await memo.policy_sinks.stop()
+    await asyncio.to_thread(events.uninstall)
+    for task in (memo.resync, memo.owned_watch, memo.incident_watch):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -207,6 +230,10 @@ async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     for event in outcome.events:
         kind = "Warning" if event.warning else "Normal"
         kopf.event(body, type=kind, reason=event.reason, message=event.message)
+    security = record_outcome_events(model.namespace, model.name, outcome.events)
+    if security:
+        policy_sinks: PolicySinks = memo.policy_sinks
+        await policy_sinks.deliver(security, applicable_policies(policies, labels))
     if outcome.error is not None:
         raise outcome.error
 
@@ -413,6 +440,32 @@ async def _resync_loop(memo: kopf.Memo) -> None:
                         log.warning("could not re-queue %s/%s: %s", namespace, name, error)
 
 
+async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
+    """Compare the served models' metrics with their policies' incident thresholds (docs/events.md)."""
+    config: OperatorConfig = memo.config
+    while True:
+        await asyncio.sleep(config.incident_check_interval.total_seconds())
+        models = memo.shared_indexes.get("secure_models")
+        policies_index = memo.shared_indexes.get("trust_policies")
+        labels_index = memo.shared_indexes.get("namespace_labels")
+        if models is None or policies_index is None or labels_index is None:
+            continue
+        policies = [policy for name in policies_index for policy in policies_index[name]]
+        if not any(p.spec.responses.unauthorized_per_minute or p.spec.responses.drift_psi for p in policies):
+            continue
+
+        def covering(
+            namespace: str, policies: list[TrustPolicy] = policies, labels_index: Any = labels_index
+        ) -> list[TrustPolicy]:
+            labels: dict[str, str] = next(iter(labels_index.get(namespace, [])), {})
+            return applicable_policies(policies, labels)
+
+        try:
+            await watch.check(list(models), covering)
+        except Exception:  # the loop must outlive any one failure
+            log.exception("the incident check failed; trying again in %s", config.incident_check_interval)
+
+
 @kopf.on.event("samd.dev", "v1alpha1", "securemodels", id="keep-index")
 async def expose_index(
     event: Mapping[str, Any], namespace: str | None, name: str, memo: Any, **kwargs: Any
@@ -420,7 +473,22 @@ async def expose_index(
     secure_models: kopf.Index[Any, Any] = kwargs["secure_models"]
     # Indexes are only injected into handlers; keep a reference for the resync loop.
     memo.shared_indexes["secure_models"] = secure_models
-    if event.get("type") == "DELETED" and namespace is not None:
+    memo.shared_indexes["trust_policies"] = kwargs["trust_policies"]
+    memo.shared_indexes["namespace_labels"] = kwargs["namespace_labels"]
+    if namespace is None:
+        return
+    requested: dict[tuple[str, str], object] = memo.shared_indexes.setdefault("quarantine_requested", {})
+    if event.get("type") == "DELETED":
         reconciler: Reconciler = memo.reconciler
         reconciler.drop_model(namespace, name)
         memo.model_diffbase.forget(str(kwargs["uid"]))
+        requested.pop((namespace, name), None)
+        return
+    # status.quarantine is written through the status subresource, which kopf's update handler does
+    # not see: a quarantine set or cleared re-queues the model once (the reconcile applies it).
+    status = (event.get("object") or {}).get("status") or {}
+    if not quarantine_pending(status):
+        requested.pop((namespace, name), None)
+    elif requested.get((namespace, name)) != status.get("quarantine"):
+        requested[(namespace, name)] = status.get("quarantine")
+        await request_reconcile(memo.kube, namespace, name, "quarantine changed")

@@ -225,6 +225,18 @@ class Kube:
             raise translate(error, f"reading {kind} {name}") from error
         return _to_dict(obj)
 
+    async def list_in(
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """The objects of a kind with these labels in one namespace."""
+        resource = _resource(api_version, kind)
+        try:
+            with _transport_errors(f"listing {kind}"):
+                listing = self.client.list(resource, namespace=namespace, labels=dict(labels))
+                return [_typed(_to_dict(obj), api_version, kind) async for obj in listing]
+        except ApiError as error:
+            raise translate(error, f"listing {kind}") from error
+
     async def list_everywhere(
         self, api_version: str, kind: str, labels: Mapping[str, str]
     ) -> tuple[list[dict[str, Any]], str | None]:

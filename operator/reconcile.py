@@ -459,6 +459,10 @@ class Reconciler:
             outcome.error = kopf.PermanentError(str(error))
             return outcome
 
+        quarantine = Quarantine.of(model.status)
+        if quarantine.active:
+            # Scaled to zero: the Deployment stays (with its verified template) for when it is cleared.
+            spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"replicas": 0})})
         covering = applicable_policies(policies, namespace_labels)
         run = _Run(
             model=model, spec=spec, now=now, outcome=Outcome(status={}), guard=self._address_policy(covering)
@@ -478,6 +482,7 @@ class Reconciler:
         serving = await self._apply_owned(run, context, covering, owned)
         for kind, message in run.apply_failures.items():
             run.set(kind, False, "ApplyFailed", message)
+        _quarantine_condition(run, quarantine)
 
         status = _status(model, run.conditions, now)
         status.update(
@@ -639,6 +644,7 @@ class Reconciler:
             repr(run.guard),
         )
         cached = self._keys.get(key)
+        rotating = False  # a failure while rotating is a security event (KeyRotationFailed)
         try:
             if (
                 cached is not None
@@ -652,6 +658,7 @@ class Reconciler:
             rotated_at = _parse_time(previous.get("rotatedAt")) or state.current_created or now
             version = state.artifact_key_version
             if rotated_at + spec.encryption.rotation_interval <= now:
+                rotating = True
                 # Store the new key version before any artifact depends on it; old versions still
                 # unwrap, so a crash between the two steps leaves a working model.
                 new_keyset = await asyncio.to_thread(artifacts.rotate_key, spec, keyset, run.guard)
@@ -677,6 +684,8 @@ class Reconciler:
             return previous
         except (KeyProviderError, StorageError) as error:
             self._keys.pop(key, None)
+            if rotating:
+                run.event("KeyRotationFailed", f"the key rotation due failed: {error}", warning=True)
             if error.transient:
                 return run.retry_later(C.ENCRYPTED, "KeyServiceUnreachable", error, previous)
             run.set(C.ENCRYPTED, False, "KeyInvalid", str(error))
@@ -995,6 +1004,59 @@ def _serving_condition(view: ServingView, replicas: int) -> Condition:
     if enough:
         return Condition(C.SERVING, True, "Available", f"{available}/{replicas} replicas available")
     return Condition(C.SERVING, False, "RollingOut", f"{available}/{replicas} replicas available")
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """`status.quarantine`: set by the incident response or by a person, cleared only by a person."""
+
+    active: bool
+    reason: str = ""
+    message: str = ""
+    by: str = ""
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> Quarantine:
+        written = status.get("quarantine")
+        if not isinstance(written, Mapping):
+            return cls(active=False)
+        return cls(
+            active=written.get("active") is True,
+            reason=str(written.get("reason") or ""),
+            message=str(written.get("message") or ""),
+            by=str(written.get("by") or ""),
+        )
+
+
+def _quarantine_condition(run: _Run, quarantine: Quarantine) -> None:
+    """Quarantined, and its Event when it changes; absent for a model that was never quarantined."""
+    previous = next(
+        (c for c in run.model.status.get("conditions") or [] if c.get("type") == C.QUARANTINED.value), None
+    )
+    was_active = previous is not None and previous.get("status") == "True"
+    who = f" (by {quarantine.by})" if quarantine.by else ""
+    if quarantine.active:
+        message = (
+            f"{quarantine.reason or 'Manual'}: {quarantine.message or 'quarantined'}{who}; scaled to zero, "
+            "new pods are refused until a person clears it (samd quarantine clear)"
+        )
+        run.set(C.QUARANTINED, True, quarantine.reason or "Manual", message)
+        if not was_active:
+            run.event("Quarantined", message, warning=True)
+    elif previous is not None:
+        run.set(C.QUARANTINED, False, "Cleared", f"the quarantine was cleared{who}")
+        if was_active:
+            run.event("QuarantineCleared", f"the quarantine was cleared{who}; serving again")
+
+
+def quarantine_pending(status: Mapping[str, Any]) -> bool:
+    """Whether status.quarantine says otherwise than the Quarantined condition (a reconcile is due)."""
+    active = Quarantine.of(status).active
+    condition = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == C.QUARANTINED.value), None
+    )
+    applied = condition is not None and condition.get("status") == "True"
+    return active != applied
 
 
 def _status(

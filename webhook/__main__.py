@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import prometheus_client
 import uvloop
 
+from samd import events
 from samd.errors import SamdError
 from samd.logs import configure_logging
+from samd.storage.guard import AddressPolicy
 from samd.webhook.config import WebhookConfig, build_parser, config_from_arguments
 
 logger = logging.getLogger("samd.webhook")
@@ -52,6 +55,7 @@ async def run(config: WebhookConfig, loader_images: Sequence[str] | None) -> Non
     from samd.webhook.access import AccessReviewer, lightkube_ask  # noqa: PLC0415
     from samd.webhook.cache import VerificationCache  # noqa: PLC0415
     from samd.webhook.decide import DecisionConfig, PolicyDecider  # noqa: PLC0415
+    from samd.webhook.events import EventRecorder, lightkube_create  # noqa: PLC0415
     from samd.webhook.metrics import WebhookMetrics  # noqa: PLC0415
     from samd.webhook.server import AdmissionServer, serve_until_signalled  # noqa: PLC0415
     from samd.webhook.state import WatchedState  # noqa: PLC0415
@@ -70,10 +74,15 @@ async def run(config: WebhookConfig, loader_images: Sequence[str] | None) -> Non
     state = WatchedState()
     decider = PolicyDecider(state, cache, decision_config, access=AccessReviewer(lightkube_ask(client)))
     server = AdmissionServer(config, decider, WebhookMetrics(cache_stats=lambda: cache.stats))
+    recorder = EventRecorder(state, lightkube_create(client))
+    events.add_listener(recorder)
     state.start(client)
+    recorder.start()
     try:
         await serve_until_signalled(server)
     finally:
+        events.remove_listener(recorder)
+        await recorder.stop()
         await state.stop()
         await client.close()
 
@@ -91,17 +100,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_arguments(arguments)
     except SamdError as error:
         parser.error(str(error))
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, component="webhook")
     # One line per API request of the watches is noise next to the audit log.
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))
     # The `_created` series double /metrics for nothing a dashboard uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        # Security events (refused bypass attempts) go to the sinks SAMD_EVENT_SINKS names, from a
+        # background thread; the sinks' addresses pass the same guard as the operator's endpoints.
+        events.install(events.dispatcher_from_env(os.environ, AddressPolicy()))
+    except events.EventConfigError as error:
+        logger.error("the webhook cannot run: %s", error)
+        return 2
     try:
         # uvloop: the same server needs about a sixth less CPU per admission than on asyncio's loop.
         uvloop.run(run(config, arguments.loader_image))
     except SamdError as error:
         logger.error("the webhook cannot run: %s", error)
         return 2
+    finally:
+        events.uninstall()
     return 0
 
 

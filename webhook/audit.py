@@ -1,8 +1,10 @@
 """One structured audit line per admission decision (logger ``samd.audit``).
 
-With JSON logging (``samd.logs.configure_logging``) each line carries the fields below, so an
-auditor can answer "who tried to run which model where, and what did SAMD say": user, groups,
-operation, kind, namespace, object, model, policy, decision, reason, dry_run, duration_ms, uid.
+With JSON logging (``samd.logs.configure_logging``) each line has SAMD's decision shape
+(`samd.logs.decision_fields`: component, event "admission", decision, reason, user, model
+{namespace, name}) and the admission's own fields, so an auditor can answer "who tried to run which
+model where, and what did SAMD say": groups, operation, kind, namespace, object, policy, dry_run,
+duration_ms, uid.
 Only names and decisions are logged; never object contents, key material or model bytes.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from samd.events import EventType, SecurityEvent
+from samd.logs import decision_fields
 from samd.webhook.review import AdmissionRequest, Decision
 
 logger = logging.getLogger("samd.audit")
@@ -56,21 +60,24 @@ class AuditRecord:
 
     def fields(self) -> dict[str, object]:
         """The `extra=` of the log record (``message`` is the record's own message)."""
-        return {
-            "uid": self.uid,
-            "user": self.user,
-            "groups": list(self.groups),
-            "operation": self.operation,
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "object": self.object_name,
-            "model": self.model,
-            "policy": self.policy,
-            "decision": self.decision,
-            "reason": self.reason,
-            "dry_run": self.dry_run,
-            "duration_ms": self.duration_ms,
-        }
+        model_namespace, _, model_name = (self.model or "").rpartition("/")
+        return decision_fields(
+            component="webhook",
+            event="admission",
+            decision=self.decision,
+            reason=self.reason,
+            user=self.user or None,
+            model=(model_namespace or self.namespace, model_name) if model_name else None,
+            uid=self.uid,
+            groups=list(self.groups),
+            operation=self.operation,
+            kind=self.kind,
+            namespace=self.namespace,
+            object=self.object_name,
+            policy=self.policy,
+            dry_run=self.dry_run,
+            duration_ms=self.duration_ms,
+        )
 
 
 def log_decision(record: AuditRecord) -> None:
@@ -96,5 +103,58 @@ def log_unparsed(uid: str, kind: str, problem: str) -> None:
         "denied a malformed AdmissionReview (uid %s): %s",
         uid,
         problem,
-        extra={"uid": uid, "kind": kind, "decision": "denied", "reason": "InvalidAdmissionReview"},
+        extra=decision_fields(
+            component="webhook",
+            event="admission",
+            decision="denied",
+            reason="InvalidAdmissionReview",
+            uid=uid,
+            kind=kind,
+        ),
+    )
+
+
+# Refusals that are attempts to get around SAMD, and refusals of a signature: security events.
+ATTEMPTS = frozenset(
+    {
+        "BypassAttempt",  # a pod given a model's Secret, artifact or identity
+        "KeyExposed",
+        "NotPermitted",  # a Secret or subject a user may not use themselves
+        "CoverageRemoved",  # a namespace label change that would switch protection off
+        "PodAltered",
+        "LoaderAltered",
+        "LoaderMissing",
+        "DigestMismatch",
+        "Quarantined",  # a pod for a quarantined model
+    }
+)
+SIGNATURE_FAILURES = frozenset({"SignatureInvalid", "SignatureMissing"})
+
+
+def security_event(record: AuditRecord) -> SecurityEvent | None:
+    """The security event a denial stands for (None for an admission, a dry run, or a plain mistake)."""
+    if record.decision != "denied" or record.dry_run:
+        return None
+    if record.reason in ATTEMPTS:
+        kind = EventType.BYPASS_ATTEMPTED
+    elif record.reason in SIGNATURE_FAILURES:
+        kind = EventType.SIGNATURE_FAILED
+    else:
+        return None
+    model_namespace, _, model_name = (record.model or "").rpartition("/")
+    return SecurityEvent(
+        kind,
+        "webhook",
+        record.reason,
+        record.message,
+        namespace=model_namespace or record.namespace,
+        name=model_name,
+        user=record.user or None,
+        details={
+            "operation": record.operation,
+            "kind": record.kind,
+            "namespace": record.namespace,
+            "object": record.object_name,
+            "policy": record.policy,
+        },
     )

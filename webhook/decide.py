@@ -121,6 +121,7 @@ POD_ALTERED = "PodAltered"
 NOT_PERMITTED = "NotPermitted"
 NO_TRUST_POLICY = "NoTrustPolicy"
 COVERAGE_REMOVED = "CoverageRemoved"
+QUARANTINED = "Quarantined"
 
 SECURE_MODEL_KIND = "SecureModel"
 _GROUPS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps"}
@@ -1242,6 +1243,17 @@ class PolicyDecider:
         model = self.state.model(namespace, name)
         violations = invalid_policy_violations(cover)
         shape: list[Violation] = []
+        if model is not None and model.quarantine is not None and kind == "Pod":
+            # Whatever the policies' mode: a quarantine is a person's (or the incident response's) decision.
+            violations.append(
+                Violation(
+                    QUARANTINED,
+                    f"SecureModel {name} is quarantined ({model.quarantine}): its pods are refused until a "
+                    f"person allowed to write securemodels/status clears it (samd quarantine clear {name} "
+                    f"--namespace {namespace})",
+                    frozenset(),
+                )
+            )
         if model is None:
             violations.append(
                 Violation(

@@ -38,8 +38,9 @@ import orjson
 from aiohttp import web
 
 from samd.errors import SamdError, UsageError
+from samd.events import emit
 from samd.tlsfiles import ReloadingContext, load_certificate
-from samd.webhook.audit import AuditRecord, log_decision, log_unparsed
+from samd.webhook.audit import AuditRecord, log_decision, log_unparsed, security_event
 from samd.webhook.config import WebhookConfig
 from samd.webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from samd.webhook.metrics import WebhookMetrics
@@ -524,7 +525,11 @@ class AdmissionServer:
         decision, failed = await self._decide(parsed.request)
         result = result_of(decision, failed=failed)
         seconds = time.perf_counter() - started
-        log_decision(AuditRecord.of(parsed.request, decision, result, seconds))
+        record = AuditRecord.of(parsed.request, decision, result, seconds)
+        log_decision(record)
+        attempt = security_event(record)
+        if attempt is not None:
+            emit(attempt)  # enqueued only: the answer is not delayed
         self.metrics.observe_decision(result, parsed.request.kind.kind, seconds)
         return self._answer(parsed.uid, decision)
 

@@ -21,6 +21,7 @@ tests, benchmarks).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -82,6 +83,8 @@ class WatchedModel:
     artifact_uri: str | None
     raw_spec: object = field(default=None, repr=False, compare=False)
     """The spec as the API server returned it: an unchanged spec is not parsed again."""
+    quarantine: str | None = None
+    """Why the model is quarantined (status.quarantine.active): its pods are refused; None if not."""
 
     @property
     def ref(self) -> str:
@@ -249,7 +252,17 @@ def read_model(obj: Mapping[str, Any]) -> WatchedModel:
         client_names=client_names,
         artifact_uri=artifact_uri if isinstance(artifact_uri, str) and artifact_uri else None,
         raw_spec=raw,
+        quarantine=read_quarantine(obj),
     )
+
+
+def read_quarantine(obj: Mapping[str, Any]) -> str | None:
+    """Why the SecureModel is quarantined (its status.quarantine), or None when it is not."""
+    written = _dig(obj, "status", "quarantine")
+    if not isinstance(written, Mapping) or written.get("active") is not True:
+        return None
+    reason, message = written.get("reason") or "Manual", written.get("message") or ""
+    return f"{reason}: {message}" if message else str(reason)
 
 
 def read_signature(obj: Mapping[str, Any]) -> SignatureBundle:
@@ -422,8 +435,14 @@ class WatchedState:
         known = self._stores.models.get(key)
         uid = str(_metadata(obj).get("uid") or "")
         if known is not None and known.uid == uid and known.raw_spec == obj.get("spec"):
-            return  # a status or metadata change (the operator writes status often): nothing to parse
-        model = read_model(obj)
+            # A status or metadata change (the operator writes status often): nothing to parse, but a
+            # quarantine set or cleared counts.
+            quarantine = read_quarantine(obj)
+            if quarantine == known.quarantine:
+                return
+            model = dataclasses.replace(known, quarantine=quarantine)
+        else:
+            model = read_model(obj)
         self._stores.models[key] = model
         in_namespace[key[1]] = model
         self._indexes.pop(key[0], None)

@@ -308,6 +308,46 @@ class AllowedEndpoint(_Camel):
         return self
 
 
+class Responses(_Camel):
+    """Incident responses for the covered models (docs/events.md); nothing happens unless set.
+
+    A threshold crossed sends a security event; with `quarantine`, the operator also quarantines
+    the model (scaled to zero, new pods refused) until a person clears it.
+    """
+
+    unauthorized_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    drift_psi: Annotated[float | None, Field(gt=0, le=100, alias="driftPSI")] = None
+    quarantine: bool = False
+
+
+# The CloudEvent types of samd.events.EventType (a test keeps the two the same).
+EventTypeName = Literal[
+    "dev.samd.signature.failed",
+    "dev.samd.bypass.attempted",
+    "dev.samd.access.unauthorized",
+    "dev.samd.drift.detected",
+    "dev.samd.key.rotation.failed",
+    "dev.samd.model.quarantined",
+    "dev.samd.model.quarantine.cleared",
+]
+
+
+class SinkSecretRef(_Camel):
+    """The Secret, in SAMD's own namespace, holding a sink's HMAC key."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    key: Annotated[str, Field(min_length=1, max_length=253)] = "key"
+
+
+class PolicyEventSink(_Camel):
+    """Where the operator sends the security events of the covered models (docs/events.md)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://")]
+    secret_ref: SinkSecretRef
+    types: tuple[EventTypeName, ...] = ()  # empty: every type
+
+
 class ModelTrustPolicySpec(_Camel):
     namespace_selector: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["enforce", "warn"] = "enforce"
@@ -320,6 +360,8 @@ class ModelTrustPolicySpec(_Camel):
     # Where the operator may be pointed at (no confused deputy): see samd.storage.guard.
     allowed_endpoints: tuple[AllowedEndpoint, ...] = ()
     allow_local_files: bool | None = None  # unset: false; development only (see SAMD_ALLOW_LOCAL_FILES)
+    responses: Responses = Field(default_factory=Responses)
+    event_sinks: Annotated[tuple[PolicyEventSink, ...], Field(max_length=8)] = ()
 
 
 def _describe(error: ValidationError, kind: str) -> str:

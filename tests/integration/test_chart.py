@@ -10,6 +10,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from samd.events.dispatch import parse_sinks
 from tests.support.cluster import REPO, Cluster
 from tests.support.crds import install_crds
 
@@ -57,3 +58,50 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         "validatingwebhookconfiguration.admissionregistration.k8s.io/samd created (server dry run)"
         in applied.stdout
     )
+
+
+def test_event_sinks_and_incident_responders_render_into_env_and_rbac_the_api_server_accepts(
+    cluster: Cluster, k8s: client.ApiClient, namespace: str
+) -> None:
+    install_crds(k8s)
+    documents = render(
+        namespace,
+        "--set", "events.sinks[0].name=soar",
+        "--set", "events.sinks[0].url=https://soar.example.com/hooks/samd",
+        "--set", "events.sinks[0].secretName=samd-soar-hmac",
+        "--set", "events.sinks[0].types[0]=dev.samd.bypass.attempted",
+        "--set", "incidentResponders[0].kind=Group",
+        "--set", "incidentResponders[0].name=security-oncall",
+    )  # fmt: skip
+    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+        env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        sinks = parse_sinks(env["SAMD_EVENT_SINKS"]["value"], {"SAMD_EVENT_SINK_0_KEY": "from the Secret"})
+        assert [(s.name, s.url, sorted(s.types)) for s in sinks] == [
+            ("soar", "https://soar.example.com/hooks/samd", ["dev.samd.bypass.attempted"])
+        ]
+        assert env["SAMD_EVENT_SINK_0_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "samd-soar-hmac",
+            "key": "key",
+        }
+    responder = next(
+        d
+        for d in documents
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "samd-incident-responder"
+    )
+    writes = [rule for rule in responder["rules"] if set(rule["verbs"]) - {"get", "list", "watch"}]
+    assert writes == [
+        {"apiGroups": ["samd.dev"], "resources": ["securemodels/status"], "verbs": ["get", "patch"]}
+    ]
+    binding = next(
+        d
+        for d in documents
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "samd-incident-responder"
+    )
+    assert binding["subjects"] == [
+        {"kind": "Group", "name": "security-oncall", "apiGroup": "rbac.authorization.k8s.io"}
+    ]
+    applied = subprocess.run(
+        [str(tool("kubectl")), f"--kubeconfig={cluster.kubeconfig}", "apply", "--dry-run=server", "-f", "-"],
+        input=yaml.safe_dump_all(documents), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr

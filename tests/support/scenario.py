@@ -45,6 +45,9 @@ def operator_fixture(
         cluster,
         log,
         SAMD_RESYNC_INTERVAL="1s",
+        # Read the served models' metrics for the incident thresholds every second (only models
+        # that a policy's spec.responses covers are read).
+        SAMD_INCIDENT_CHECK_INTERVAL="1s",
         # The test models are local files: the development switch, and only under pytest's own
         # temporary directories (a SecureModel naming any other file is refused, as in production).
         SAMD_ALLOW_LOCAL_FILES="true",

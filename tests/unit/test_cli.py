@@ -37,6 +37,7 @@ COMMANDS = (
     "inspect",
     "reencrypt",
     "audit",
+    "quarantine",
 )
 
 

@@ -227,7 +227,9 @@ async def test_one_audit_line_per_decision_names_who_what_and_why(
     assert fields["kind"] == "Pod"
     assert fields["namespace"] == "ml-prod"
     assert fields["object"] == "fraud-detection-7d9c8b-*"
-    assert fields["model"] == "fraud"
+    assert fields["model"] == {"namespace": "ml-prod", "name": "fraud"}
+    assert fields["component"] == "webhook"
+    assert fields["event"] == "admission"
     assert fields["policy"] == "prod"
     assert fields["decision"] == "denied"
     assert fields["reason"] == "LoaderAltered"

@@ -27,3 +27,12 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* SAMD_EVENT_SINKS: the sinks as JSON, without their Secrets (the keys come in by index). */}}
+{{- define "samd.eventSinks" -}}
+{{- $sinks := list -}}
+{{- range .Values.events.sinks -}}
+{{- $sinks = append $sinks (dict "name" .name "url" .url "types" (.types | default list) "allowInternal" (.allowInternal | default false) "allowHttp" (.allowHttp | default false)) -}}
+{{- end -}}
+{{- toJson $sinks -}}
+{{- end -}}

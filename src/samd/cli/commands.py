@@ -19,7 +19,7 @@ import click
 
 from samd import __version__
 from samd.cli.output import CliState, configure_logging, emit, progress_bar
-from samd.errors import UsageError, VerificationError
+from samd.errors import IntegrityError, UsageError, VerificationError
 
 if TYPE_CHECKING:
     from samd.keys import KeyProvider, KeyResolver
@@ -1057,17 +1057,24 @@ def fetch(
     try:
         opened = _open_keys(key) if key else contextlib.nullcontext(None)
         with opened as keys, progress_bar("fetch", None) as progress:
-            result = fetch_model(
-                artifact,
-                signature=bundle,
-                verifier=verifier,
-                keys=keys,
-                output=output,
-                force=force,
-                allow_unsigned_files=allow_unsigned_files,
-                keep_signature=keep_signature,
-                progress=progress,
-            )
+            try:
+                result = fetch_model(
+                    artifact,
+                    signature=bundle,
+                    verifier=verifier,
+                    keys=keys,
+                    output=output,
+                    force=force,
+                    allow_unsigned_files=allow_unsigned_files,
+                    keep_signature=keep_signature,
+                    progress=progress,
+                )
+            except (VerificationError, IntegrityError) as error:
+                _log_load_decision(
+                    "refused", type(error).__name__.removesuffix("Error"), artifact, str(error)
+                )
+                raise
+        _log_load_decision("verified", "Verified", artifact, result.verification.manifest_digest)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -1079,6 +1086,29 @@ def fetch(
         f"in {result.seconds:.2f} s ({rate:.0f} MB/s)\n"
         f"signer: {result.verification.signer} ({result.verification.method})\n"
         f"manifest: {result.verification.manifest_digest}",
+    )
+
+
+def _log_load_decision(decision: str, reason: str, artifact: str, detail: str) -> None:
+    """The loader's decision line (SAMD's shared shape; the init container's log)."""
+    import logging  # noqa: PLC0415
+
+    from samd.logs import decision_fields  # noqa: PLC0415
+    from samd.storage.uri import redact_url  # noqa: PLC0415
+
+    logging.getLogger("samd.loader").log(
+        logging.INFO if decision == "verified" else logging.WARNING,
+        "model %s: %s",
+        decision,
+        detail,
+        extra=decision_fields(
+            component="loader",
+            event="model_load",
+            decision=decision,
+            reason=reason,
+            model=None,
+            artifact=redact_url(artifact),
+        ),
     )
 
 
@@ -1324,7 +1354,7 @@ def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any
     from samd.serving.server import FrontEnd, FrontEndConfig, Provenance, serve_until_signalled  # noqa: PLC0415
     from samd.serving.tls import TlsFiles  # noqa: PLC0415
 
-    configure_json_logging("DEBUG" if options["debug"] else "INFO", options["log_format"])
+    configure_json_logging("DEBUG" if options["debug"] else "INFO", options["log_format"], component="server")
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clients = allowed_clients(options["allowed_client"])
     if not clients:
@@ -1738,3 +1768,10 @@ def audit(
     sys.stdout.flush()
     threshold = None if fail_on == "none" else Severity.parse(fail_on)
     return AUDIT_EXIT_FINDINGS if fails_gate(report, threshold) else 0
+
+
+# --- incident response (its own module) ----------------------------------------------------------------
+
+from samd.cli.quarantine import quarantine as _quarantine_group  # noqa: E402 - registered after the others
+
+app.add_command(_quarantine_group)

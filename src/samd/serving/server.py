@@ -27,6 +27,7 @@ from aiohttp import web
 
 from samd import __version__
 from samd.errors import UsageError
+from samd.logs import decision_fields
 from samd.serving.access import IdentityPolicy, RateLimiter
 from samd.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from samd.serving.metrics import ServingMetrics
@@ -289,16 +290,20 @@ class FrontEnd:
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         refusals.warning(
             "request refused",
-            extra={
-                "event": "request_refused",
-                "status": refused.status,
-                "reason": refused.reason,
-                "client": client,
-                "method": request.method,
-                "path": request.path,
-                "peer": f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None,
-                "detail": refused.message,
-            },
+            extra=decision_fields(
+                component="server",
+                event="request_refused",
+                decision="refused",
+                reason=refused.reason,
+                user=client,
+                model=(None, self.config.provenance.model_name),
+                status=refused.status,
+                client=client,
+                method=request.method,
+                path=request.path,
+                peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None,
+                detail=refused.message,
+            ),
         )
         return web.Response(
             status=refused.status,

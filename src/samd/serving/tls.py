@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from samd.errors import UsageError
+from samd.logs import decision_fields
 from samd.serving.metrics import ServingMetrics
 from samd.tlsfiles import ReloadingContext, load_certificate
 
@@ -135,12 +136,14 @@ class TlsAcceptor:
             self._metrics.refused_handshakes.labels(reason).inc()
             refusals.warning(
                 "TLS handshake refused",
-                extra={
-                    "event": "handshake_refused",
-                    "reason": reason,
-                    "peer": _peer(peer),
-                    "detail": str(error),
-                },
+                extra=decision_fields(
+                    component="server",
+                    event="handshake_refused",
+                    decision="refused",
+                    reason=reason,
+                    peer=_peer(peer),
+                    detail=str(error),
+                ),
             )
             connection.close()
             return
