@@ -158,25 +158,36 @@ DEBIAN_TOOLS = {
 }
 
 
-def preflight(settings: NodeSettings) -> None:
+def host_problems() -> list[str]:
+    """Why this machine cannot run the real node (root, kernel features); empty when it can.
+
+    Missing Debian packages are not among them: `hack/install-node-deps` installs those.
+    """
+    problems = []
     if os.geteuid() != 0:
-        raise NodeError("the real node needs root (it runs containerd, kubelet and changes host networking)")
+        problems.append("the real node needs root (it runs containerd, kubelet and changes host networking)")
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        problems.append("the kernel has no overlay filesystem (containerd's overlayfs snapshotter needs it)")
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").is_file():
+        problems.append("no memory cgroup under /sys/fs/cgroup: the kubelet cannot run pods here")
+    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
+        problems.append(
+            "the kernel has no bridge netfilter (/proc/sys/net/bridge missing): NetworkPolicies could not "
+            "be enforced between pods on the bridge"
+        )
+    return problems
+
+
+def preflight(settings: NodeSettings) -> None:
+    problems = host_problems()
+    if problems:
+        raise NodeError("; ".join(problems))
     missing = sorted({package for tool, package in DEBIAN_TOOLS.items() if shutil.which(tool) is None})
     if not Path("/usr/lib/cni/bridge").is_file():
         missing.append("containernetworking-plugins")
     if missing:
         raise NodeError(
             f"missing Debian packages: {', '.join(missing)}; run hack/install-node-deps (as root)"
-        )
-    filesystems = Path("/proc/filesystems").read_text()
-    if "overlay" not in filesystems:
-        raise NodeError("the kernel has no overlay filesystem (containerd's overlayfs snapshotter needs it)")
-    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").is_file():
-        raise NodeError("no memory cgroup under /sys/fs/cgroup: the kubelet cannot run pods here")
-    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
-        raise NodeError(
-            "the kernel has no bridge netfilter (/proc/sys/net/bridge missing): NetworkPolicies could not "
-            "be enforced between pods on the bridge"
         )
     busy = [f"{port} ({name})" for name, port in settings.ports.named().items() if lc.port_in_use(port)]
     if busy:
