@@ -486,9 +486,9 @@ def serve_on_node() -> None:
             show=False,
         )
     print(
-        f"$ kubectl get secret {CLIENT_CERTIFICATE_SECRET} -n {NAMESPACE} -o json | (type and data) | kubectl apply -n payments -f -"
+        f"Secret {CLIENT_CERTIFICATE_SECRET} (issued by the operator in {NAMESPACE}) copied, its type and data, "
+        "to the namespace payments; and to `elsewhere`, to show that a certificate alone does not get through"
     )
-    print("(and a copy in the namespace `elsewhere`, to show that a certificate alone does not get through)")
 
     service = json.loads(
         kubectl("get", "service", "fraud-detection", "-n", NAMESPACE, "-o", "json", show=False)
