@@ -85,8 +85,11 @@ e2e: deps ## e2e tier against the cluster named by KUBECONFIG (or the local cont
 bench: deps control-plane ## Benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python -m bench
 
+# As root on a kernel that can run it, the demo joins the real node and runs
+# `make node-deps node image` itself (cached after the first time); otherwise it says why and stays
+# on the fake node. SAMD_DEMO_NODE=fake|real chooses.
 .PHONY: demo demo-down
-demo: deps control-plane ## The demo: local control plane, operator, webhook, the example model signed, encrypted, served
+demo: deps control-plane ## The demo: the example model signed, encrypted, admitted and served (on a real node as root)
 	hack/demo up
 demo-down: ## Stop everything the demo started
 	hack/demo down

@@ -7,12 +7,20 @@
 4. apply the namespace, the trust policy, the key Secret and the SecureModel; wait until it is Ready;
 5. show a tampered signature: the SecureModel is not verified, and a pod claiming it is refused by
    the API server with the webhook's message; so is a pod that mounts the model's key directly;
-6. serve the model: run the loader and the server commands of the operator's Deployment as local
-   processes (the demo's pods are on a fake KWOK node), with the Secrets and ConfigMap it mounts laid
-   out as files, and ask for a prediction as the `payments-api` client over mTLS; a client without a
-   certificate and one that is not in spec.serving.clients are refused.
+6. serve the model and ask for a prediction as the `payments-api` client over mTLS:
+   - on a real node (hack/local-node: when run as root on a kernel with overlayfs, a memory cgroup
+     and bridge netfilter): the model is stored in an S3-compatible server (moto) on the node's
+     address, the operator's pods really fetch, decrypt, verify and serve it, and client pods call it
+     through its Service: `payments-api` in the `payments` namespace gets a prediction, a pod without
+     a certificate is refused by the server, a pod in another namespace is cut off by the
+     NetworkPolicy;
+   - otherwise on KWOK's fake node (no container runs there; the demo says why): the loader and the
+     server commands of the operator's Deployment run as local processes, with the Secrets and
+     ConfigMap it mounts laid out as files; a client without a certificate and one that is not in
+     spec.serving.clients are refused.
 
-`hack/demo down` (or `make demo-down`) stops everything. State lives in `.local/demo`.
+`SAMD_DEMO_NODE=fake` keeps the demo on the fake node; `SAMD_DEMO_NODE=real` fails instead of falling
+back. `hack/demo down` (or `make demo-down`) stops everything. State lives in `.local/demo`.
 """
 
 from __future__ import annotations
@@ -31,11 +39,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hack import local_node
+from hack.pod_client import Call, client_pod, copied_secret, outcome
 
+from samd.operator.config import OperatorConfig
 from samd.webhook.configuration import build_webhook_configuration
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +60,12 @@ NAMESPACE = "fraud-detection"
 WEBHOOK_PORT = int(os.environ.get("SAMD_DEMO_WEBHOOK_PORT", "16900"))
 SERVE_PORT = int(os.environ.get("SAMD_DEMO_SERVE_PORT", "16943"))
 SERVE_METRICS_PORT = int(os.environ.get("SAMD_DEMO_SERVE_METRICS_PORT", "16944"))
+S3_PORT = int(os.environ.get("SAMD_DEMO_S3_PORT", "16945"))
+BUCKET = "models"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"}  # moto takes any
+PREFIX = "fraud-detection/1.4.0"
+CLIENT_CERTIFICATE_SECRET = "fraud-detection-client-payments-api"  # noqa: S105 - a Secret's name
+FEATURES = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
 BIN = Path(sys.executable).parent
 
 
@@ -155,12 +174,13 @@ def webhook_configuration() -> str:
 
 
 def up() -> None:
+    choice = node_choice()  # before anything starts: a forced real node that cannot run fails at once
     DEMO.mkdir(parents=True, exist_ok=True)
     stop_daemons()
     step("Start a real local control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK node)")
     print(run(REPO / "hack" / "local-cluster", "up").strip())
     step("Where the model's pods run")
-    print(node_choice())
+    node_ip = join_node(choice)
     step("Install the SecureModel and ModelTrustPolicy CRDs")
     print(kubectl("apply", "--server-side", "-f", str(REPO / "crds")).strip())
     print(kubectl("apply", "--server-side", "-f", "-", show=False,
@@ -173,12 +193,22 @@ def up() -> None:
                              "--key", str(DEMO / "webhook-tls" / "tls.key"), "--log-format", "json"])  # fmt: skip
     print(kubectl("apply", "--server-side", "-f", "-", stdin=webhook_configuration(), show=False).strip())
 
-    step("Run the operator (development switch: it may read the demo's local files, and only those)")
+    if node_ip is None:
+        step("Run the operator (development switch: it may read the demo's local files, and only those)")
+        operator_env = {"SAMD_ALLOW_LOCAL_FILES": "true", "SAMD_LOCAL_FILE_ROOTS": str(DEMO)}
+    else:
+        step(
+            "Run the operator (its own storage credentials; model pods may reach the S3 server: SAMD_STORAGE_EGRESS)"
+        )
+        operator_env = {
+            "SAMD_STORAGE_EGRESS": f"{node_ip}/32:{S3_PORT}",
+            **S3_CREDENTIALS,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
     start_daemon(
-        "operator",
-        [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""],
-        env={"SAMD_ALLOW_LOCAL_FILES": "true", "SAMD_LOCAL_FILE_ROOTS": str(DEMO)},
-    )
+        "operator", [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""],
+        env=operator_env,
+    )  # fmt: skip
 
     step("ML CI: build the fraud-detection model (ONNX), make keys, sign and encrypt it")
     model_dir = DEMO / "model" / "fraud-detection"
@@ -200,12 +230,19 @@ def up() -> None:
         "--force",
     )
     print(run(samd, "inspect", DEMO / "fraud-detection.samd").strip())
+    tampered = DEMO / "fraud-detection-tampered.sig"
+    bundle = json.loads((DEMO / "fraud-detection.sig").read_text())
+    signature = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+    signature[8] ^= 0x01
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(signature)).decode()
+    tampered.write_text(json.dumps(bundle))
+    storage = Storage.local() if node_ip is None else Storage.s3(node_ip)
 
     step("Platform team: namespace, trust policy, key Secret and the SecureModel")
     kubectl("apply", "--server-side", "-f", str(EXAMPLE / "namespace.yaml"))
     policy = yaml.safe_load((EXAMPLE / "trustpolicy.yaml").read_text())
     policy["spec"]["signers"][0]["publicKey"] = (DEMO / "signer.pub.pem").read_text()
-    policy["spec"]["allowLocalFiles"] = True  # the demo's model is a local file (development only)
+    policy["spec"].update(storage.policy)
     kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(policy))
     secret = {
         "apiVersion": "v1", "kind": "Secret",
@@ -213,12 +250,14 @@ def up() -> None:
         "data": {"keyset.json": base64.b64encode(keyset.read_bytes()).decode()},
     }  # fmt: skip
     kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(secret))
+    if storage.credentials is not None:
+        kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(storage.credentials))
     kubectl(
         "apply",
         "--server-side",
         "-f",
         "-",
-        stdin=json.dumps(secure_model("fraud-detection", DEMO / "fraud-detection.sig")),
+        stdin=json.dumps(secure_model("fraud-detection", storage.artifact, storage.signature)),
     )
     wait_for(
         "the SecureModel to be Ready", lambda: condition("fraud-detection", "Ready").get("status") == "True"
@@ -228,18 +267,12 @@ def up() -> None:
     print(kubectl("get", "deployment,service,networkpolicy,role,rolebinding,pod", "-n", NAMESPACE).strip())
 
     step("A tampered signature: the operator refuses to verify it, nothing is served")
-    tampered = DEMO / "fraud-detection-tampered.sig"
-    bundle = json.loads((DEMO / "fraud-detection.sig").read_text())
-    signature = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
-    signature[8] ^= 0x01
-    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(signature)).decode()
-    tampered.write_text(json.dumps(bundle))
     kubectl(
         "apply",
         "--server-side",
         "-f",
         "-",
-        stdin=json.dumps(secure_model("fraud-detection-tampered", tampered)),
+        stdin=json.dumps(secure_model("fraud-detection-tampered", storage.artifact, storage.tampered)),
     )
     wait_for(
         "the tampered model's Verified condition",
@@ -265,12 +298,255 @@ def up() -> None:
     }  # fmt: skip
     print(kubectl("apply", "-f", "-", stdin=json.dumps(thief), check=False).strip())
 
-    serve_locally()
+    if node_ip is None:
+        serve_locally()
+    else:
+        serve_on_node()
 
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
     print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
     print("stop everything: make demo-down")
+
+
+# --- where the pods run -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeChoice:
+    real: bool
+    reason: str
+
+
+def node_choice(wanted: str | None = None, problems: list[str] | None = None) -> NodeChoice:
+    """A real node when this machine can run one (root, kernel features), unless SAMD_DEMO_NODE=fake.
+
+    `problems` (default: what hack/local-node finds on this host) are the reasons it cannot.
+    """
+    wanted = os.environ.get("SAMD_DEMO_NODE", "auto") if wanted is None else wanted
+    if wanted not in {"auto", "real", "fake"}:
+        raise SystemExit(f"demo: SAMD_DEMO_NODE={wanted!r} is not one of auto, real, fake")
+    if wanted == "fake":
+        return NodeChoice(real=False, reason="SAMD_DEMO_NODE=fake asks for the fake node")
+    problems = local_node.host_problems() if problems is None else problems
+    if problems and wanted == "real":
+        raise SystemExit(
+            f"demo: SAMD_DEMO_NODE=real, but this machine cannot run a real node: {'; '.join(problems)}"
+        )
+    if problems:
+        return NodeChoice(real=False, reason="; ".join(problems))
+    return NodeChoice(
+        real=True,
+        reason="running as root, and the kernel has overlayfs, a memory cgroup and bridge netfilter",
+    )
+
+
+def join_node(choice: NodeChoice) -> str | None:
+    """Join the real node (building what it needs, cached) and return its address; None: the fake node."""
+    if not choice.real:
+        real = kubectl("get", "nodes", "-l", local_node.NODE_LABEL, "-o", "name", show=False).strip()
+        if real:
+            raise SystemExit(
+                f"demo: a real node is joined ({real}) and the fake node is tainted, so the model's pods "
+                "would run there, but this demo stays on the fake node "
+                f"({choice.reason}). Run `hack/local-node down` first."
+            )
+        print(
+            "on KWOK's fake node kwok-node-0: pods are marked Running, no container starts; the last step "
+            f"runs the operator's loader and server commands as local processes. Not on a real node: "
+            f"{choice.reason}. (As root, `make demo` uses a real node; `make real` tests one.)"
+        )
+        return None
+    print(
+        f"on a real node (containerd, kubelet, kube-proxy, kube-router), because the demo is {choice.reason}."
+    )
+    print("Its parts are built once and cached: the Debian packages, kubelet and kube-proxy, SAMD's image.")
+    subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), "node-deps", "node", "image"], check=True
+    )  # shown as it goes: a first build takes minutes
+    print(run(REPO / "hack" / "local-node", "up").strip())
+    return local_node.NodeSettings.from_env().node_ip
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where the SecureModels point: the demo's local files (fake node), or S3 on the node's address."""
+
+    artifact: dict[str, Any]
+    signature: dict[str, Any]
+    tampered: dict[str, Any]
+    policy: dict[str, Any]  # what the trust policy must allow for it
+    credentials: dict[str, Any] | None  # the storage credentials Secret
+
+    @classmethod
+    def local(cls) -> Storage:
+        return cls(
+            artifact={"uri": f"file://{DEMO / 'fraud-detection.samd'}"},
+            signature={"uri": f"file://{DEMO / 'fraud-detection.sig'}"},
+            tampered={"uri": f"file://{DEMO / 'fraud-detection-tampered.sig'}"},
+            policy={"allowLocalFiles": True},  # the demo's model is a local file (development only)
+            credentials=None,
+        )
+
+    @classmethod
+    def s3(cls, node_ip: str) -> Storage:
+        """Start an S3-compatible server (moto) on the node's address and upload the model there."""
+        import boto3  # noqa: PLC0415 - only the real node's demo stores in S3
+
+        step(
+            f"Store the encrypted model and its signature in S3 (a local moto server on {node_ip}:{S3_PORT})"
+        )
+        endpoint = f"http://{node_ip}:{S3_PORT}"
+        start_daemon(
+            "s3",
+            [str(BIN / "python"), "-m", "moto.server", "--host", node_ip, "--port", str(S3_PORT)],
+            env={"MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+        )
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def answers() -> bool:
+            try:
+                with direct.open(f"{endpoint}/moto-api/", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for("the S3 server", answers, 30)
+        s3 = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )  # fmt: skip
+        s3.create_bucket(Bucket=BUCKET)
+        # SAMD checks the storage posture: encrypted at rest, public access blocked.
+        s3.put_bucket_encryption(
+            Bucket=BUCKET,
+            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        )  # fmt: skip
+        s3.put_public_access_block(
+            Bucket=BUCKET,
+            PublicAccessBlockConfiguration={"BlockPublicAcls": True, "IgnorePublicAcls": True,
+                                            "BlockPublicPolicy": True, "RestrictPublicBuckets": True},
+        )  # fmt: skip
+        for key, path in (
+            ("model.samd", DEMO / "fraud-detection.samd"),
+            ("model.sig", DEMO / "fraud-detection.sig"),
+            ("model-tampered.sig", DEMO / "fraud-detection-tampered.sig"),
+        ):
+            s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{key}", Body=path.read_bytes())
+            print(f"uploaded s3://{BUCKET}/{PREFIX}/{key} ({path.stat().st_size} bytes)")
+        return cls(
+            artifact={
+                "uri": f"s3://{BUCKET}/{PREFIX}/model.samd",
+                "endpoint": endpoint,
+                "region": "us-east-1",
+                "credentialsSecret": "model-storage",
+            },
+            signature={"uri": f"s3://{BUCKET}/{PREFIX}/model.sig"},
+            tampered={"uri": f"s3://{BUCKET}/{PREFIX}/model-tampered.sig"},
+            # Plain http on a private address: allowed only because the cluster admin lists it.
+            policy={"allowedEndpoints": [{"cidr": f"{node_ip}/32", "allowHttp": True}]},
+            credentials={
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "model-storage", "namespace": NAMESPACE},
+                "stringData": S3_CREDENTIALS,
+            },
+        )  # fmt: skip
+
+
+# --- serving on the real node -------------------------------------------------------------------
+
+
+def serve_on_node() -> None:
+    step(
+        "Serve: the operator's pods on the real node (the loader fetched, decrypted and verified; samd serve runs)"
+    )
+    print(
+        kubectl("get", "pods", "-n", NAMESPACE, "-l", "samd.dev/model=fraud-detection", "-o", "wide").strip()
+    )
+    pods = kubectl(
+        "get", "pods", "-n", NAMESPACE, "-l", "samd.dev/model=fraud-detection", "-o", "name", show=False
+    ).split()
+    if pods:
+        print(kubectl("logs", "-n", NAMESPACE, pods[0].removeprefix("pod/"), "-c", "samd-fetch").strip())
+
+    step("Give payments-api its client certificate: copy the operator's Secret to its namespace")
+    for namespace in ("payments", "elsewhere"):
+        kubectl("apply", "--server-side", "-f", "-", show=False,
+                stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))  # fmt: skip
+        secret = json.loads(
+            kubectl("get", "secret", CLIENT_CERTIFICATE_SECRET, "-n", NAMESPACE, "-o", "json", show=False)
+        )
+        kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            stdin=json.dumps(copied_secret(secret, namespace)),
+            show=False,
+        )
+    print(
+        f"Secret {CLIENT_CERTIFICATE_SECRET} (issued by the operator in {NAMESPACE}) copied, its type and data, "
+        "to the namespace payments; and to `elsewhere`, to show that a certificate alone does not get through"
+    )
+
+    service = json.loads(
+        kubectl("get", "service", "fraud-detection", "-n", NAMESPACE, "-o", "json", show=False)
+    )
+    call = Call(
+        address=service["spec"]["clusterIP"],
+        port=int(service["spec"]["ports"][0]["port"]),
+        server_name=f"fraud-detection.{NAMESPACE}.svc",
+        model="fraud-detection",
+        rows=FEATURES,
+        patience=6.0,
+    )
+    step(f"Predictions from client pods, over mTLS through the Service ({call.address}:{call.port})")
+    print(
+        f"(no cluster DNS here: the clients connect to the ClusterIP and check the server certificate "
+        f"against {call.server_name}, a name the operator put in it)"
+    )
+    image = OperatorConfig.from_env().default_image
+    clients = [
+        ("payments-api in payments", "payments", {"app": "payments-api"}, True),
+        ("payments-api in payments, without a certificate", "payments", {"app": "payments-api"}, False),
+        ("payments-api in the namespace `elsewhere`", "elsewhere", {"app": "payments-api"}, True),
+    ]
+    started = []
+    for title, namespace, labels, certificate in clients:
+        name = f"client-{uuid.uuid4().hex[:6]}"
+        body = client_pod(
+            name,
+            call,
+            image=image,
+            labels=labels,
+            tls_secret=CLIENT_CERTIFICATE_SECRET,
+            certificate=certificate,
+        )
+        kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(body), show=False)
+        started.append((title, namespace, name))
+
+    def finished(namespace: str, name: str) -> bool:
+        phase = kubectl(
+            "get", "pod", name, "-n", namespace, "-o", "jsonpath={.status.phase}", show=False, check=False
+        )
+        return phase.strip() in {"Succeeded", "Failed"}
+
+    for title, namespace, name in started:
+        wait_for(f"the client pod {namespace}/{name}", lambda n=namespace, p=name: finished(n, p), 90)
+        print(f"{title}: {describe(outcome(kubectl('logs', name, '-n', namespace, show=False)))}")
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A client pod's outcome, for a person."""
+    if result["outcome"] == "unreachable":
+        return f"cut off by the NetworkPolicy (no connection: {result['error']})"
+    if result["outcome"] == "refused":
+        return f"refused by the server at the TLS handshake ({result['error']})"
+    if result["status"] != 200:
+        return f"HTTP {result['status']}: {json.dumps(result['body'])}"
+    outputs = {output["name"]: output["data"] for output in result["body"]["outputs"]}
+    return f"HTTP 200\n{json.dumps(result['headers'], indent=2)}\noutputs: {json.dumps(outputs)}"
 
 
 def _secret_files(name: str, namespace: str, folder: Path, items: dict[str, str] | None = None) -> Path:
@@ -383,7 +659,7 @@ def serve_locally() -> None:
     step(
         "A prediction for payments-api over mTLS (its certificate: the Secret fraud-detection-client-payments-api)"
     )
-    features = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
+    features = FEATURES
     body = json.dumps(
         {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 8], "data": features}]}
     )
@@ -431,36 +707,19 @@ def serve_locally() -> None:
     )
 
 
-def node_choice() -> str:
-    """The demo's pods run on KWOK's fake node; say why, and refuse a cluster with a real node joined."""
-    real = kubectl("get", "nodes", "-l", "samd.dev/node=real", "-o", "name", show=False).strip()
-    if real:
-        raise SystemExit(
-            f"demo: a real node is joined ({real}) and the fake node is tainted, so the model's pods would "
-            "run there; the demo does not drive a real node yet (its prediction runs the server as a local "
-            "process). Run `hack/local-node down` first."
-        )
-    reasons = ["the demo does not drive a real node yet (it serves the model as a local process)"]
-    if os.geteuid() != 0:
-        reasons.append("a real node needs root")
-    return (
-        "on KWOK's fake node kwok-node-0: pods are marked Running, no container starts. Not on a real "
-        f"node because {'; and '.join(reasons)}. `make real` runs this example's loader, security "
-        "profile and NetworkPolicy in real containers (hack/local-node)."
-    )
-
-
-def secure_model(name: str, signature: Path) -> dict[str, Any]:
+def secure_model(name: str, artifact: dict[str, Any], signature: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = yaml.safe_load((EXAMPLE / "securemodel.yaml").read_text())
     body["metadata"]["name"] = name
-    body["spec"]["artifact"] = {"uri": f"file://{DEMO / 'fraud-detection.samd'}"}
-    body["spec"]["signature"] = {"uri": f"file://{signature}"}
+    body["spec"]["artifact"] = artifact
+    body["spec"]["signature"] = signature
     return body
 
 
 def down() -> None:
     if DEMO.exists():
         stop_daemons()
+    if os.geteuid() == 0:  # only root can have joined a real node
+        print(run(REPO / "hack" / "local-node", "down", show=False).strip())
     print(run(REPO / "hack" / "local-cluster", "down", show=False).strip())
 
 

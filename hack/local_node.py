@@ -158,25 +158,36 @@ DEBIAN_TOOLS = {
 }
 
 
-def preflight(settings: NodeSettings) -> None:
+def host_problems() -> list[str]:
+    """Why this machine cannot run the real node (root, kernel features); empty when it can.
+
+    Missing Debian packages are not among them: `hack/install-node-deps` installs those.
+    """
+    problems = []
     if os.geteuid() != 0:
-        raise NodeError("the real node needs root (it runs containerd, kubelet and changes host networking)")
+        problems.append("the real node needs root (it runs containerd, kubelet and changes host networking)")
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        problems.append("the kernel has no overlay filesystem (containerd's overlayfs snapshotter needs it)")
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").is_file():
+        problems.append("no memory cgroup under /sys/fs/cgroup: the kubelet cannot run pods here")
+    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
+        problems.append(
+            "the kernel has no bridge netfilter (/proc/sys/net/bridge missing): NetworkPolicies could not "
+            "be enforced between pods on the bridge"
+        )
+    return problems
+
+
+def preflight(settings: NodeSettings) -> None:
+    problems = host_problems()
+    if problems:
+        raise NodeError("; ".join(problems))
     missing = sorted({package for tool, package in DEBIAN_TOOLS.items() if shutil.which(tool) is None})
     if not Path("/usr/lib/cni/bridge").is_file():
         missing.append("containernetworking-plugins")
     if missing:
         raise NodeError(
             f"missing Debian packages: {', '.join(missing)}; run hack/install-node-deps (as root)"
-        )
-    filesystems = Path("/proc/filesystems").read_text()
-    if "overlay" not in filesystems:
-        raise NodeError("the kernel has no overlay filesystem (containerd's overlayfs snapshotter needs it)")
-    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").is_file():
-        raise NodeError("no memory cgroup under /sys/fs/cgroup: the kubelet cannot run pods here")
-    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
-        raise NodeError(
-            "the kernel has no bridge netfilter (/proc/sys/net/bridge missing): NetworkPolicies could not "
-            "be enforced between pods on the bridge"
         )
     busy = [f"{port} ({name})" for name, port in settings.ports.named().items() if lc.port_in_use(port)]
     if busy:
@@ -241,25 +252,46 @@ def ctr(settings: NodeSettings, *args: str, check: bool = True) -> str:
 
 
 def import_images(settings: NodeSettings, archives: Sequence[Path]) -> None:
-    """Import OCI archives whose manifest containerd does not hold yet (each import costs seconds)."""
-    present = ctr(settings, "images", "ls")
+    """Import each OCI archive unless containerd already holds its manifest under its name.
+
+    Keyed by name and digest: an archive rebuilt under the same name (a new digest) replaces the
+    image that name pointed to, and one renamed (SAMD_IMAGE) is imported under its new name even when
+    its content is unchanged. Each import costs seconds; afterwards the name must point at the archive.
+    """
     for archive in archives:
-        digest = _archive_digest(archive)
-        if digest in present:
+        name, digest = _archive_reference(archive)
+        if _image_digests(settings).get(name) == digest:
             continue
         started = time.monotonic()
         ctr(settings, "images", "import", "--no-unpack=false", str(archive))
-        print(f"  imported {archive.name} in {time.monotonic() - started:.1f} s")
+        held = _image_digests(settings).get(name)
+        if held != digest:
+            raise NodeError(
+                f"containerd holds {name} as {held or 'nothing'} after importing {archive} ({digest}); "
+                f"remove it (ctr --address {settings.socket} -n k8s.io images rm {name}) and run up again"
+            )
+        print(f"  imported {archive.name} as {name} ({digest[:19]}) in {time.monotonic() - started:.1f} s")
 
 
-def _archive_digest(archive: Path) -> str:
+def _image_digests(settings: NodeSettings) -> dict[str, str]:
+    """Image name -> the manifest (or index) digest containerd's CRI namespace holds for it."""
+    rows = [line.split() for line in ctr(settings, "images", "ls").splitlines()[1:]]  # REF TYPE DIGEST ...
+    return {row[0]: row[2] for row in rows if len(row) >= 3}
+
+
+def _archive_reference(archive: Path) -> tuple[str, str]:
+    """The name (its `io.containerd.image.name` annotation) and manifest digest of an OCI archive."""
     import tarfile  # noqa: PLC0415
 
     with tarfile.open(archive) as tar:
         member = tar.extractfile("index.json")
         if member is None:
             raise NodeError(f"{archive} is not an OCI archive (no index.json)")
-        return str(json.load(member)["manifests"][0]["digest"])
+        manifest = json.load(member)["manifests"][0]
+    name = (manifest.get("annotations") or {}).get("io.containerd.image.name")
+    if not name:
+        raise NodeError(f"{archive} names no image (no io.containerd.image.name annotation in index.json)")
+    return str(name), str(manifest["digest"])
 
 
 # --- certificates -------------------------------------------------------------------------------

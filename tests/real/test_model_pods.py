@@ -1,32 +1,36 @@
-"""The fraud-detection example on a real node: the loader, the restricted profile and the NetworkPolicy.
+"""The fraud-detection example on a real node: the loader, the server, the restricted profile and the NetworkPolicy.
 
-Everything here runs in real containers from SAMD's image: `samd fetch` downloads the example's
-encrypted model from an S3-compatible server over the pod network, decrypts and verifies it into a
-memory volume. The inference server (`samd serve`) is not part of this branch's image yet, so the
-operator's server container cannot start; the checks that need a running container use a copy of
-the operator's own pod template in which only the server's command is replaced (by a sleeper or a
-plain TCP listener): the init container, volumes, identity and security context are the operator's.
+Everything here runs in real containers from SAMD's image, in the pod the operator builds: `samd
+fetch` downloads the example's encrypted model (a real ONNX fraud model) from an S3-compatible server
+over the pod network, decrypts and verifies it into a memory volume, and `samd serve` serves it over
+mTLS. Client pods call it through its Service (the ClusterIP: the local control plane has no cluster
+DNS) with the client certificate the operator issued, copied to their namespace as users do.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
-import subprocess
-import time
+import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import numpy as np
 import pytest
+from hack.pod_client import Call, client_pod, copied_secret, outcome
 from kubernetes import client
 
 from samd.fetch import KEPT_SIGNATURE
+from samd.operator.builders.names import client_secret_name, serving_name
 from samd.operator.builders.serving import FETCH_CONTAINER, MODEL_DIR, SERVER_CONTAINER, WORKLOAD_USER
+from samd.operator.config import OperatorConfig
 from tests.support.cluster import scratch_namespace
+from tests.support.models import ModelArtifacts, make_model
 from tests.support.moto_server import MotoServer
 from tests.support.node import (
     RealNode,
@@ -36,11 +40,16 @@ from tests.support.node import (
     last_terminated,
     wait_pod,
 )
-from tests.support.scenario import Scenario, eventually
+from tests.support.operator import OperatorProcess
+from tests.support.scenario import Scenario, eventually, scenario_fixture
+from tests.support.serving import fraud_data, train_fraud_model
 
 pytestmark = pytest.mark.real
 
 MODEL = "fraud-detection"
+OTHER_MODEL = "fraud-scoring"
+"""A second model in the namespace, never run (0 replicas): its client certificate is another identity."""
+CLIENT = "payments-api"
 CREDENTIALS_SECRET = "model-storage"
 SERVICE_ACCOUNT_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -71,23 +80,10 @@ class Deployed:
         return names[0]
 
 
-def deploy_example(
-    scenario: Scenario,
-    s3: MotoServer,
-    *,
-    tamper: bool = False,
-    allowed_clients: list[dict[str, Any]] | None = None,
-) -> Deployed:
-    """Upload the example's artifact and signature to S3, apply the SecureModel, wait for its Deployment."""
+def prepare_storage(scenario: Scenario, s3: MotoServer) -> str:
+    """A private, encrypted bucket, the credentials Secret, and the policy listing the S3 server."""
     bucket = f"models-{scenario.namespace}"[:63]
-    credentials = s3.env()
-    storage = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        region_name=s3.region,
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-    )
+    storage = s3_client(s3)
     storage.create_bucket(Bucket=bucket)
     storage.put_bucket_encryption(
         Bucket=bucket,
@@ -104,14 +100,6 @@ def deploy_example(
             "RestrictPublicBuckets": True,
         },
     )
-    artifact = bytearray(scenario.artifacts.artifact.read_bytes())
-    if tamper:
-        artifact[-40] ^= 0x01  # one bit of the last segment's ciphertext
-    prefix = f"{MODEL}/1.4.0"
-    storage.put_object(Bucket=bucket, Key=f"{prefix}/model.samd", Body=bytes(artifact))
-    storage.put_object(
-        Bucket=bucket, Key=f"{prefix}/model.sig", Body=scenario.artifacts.signature.read_bytes()
-    )
     scenario.core.create_namespaced_secret(
         scenario.namespace,
         client.V1Secret(
@@ -119,6 +107,43 @@ def deploy_example(
             string_data={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
         ),
     )
+    # The test's S3 server is plain http on the node's private address: the operator reads from it
+    # only because the cluster admin's policy lists it.
+    host = urlsplit(s3.endpoint).hostname
+    scenario.patch_policy({"allowedEndpoints": [{"cidr": f"{host}/32", "allowHttp": True}]})
+    return bucket
+
+
+def s3_client(s3: MotoServer) -> Any:
+    credentials = s3.env()
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name=s3.region,
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def deploy_example(
+    scenario: Scenario,
+    s3: MotoServer,
+    bucket: str,
+    artifacts: ModelArtifacts,
+    *,
+    name: str = MODEL,
+    tamper: bool = False,
+    replicas: int = 1,
+    allowed_clients: list[dict[str, Any]] | None = None,
+) -> Deployed:
+    """Upload the model's artifact and signature to S3, apply the SecureModel, wait for its Deployment."""
+    storage = s3_client(s3)
+    artifact = bytearray(artifacts.artifact.read_bytes())
+    if tamper:
+        artifact[-40] ^= 0x01  # one bit of the last segment's ciphertext
+    prefix = f"{name}/1.4.0"
+    storage.put_object(Bucket=bucket, Key=f"{prefix}/model.samd", Body=bytes(artifact))
+    storage.put_object(Bucket=bucket, Key=f"{prefix}/model.sig", Body=artifacts.signature.read_bytes())
     body = scenario.example(
         artifact={
             "uri": f"s3://{bucket}/{prefix}/model.samd",
@@ -128,22 +153,20 @@ def deploy_example(
         },
         signature={"uri": f"s3://{bucket}/{prefix}/model.sig"},
     )
-    body["spec"]["serving"]["replicas"] = 1
-    # The test's S3 server is plain http on the node's private address: the operator reads from it
-    # only because the cluster admin's policy lists it.
-    host = urlsplit(s3.endpoint).hostname
-    scenario.patch_policy({"allowedEndpoints": [{"cidr": f"{host}/32", "allowHttp": True}]})
+    body["metadata"]["name"] = name
+    body["spec"]["serving"]["replicas"] = replicas
     if allowed_clients is not None:
         body["spec"]["serving"]["allowedClients"] = allowed_clients
     scenario.apply_model(body)
-    scenario.wait_condition(MODEL, "Verified", "True")
+    scenario.wait_condition(name, "Verified", "True")
     deployment: list[client.V1Deployment] = []
 
     def created() -> bool:
-        deployment[:] = scenario.apps.list_namespaced_deployment(scenario.namespace).items
+        with contextlib.suppress(client.ApiException):
+            deployment[:] = [scenario.apps.read_namespaced_deployment(serving_name(name), scenario.namespace)]
         return bool(deployment)
 
-    eventually(created, 60, f"the Deployment of {MODEL}")
+    eventually(created, 60, f"the Deployment of {name}")
     spec = scenario.api.sanitize_for_serialization(deployment[0].spec)  # type: ignore[no-untyped-call]
     selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
     return Deployed(scenario, selector, spec["template"])
@@ -162,74 +185,181 @@ def fetch_log(deployed: Deployed, pod: str) -> str:
     return ""
 
 
-def template_copy(
-    deployed: Deployed, name: str, *, labels: dict[str, str], server_command: list[str]
-) -> dict[str, Any]:
-    """A pod made from the operator's template, with only the server's command replaced.
+def ready(pod: client.V1Pod) -> bool:
+    statuses = pod.status.container_statuses or []
+    return bool(statuses) and all(status.ready for status in statuses)
 
-    It carries a controller reference (to a ConfigMap of its own) so that the model's ReplicaSet never
-    adopts it, even when it has the model's labels.
+
+# --- one served model for the module: the operator's pod, its Service, and the clients' namespaces --
+
+
+@dataclass
+class Served:
+    deployed: Deployed
+    artifacts: ModelArtifacts
+    pod: client.V1Pod
+    clients_namespace: str  # allowed by the model's NetworkPolicy (a label of its own)
+    other_namespace: str  # not allowed
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # client role -> its outcome
+
+    @property
+    def pod_name(self) -> str:
+        return str(self.pod.metadata.name)
+
+
+@pytest.fixture(scope="module")
+def fraud_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A real fraud model (scikit-learn, exported to ONNX): `samd serve` loads and runs it."""
+    return (train_fraud_model(tmp_path_factory.mktemp("onnx")) / "model.onnx").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def served(
+    operator: OperatorProcess,
+    k8s: client.ApiClient,
+    node_s3: MotoServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    fraud_model: bytes,
+) -> Iterator[Served]:
+    """The example served on the real node (1 replica), and a model beside it that is never run."""
+    label = uuid.uuid4().hex[:12]
+    with (
+        scratch_namespace(k8s) as namespace,
+        scratch_namespace(k8s) as clients_namespace,
+        scratch_namespace(k8s) as other_namespace,
+        contextlib.contextmanager(scenario_fixture)(
+            operator, k8s, namespace, tmp_path_factory.mktemp("served")
+        ) as scenario,
+    ):
+        scenario.core.patch_namespace(
+            clients_namespace, {"metadata": {"labels": {"samd-test/clients": label}}}
+        )
+        allowed = [
+            {
+                "namespaceSelector": {"matchLabels": {"samd-test/clients": label}},
+                "podSelector": {"matchLabels": {"app": CLIENT}},
+            }
+        ]
+        work = tmp_path_factory.mktemp("artifacts")
+        signing_key, keyset = scenario.artifacts.signing_key, scenario.artifacts.keyset
+        artifacts = make_model(work / MODEL, content=fraud_model, signing_key=signing_key, keyset=keyset)
+        other = make_model(work / OTHER_MODEL, model_name=OTHER_MODEL, signing_key=signing_key, keyset=keyset)
+        bucket = prepare_storage(scenario, node_s3)
+        deployed = deploy_example(scenario, node_s3, bucket, artifacts, allowed_clients=allowed)
+        deploy_example(
+            scenario, node_s3, bucket, other, name=OTHER_MODEL, replicas=0, allowed_clients=allowed
+        )
+        pod = wait_pod(
+            scenario.core,
+            namespace,
+            deployed.pod_name(),
+            ready,
+            timeout=120,
+            what="the model server to be ready",
+        )
+        yield Served(deployed, artifacts, pod, clients_namespace, other_namespace)
+
+
+def copy_client_secret(core: client.CoreV1Api, model: str, source: str, target: str) -> str:
+    """Copy the operator's client-certificate Secret to the client's namespace (as users do)."""
+    name = client_secret_name(model, CLIENT)
+
+    def issued() -> bool:
+        with contextlib.suppress(client.ApiException):
+            core.read_namespaced_secret(name, source)
+            return True
+        return False
+
+    eventually(issued, 30, f"the operator to issue {source}/{name}")
+    secret = core.api_client.sanitize_for_serialization(core.read_namespaced_secret(name, source))
+    core.create_namespaced_secret(target, copied_secret(secret, target))  # type: ignore[arg-type]
+    return name
+
+
+ROWS, LABELS = fraud_data(16, seed=23)
+
+
+@pytest.fixture(scope="module")
+def calls(served: Served) -> dict[str, dict[str, Any]]:
+    """Five client pods at once, each asking for one prediction through the Service; their outcomes.
+
+    | role | namespace | pod labels | certificate |
+    | allowed | allowed | app=payments-api | the operator's, for payments-api of this model |
+    | no-certificate | allowed | app=payments-api | none (it trusts the CA only) |
+    | other-model | allowed | app=payments-api | the operator's, for payments-api of another model |
+    | other-namespace | another | app=payments-api | the operator's, for payments-api of this model |
+    | other-pod | allowed | app=other | the operator's, for payments-api of this model |
     """
-    owner = deployed.core.create_namespaced_config_map(
-        deployed.namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"{name}-owner"))
+    core, namespace = served.deployed.core, served.deployed.namespace
+    service = core.read_namespaced_service(serving_name(MODEL), namespace)
+    call = Call(
+        address=str(service.spec.cluster_ip),
+        port=int(service.spec.ports[0].port),
+        server_name=f"{serving_name(MODEL)}.{namespace}.svc",
+        model=MODEL,
+        rows=ROWS.tolist(),
     )
-    template = copy.deepcopy(deployed.template)
-    spec = template["spec"]
-    server = next(c for c in spec["containers"] if c["name"] == SERVER_CONTAINER)
-    server["command"] = server_command
-    server.pop("readinessProbe", None)
-    spec["terminationGracePeriodSeconds"] = 1  # the stand-in commands do not handle SIGTERM
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "name": owner.metadata.name,
-                    "uid": owner.metadata.uid,
-                    "controller": True,
-                }
-            ],
-        },
-        "spec": spec,
+    ours = {
+        target: copy_client_secret(core, MODEL, namespace, target)
+        for target in (served.clients_namespace, served.other_namespace)
     }
+    foreign = copy_client_secret(core, OTHER_MODEL, namespace, served.clients_namespace)
+    image = OperatorConfig.from_env().default_image
+    payments = {"app": CLIENT}
+    roles = {
+        "allowed": (served.clients_namespace, payments, ours[served.clients_namespace], True),
+        "no-certificate": (served.clients_namespace, payments, ours[served.clients_namespace], False),
+        "other-model": (served.clients_namespace, payments, foreign, True),
+        "other-namespace": (served.other_namespace, payments, ours[served.other_namespace], True),
+        "other-pod": (served.clients_namespace, {"app": "other"}, ours[served.clients_namespace], True),
+    }
+    pods = {}
+    for role, (target, labels, secret, certificate) in roles.items():
+        name = f"{role}-{uuid.uuid4().hex[:6]}"
+        body = client_pod(name, call, image=image, labels=labels, tls_secret=secret, certificate=certificate)
+        core.create_namespaced_pod(target, body)  # type: ignore[arg-type]
+        pods[role] = (target, name)
+    for role, (target, name) in pods.items():
+        pod = wait_pod(
+            core,
+            target,
+            name,
+            lambda p: p.status.phase in {"Succeeded", "Failed"},
+            what="the client to finish",
+        )
+        assert pod.spec.node_name == served.pod.spec.node_name
+        log = str(core.read_namespaced_pod_log(name, target))
+        assert pod.status.phase == "Succeeded", log
+        served.calls[role] = {**outcome(log), "pod_ip": str(pod.status.pod_ip)}
+    return served.calls
 
 
-def running(pod: client.V1Pod, container: str = SERVER_CONTAINER) -> bool:
-    state = container_state(pod, container)
-    return state is not None and state.running is not None
+def server_log(served: Served) -> list[dict[str, Any]]:
+    """The server container's JSON log lines."""
+    text = kubectl("logs", "-n", served.deployed.namespace, served.pod_name, "-c", SERVER_CONTAINER)
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 # --- the loader ---------------------------------------------------------------------------------
 
 
 def test_the_loader_fetches_decrypts_and_verifies_from_s3_on_the_real_node(
-    scenario: Scenario, node: RealNode, node_s3: MotoServer
+    served: Served, node: RealNode
 ) -> None:
-    deployed = deploy_example(scenario, node_s3)
-    name = deployed.pod_name()
-
-    def fetched(pod: client.V1Pod) -> bool:
-        return last_terminated(pod, FETCH_CONTAINER, init=True) is not None
-
-    pod = wait_pod(scenario.core, scenario.namespace, name, fetched, what="the loader to finish")
-    assert pod.spec.node_name == node.name
-    terminated = last_terminated(pod, FETCH_CONTAINER, init=True)
+    assert served.pod.spec.node_name == node.name
+    terminated = last_terminated(served.pod, FETCH_CONTAINER, init=True)
     assert terminated is not None
-    assert (terminated.exit_code, terminated.reason) == (0, "Completed"), fetch_log(deployed, name)
-    log = fetch_log(deployed, name)
-    signed_files = len(list(scenario.artifacts.model.iterdir()))  # the model and its samd-model.json
+    log = fetch_log(served.deployed, served.pod_name)
+    assert (terminated.exit_code, terminated.reason) == (0, "Completed"), log
+    signed_files = len(list(served.artifacts.model.iterdir()))  # the model and its samd-model.json
     assert f"fetched {signed_files} verified file(s)" in log, log
 
 
 def test_a_tampered_artifact_stops_the_pod_in_init_error_and_nothing_is_served(
     scenario: Scenario, node: RealNode, node_s3: MotoServer
 ) -> None:
-    deployed = deploy_example(scenario, node_s3, tamper=True)
+    bucket = prepare_storage(scenario, node_s3)
+    deployed = deploy_example(scenario, node_s3, bucket, scenario.artifacts, tamper=True)
     name = deployed.pod_name()
 
     def failed(pod: client.V1Pod) -> bool:
@@ -261,7 +391,7 @@ def shown_status(scenario: Scenario, pod: str) -> str:
     return kubectl("get", "pod", pod, "-n", scenario.namespace, "--no-headers").split()[2]
 
 
-# --- the restricted profile, from inside -------------------------------------------------------
+# --- the restricted profile, from inside the running server -------------------------------------
 
 INSIDE = f"""
 import json, os, hashlib
@@ -280,6 +410,7 @@ models = {{name: hashlib.sha256(open(os.path.join("{MODEL_DIR}", name), "rb").re
           for name in os.listdir("{MODEL_DIR}")}}
 print(json.dumps({{
     "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+    "command": open("/proc/1/cmdline").read().split("\\0")[:3],
     "status": {{k: status[k].split() for k in ("Uid", "Gid", "CapEff", "CapBnd", "NoNewPrivs", "Seccomp")}},
     "root": mounts["/"], "models_mount": mounts.get("{MODEL_DIR}"), "tmp_mount": mounts.get("/tmp"),
     "root_writable": root_writable,
@@ -289,21 +420,12 @@ print(json.dumps({{
 """
 
 
-def test_the_model_pod_runs_as_the_restricted_profile_says_inside_its_containers(
-    scenario: Scenario, node: RealNode, node_s3: MotoServer
-) -> None:
-    deployed = deploy_example(scenario, node_s3)
-    probe = template_copy(
-        deployed,
-        "probe",
-        labels={"samd-test": "probe"},
-        server_command=["python", "-c", "import time; time.sleep(3600)"],
-    )
-    scenario.core.create_namespaced_pod(scenario.namespace, probe)  # type: ignore[arg-type]
-    pod = wait_pod(scenario.core, scenario.namespace, "probe", running, what="the server container to run")
-    assert pod.spec.node_name == node.name
-    inside = exec_python(scenario.namespace, "probe", SERVER_CONTAINER, INSIDE)
+def test_the_model_server_runs_as_the_restricted_profile_says_inside_its_container(served: Served) -> None:
+    inside = exec_python(served.deployed.namespace, served.pod_name, SERVER_CONTAINER, INSIDE)
 
+    # PID 1 of the container is the operator's `samd serve`, the process that answers predictions.
+    assert Path(inside["command"][1]).name == "samd"
+    assert inside["command"][2] == "serve"
     assert inside["uid"] == inside["gid"] == WORKLOAD_USER
     assert inside["status"]["Uid"] == [str(WORKLOAD_USER)] * 4  # real, effective, saved, filesystem
     assert inside["status"]["CapEff"] == ["0000000000000000"]  # every capability dropped
@@ -314,162 +436,63 @@ def test_the_model_pod_runs_as_the_restricted_profile_says_inside_its_containers
     assert inside["root_writable"] == "Read-only file system"
     assert inside["token"] is False  # no service-account token mounted
     assert inside["models_mount"]["fstype"] == "tmpfs"  # the model lives in memory only
+    assert inside["models_mount"]["options"].split(",")[0] == "ro"  # and the server only reads it
     assert inside["tmp_mount"]["fstype"] == "tmpfs"
-    # The loader (the operator's init container, unchanged) wrote the decrypted, verified model.
-    # (every signed file, byte for byte, and the signature it verified, kept for the server)
+    # The loader wrote the decrypted, verified model: every signed file, byte for byte, and the
+    # signature it verified, kept for the server.
     expected = {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in scenario.artifacts.model.iterdir()
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in served.artifacts.model.iterdir()
     }
     assert {name: inside["models"].get(name) for name in expected} == expected
     assert set(inside["models"]) - set(expected) == {KEPT_SIGNATURE}
 
 
-# --- the NetworkPolicy ----------------------------------------------------------------------------
-
-LISTENER = """
-import socket
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("", {port}))
-server.listen()
-while True:
-    connection, _ = server.accept()
-    connection.sendall(b"hello")
-    connection.close()
-"""
-
-# kube-router adds a new client pod's address to the policy's sets a moment after the pod starts:
-# retry for a while. A client that is cut off is refused on every attempt.
-CLIENT = """
-import socket, sys, time
-deadline = time.monotonic() + {patience}
-while True:
-    try:
-        with socket.create_connection(("{ip}", {port}), timeout=2) as connection:
-            print("reached", connection.recv(5).decode(), "after", round(time.monotonic() - deadline + {patience}, 1), "s")
-            break
-    except OSError as error:
-        if time.monotonic() > deadline:
-            print("cut off:", error)
-            sys.exit(1)
-        time.sleep(0.2)
-"""
-PATIENCE = 8.0
+# --- predictions through the Service, the NetworkPolicy, the server's own checks ----------------
 
 
-def client_pod(name: str, ip: str, port: int, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "client",
-                    "image": "samd:0.1.0",
-                    "command": ["python", "-c", CLIENT.format(ip=ip, port=port, patience=PATIENCE)],
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                        "readOnlyRootFilesystem": True,
-                    },
-                }
-            ],
-        },
-    }
-
-
-def connect_from(
-    core: client.CoreV1Api, target: str, port: int, clients: list[tuple[str, dict[str, str]]]
-) -> list[tuple[bool, str]]:
-    """Start one client pod per (namespace, labels) at once; whether each reached the target, and its log."""
-    names = []
-    for namespace, labels in clients:
-        name = f"client-{uuid.uuid4().hex[:6]}"
-        core.create_namespaced_pod(namespace, client_pod(name, target, port, labels))  # type: ignore[arg-type]
-        names.append((namespace, name))
-    results = []
-    for namespace, name in names:
-        pod = wait_pod(
-            core,
-            namespace,
-            name,
-            lambda p: p.status.phase in {"Succeeded", "Failed"},
-            what="the client to finish",
-        )
-        results.append((pod.status.phase == "Succeeded", str(core.read_namespaced_pod_log(name, namespace))))
-    return results
-
-
-@pytest.fixture
-def client_namespaces(scenario: Scenario) -> Iterator[tuple[str, str, str]]:
-    """An allowed client namespace (by a label of its own) and another, unlabelled one."""
-    label = uuid.uuid4().hex[:12]
-    with scratch_namespace(scenario.api) as allowed, scratch_namespace(scenario.api) as other:
-        scenario.core.patch_namespace(allowed, {"metadata": {"labels": {"samd-test/clients": label}}})
-        yield allowed, other, label
-
-
-def test_the_network_policy_admits_the_allowed_client_and_cuts_off_another_namespace(
-    scenario: Scenario, node: RealNode, node_s3: MotoServer, client_namespaces: tuple[str, str, str]
+def test_the_allowed_client_gets_a_prediction_over_mtls_through_the_service(
+    served: Served, calls: dict[str, dict[str, Any]]
 ) -> None:
-    allowed_ns, other_ns, label = client_namespaces
-    allowed_clients = [
-        {
-            "namespaceSelector": {"matchLabels": {"samd-test/clients": label}},
-            "podSelector": {"matchLabels": {"app": "payments-api"}},
-        }
-    ]
-    deployed = deploy_example(scenario, node_s3, allowed_clients=allowed_clients)
-    port = int(scenario.model(MODEL)["spec"]["serving"]["port"])
-    model_labels = dict(deployed.template["metadata"]["labels"])
-    listener = template_copy(
-        deployed, "listener", labels=model_labels, server_command=["python", "-c", LISTENER.format(port=port)]
-    )
-    scenario.core.create_namespaced_pod(scenario.namespace, listener)  # type: ignore[arg-type]
-    # Its init container fetched from S3 under the model's NetworkPolicy (egress to storage is open).
-    pod = wait_pod(scenario.core, scenario.namespace, "listener", running, what="the listener to run")
-    assert pod.spec.node_name == node.name
-    ip = str(pod.status.pod_ip)
-    wait_for_firewall(scenario.namespace, "listener")
-
-    allowed, other_namespace, other_pod = connect_from(
-        scenario.core,
-        ip,
-        port,
-        [
-            (allowed_ns, {"app": "payments-api"}),
-            (other_ns, {"app": "payments-api"}),
-            (allowed_ns, {"app": "other"}),
-        ],
-    )
-    assert allowed[0], allowed[1]
-    assert "reached hello" in allowed[1]
-    assert not other_namespace[0], other_namespace[1]  # the same pod labels, in another namespace
-    assert "cut off" in other_namespace[1]
-    assert not other_pod[0], other_pod[1]  # the allowed namespace, another pod
-    assert "cut off" in other_pod[1]
+    allowed = calls["allowed"]
+    assert allowed["outcome"] == "answered", allowed
+    assert allowed["status"] == 200, allowed
+    # Provenance: the model, its version and the signed manifest the pod was pinned to.
+    headers = allowed["headers"]
+    assert headers["samd-model-name"] == MODEL
+    assert headers["samd-model-version"] == "1.4.0"
+    assert headers["samd-manifest-digest"] == served.artifacts.manifest_digest()
+    assert headers["samd-signer"].startswith("sha256:")
+    assert allowed["body"]["parameters"]["samd_manifest_digest"] == served.artifacts.manifest_digest()
+    # The real trained model answered: its labels agree with the data's.
+    outputs = {output["name"]: output for output in allowed["body"]["outputs"]}
+    assert outputs["label"]["shape"] == [len(ROWS)]
+    assert float(np.mean(np.array(outputs["label"]["data"]) == LABELS)) > 0.8
 
 
-def wait_for_firewall(namespace: str, pod: str, timeout: float = 30.0) -> None:
-    """Wait until kube-router has installed the pod's firewall chain (it syncs after pod events)."""
+def test_the_network_policy_cuts_off_another_namespace_and_another_pod(
+    calls: dict[str, dict[str, Any]],
+) -> None:
+    # The same labels and the right certificate, from a namespace the policy does not name.
+    assert calls["other-namespace"]["outcome"] == "unreachable", calls["other-namespace"]
+    # The allowed namespace, a pod the policy does not name.
+    assert calls["other-pod"]["outcome"] == "unreachable", calls["other-pod"]
 
-    def installed() -> bool:
-        rules = subprocess.run(
-            ["iptables-save", "-t", "filter"], capture_output=True, text=True, check=True
-        ).stdout
-        return any(
-            pod in line and namespace in line and "KUBE-POD-FW-" in line for line in rules.splitlines()
-        )
 
-    deadline = time.monotonic() + timeout
-    while not installed():
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"kube-router did not install a firewall chain for {namespace}/{pod} in {timeout} s"
-            )
-        time.sleep(0.3)
+def test_the_server_refuses_a_client_without_a_certificate_or_with_another_models(
+    served: Served, calls: dict[str, dict[str, Any]]
+) -> None:
+    # Both reach the server (the NetworkPolicy admits their namespace and labels); the server refuses.
+    no_certificate, other_model = calls["no-certificate"], calls["other-model"]
+    assert no_certificate["outcome"] == "refused", no_certificate
+    assert other_model["outcome"] == "answered", other_model
+    assert other_model["status"] == 403, other_model
+    organization = f"samd:{served.deployed.namespace}:{OTHER_MODEL}"
+    assert f"its certificate's organization is {organization}" in other_model["body"]["error"]
+    # The server's own log names each refusal and the client pod it came from.
+    refusals = {
+        (line["event"], line["reason"], line["peer"].rsplit(":", 1)[0])
+        for line in server_log(served)
+        if line.get("event") in {"handshake_refused", "request_refused"} and line.get("peer")
+    }
+    assert ("handshake_refused", "no_certificate", no_certificate["pod_ip"]) in refusals, refusals
+    assert ("request_refused", "wrong_organization", other_model["pod_ip"]) in refusals, refusals

@@ -61,12 +61,14 @@ def make_model(
     version: str | None = MODEL_VERSION,
     signing_key: KeyPair | None = None,
     keyset: bytes | None = None,
+    content: bytes | None = None,
 ) -> ModelArtifacts:
     """A random model, signed with an EC key and encrypted with a local keyset (fresh unless given).
 
     With a `version` (the default) the model is a directory holding `name` and the samd-model.json
     that `samd sign --model-name model_name --model-version version` writes, packed as a tar stream
     when encrypted; with `version=None` it is a single file, signed without name or version.
+    `content` replaces the random bytes (a real ONNX model, for the tests that serve it).
     """
     directory.mkdir(parents=True, exist_ok=True)
     if signing_key is None:
@@ -83,7 +85,7 @@ def make_model(
         model = directory / "model"
         model.mkdir(exist_ok=True)
         weights = model / name
-        weights.write_bytes(os.urandom(size))
+        weights.write_bytes(os.urandom(size) if content is None else content)
         signature, artifact = directory / "model.sig", directory / "model.samd"
         sign_model(model, signature, signer, model_name=model_name, model_version=version)
         with pack_directory(model) as packed, atomic_output(artifact) as out:
