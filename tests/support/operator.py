@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,14 @@ from pathlib import Path
 from tests.support.cluster import Cluster
 
 OPERATOR_NAMESPACE = "samd-system"
+LEASE_NAME = "samd-operator"
+# Short leader-election timings, so that a test that kills the leader waits seconds, not a quarter
+# minute; the production defaults are 15 s / 10 s / 2 s (docs/operator.md).
+ELECTION_ENV = {
+    "SAMD_LEADER_LEASE_DURATION": "4",
+    "SAMD_LEADER_RENEW_DEADLINE": "3",
+    "SAMD_LEADER_RETRY_PERIOD": "0.5",
+}
 
 
 class OperatorProcess:
@@ -37,6 +46,12 @@ class OperatorProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"the operator exited at start-up:\n{self.log_tail()}")
 
+    @property
+    def identity(self) -> str:
+        """The name this replica holds the Lease under (its host name and process id)."""
+        assert self.proc is not None, "the operator is not running"
+        return f"{socket.gethostname()}-{self.proc.pid}"
+
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None:
             return
@@ -54,7 +69,9 @@ class OperatorProcess:
 
 @contextmanager
 def running_operator(cluster: Cluster, log_path: Path, **env: str) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(cluster, log_path, {"SAMD_NAMESPACE": OPERATOR_NAMESPACE, **env})
+    operator = OperatorProcess(
+        cluster, log_path, {"SAMD_NAMESPACE": OPERATOR_NAMESPACE, **ELECTION_ENV, **env}
+    )
     operator.start()
     try:
         yield operator
