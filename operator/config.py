@@ -1,4 +1,4 @@
-"""The operator's configuration: one typed object built at start-up from the environment (DESIGN §5.7)."""
+"""The operator's configuration: one typed object built at start-up from the environment (docs/architecture.md, style rule 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Structured logging (DESIGN §5.8): JSON lines in production, plain text on a terminal."""
+"""Structured logging (docs/architecture.md, style rule 8): JSON lines in production, plain text on a terminal."""
 
 from __future__ import annotations
 
