@@ -47,7 +47,7 @@ class ElectionConfig:
     enabled: bool = True  # SAMD_LEADER_ELECTION
     lease_name: str = "samd-operator"  # SAMD_LEADER_LEASE, in the operator's namespace (SAMD_NAMESPACE)
     namespace: str = "samd-system"
-    identity: str = ""  # SAMD_LEADER_IDENTITY; default: the pod's host name and the process id
+    identity: str = ""  # SAMD_LEADER_IDENTITY; default: the host name, which is the pod's name
     lease_duration: float = 15.0  # SAMD_LEADER_LEASE_DURATION
     renew_deadline: float = 10.0  # SAMD_LEADER_RENEW_DEADLINE
     retry_period: float = 2.0  # SAMD_LEADER_RETRY_PERIOD
@@ -91,7 +91,9 @@ class ElectionConfig:
             enabled=enabled == "true",
             lease_name=env.get("SAMD_LEADER_LEASE", defaults.lease_name),
             namespace=env.get("SAMD_NAMESPACE", defaults.namespace),
-            identity=env.get("SAMD_LEADER_IDENTITY") or f"{socket.gethostname()}-{os.getpid()}",
+            # The pod's name: a container restarted in the same pod (the old process is gone) takes
+            # its Lease back at once instead of waiting it out.
+            identity=env.get("SAMD_LEADER_IDENTITY") or socket.gethostname(),
             lease_duration=seconds("SAMD_LEADER_LEASE_DURATION", defaults.lease_duration),
             renew_deadline=seconds("SAMD_LEADER_RENEW_DEADLINE", defaults.renew_deadline),
             retry_period=seconds("SAMD_LEADER_RETRY_PERIOD", defaults.retry_period),
@@ -109,7 +111,12 @@ def variables() -> tuple[Variable, ...]:
             "(one replica only)",
         ),
         Variable("SAMD_LEADER_LEASE", d.lease_name, "the Lease's name, in `SAMD_NAMESPACE`"),
-        Variable("SAMD_LEADER_IDENTITY", "host name-pid", "the name this replica holds the Lease under"),
+        Variable(
+            "SAMD_LEADER_IDENTITY",
+            "host name",
+            "the name this replica holds the Lease under; the default, the pod's name, lets a restarted "
+            "container take its own Lease back at once. Unique per replica",
+        ),
         Variable(
             "SAMD_LEADER_LEASE_DURATION",
             f"{d.lease_duration:g}",

@@ -60,7 +60,11 @@ def test_a_standby_takes_over_when_the_leader_is_killed_during_a_burst(
     scenario.patch_policy({"versionPolicy": {"requireSignedVersion": False}})
     leader = operator
     wait_holder(k8s, leader.identity, 10)
-    standby = OperatorProcess(leader.cluster, tmp_path_factory.mktemp("standby") / "operator.log", leader.env)
+    standby = OperatorProcess(
+        leader.cluster,
+        tmp_path_factory.mktemp("standby") / "operator.log",
+        {**leader.env, "SAMD_LEADER_IDENTITY": "standby"},
+    )
     standby.start()
     try:
         time.sleep(2 * RETRY_PERIOD)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +29,8 @@ class OperatorProcess:
     def __init__(self, cluster: Cluster, log_path: Path, env: dict[str, str]) -> None:
         self.cluster = cluster
         self.log_path = log_path
-        self.env = env
+        # Every process here shares one host name: each replica gets a name of its own, as pods do.
+        self.env = {"SAMD_LEADER_IDENTITY": f"operator-{uuid.uuid4().hex[:8]}", **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -48,9 +49,8 @@ class OperatorProcess:
 
     @property
     def identity(self) -> str:
-        """The name this replica holds the Lease under (its host name and process id)."""
-        assert self.proc is not None, "the operator is not running"
-        return f"{socket.gethostname()}-{self.proc.pid}"
+        """The name this replica holds the Lease under: its own, kept across restarts like a pod's name."""
+        return self.env["SAMD_LEADER_IDENTITY"]
 
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None:

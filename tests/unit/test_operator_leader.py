@@ -99,6 +99,16 @@ async def test_a_standby_waits_out_a_live_leader_and_takes_over_an_expired_one(c
     assert not await a.try_acquire_or_renew()
 
 
+async def test_a_restarted_replica_takes_its_own_lease_back_at_once(clock: Clock) -> None:
+    store = LeaseStore()
+    assert await elector(store, "pod-a").try_acquire_or_renew()
+    clock.now += 1
+    assert await elector(store, "pod-a").try_acquire_or_renew()  # a new process, the same pod
+    assert store.lease is not None
+    assert store.lease.spec is not None
+    assert store.lease.spec.leaseTransitions == 0
+
+
 async def test_a_released_lease_is_taken_at_the_next_attempt(clock: Clock) -> None:
     store = LeaseStore()
     a, b = elector(store, "a"), elector(store, "b")
