@@ -88,7 +88,7 @@ def operator_section() -> str:
         )
         + "\n### Leader election (`operator/leader.py`)\n\n"
         + "A standby takes over a leader that stopped renewing (killed, or cut off from the API server) "
-        + f"within `SAMD_LEADER_LEASE_DURATION` + `SAMD_LEADER_RETRY_PERIOD` ({election.takeover_bound:g} s "
+        + f"within `SAMD_LEADER_LEASE_DURATION` + twice `SAMD_LEADER_RETRY_PERIOD` ({election.takeover_bound:g} s "
         + "with the defaults), then lists the SecureModels and resumes them ([operator.md](operator.md#high-availability)).\n\n"
         + _table(
             "| variable | default | meaning |",

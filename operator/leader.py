@@ -62,8 +62,12 @@ class ElectionConfig:
 
     @property
     def takeover_bound(self) -> float:
-        """The longest a killed leader's Lease stays held: its duration plus one standby retry."""
-        return self.lease_duration + self.retry_period
+        """The longest a killed leader's Lease stays held, API latency aside.
+
+        A standby sees the last renewal up to one retry period late (it polls), waits the duration
+        from then, and notices the expiry at its next poll, up to one more retry period later.
+        """
+        return self.lease_duration + 2 * self.retry_period
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ElectionConfig:

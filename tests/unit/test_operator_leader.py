@@ -153,7 +153,7 @@ def test_timings_are_read_as_seconds_or_durations() -> None:
         }
     )
     assert (config.lease_duration, config.renew_deadline, config.retry_period) == (60, 20, 0.5)
-    assert config.takeover_bound == 60.5
+    assert config.takeover_bound == 61
     with pytest.raises(ValueError, match="SAMD_LEADER_RETRY_PERIOD='soon'"):
         ElectionConfig.from_env({"SAMD_LEADER_RETRY_PERIOD": "soon"})
     with pytest.raises(ValueError, match="SAMD_LEADER_ELECTION='maybe'"):
