@@ -18,7 +18,7 @@ DOC_HEADER = """# SAMD benchmarks
 Written by `make bench` (`python -m bench [SUITE...]`); each suite rewrites only its own section.
 Absolute figures drift on shared machines, so every figure stands beside a reference measured in
 the same run on the same machine, and the targets are ratios to those references where possible
-(DESIGN §6). Timed tests are not used anywhere else.
+(docs/architecture.md, performance measurements). Timed tests are not used anywhere else.
 """
 
 

@@ -7,7 +7,7 @@ Measured in one run on one machine:
 - the peer: the same ONNX model in MLServer (a V2 server from PyPI, custom onnxruntime runtime) over
   plain HTTP, loaded the same way: its saturation rate is the reference;
 - `samd serve` paced at the peer's saturation rate (open loop): p99 there is the latency target;
-- in-process onnxruntime calls (the physical reference of DESIGN §6): what the model alone costs;
+- in-process onnxruntime calls (the physical reference of docs/architecture.md, performance measurements): what the model alone costs;
 - new mTLS connections per second (full handshake with a client certificate), and the servers' RSS.
 
 One row per request (batch 1). The load generator runs in this process with asyncio + aiohttp.
@@ -43,7 +43,7 @@ class Settings:
     warmup: float = 2.0
     connections: int = 4
     repeat: int = 3
-    """Paced runs; the best p99 is kept (a shared machine stalls now and then: DESIGN §6)."""
+    """Paced runs; the best p99 is kept (a shared machine stalls now and then: docs/architecture.md, performance measurements)."""
     work: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "samd-bench-serving")
 
 

@@ -1,4 +1,4 @@
-"""Regenerate what the Helm chart copies from its one source (DESIGN §5.6).
+"""Regenerate what the Helm chart copies from its one source (docs/architecture.md, style rule 6).
 
 - ``charts/samd/crds/*.yaml`` from ``crds/*.yaml``;
 - ``charts/samd/files/webhooks.json`` from the webhook configuration builder

@@ -1,4 +1,4 @@
-"""Status conditions in the ``metav1.Condition`` shape, set through one helper (DESIGN §5.5)."""
+"""Status conditions in the ``metav1.Condition`` shape, set through one helper (docs/architecture.md, style rule 5)."""
 
 from __future__ import annotations
 

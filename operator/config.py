@@ -1,4 +1,4 @@
-"""The operator's configuration: one typed object built at start-up from the environment (DESIGN §5.7)."""
+"""The operator's configuration: one typed object built at start-up from the environment (docs/architecture.md, style rule 7)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,119 @@ class OperatorConfig:
             local_file_roots=tuple(r for r in env.get("SAMD_LOCAL_FILE_ROOTS", "").split(os.pathsep) if r),
             cluster_networks=tuple(str(n) for n in parse_networks(env.get("SAMD_CLUSTER_CIDRS", ""))),
         )
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable, as docs/configuration.md lists it (hack/generate-config-docs)."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+def show_default(value: object) -> str:
+    """A default as a person would write it in the variable: `1h`, `true`, `0.0.0.0/0:443`, `empty`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.timedelta):
+        seconds = int(value.total_seconds())
+        hours, rest = divmod(seconds, 3600)
+        minutes, seconds = divmod(rest, 60)
+        text = (
+            (f"{hours}h" if hours else "")
+            + (f"{minutes}m" if minutes else "")
+            + (f"{seconds}s" if seconds else "")
+        )
+        return text or "0s"
+    if isinstance(value, tuple):
+        items = [f"{peer.cidr}:{peer.port}" if isinstance(peer, EgressPeer) else str(peer) for peer in value]
+        return ",".join(items) if items else "empty"
+    return str(value) if value != "" else "empty"
+
+
+def variables() -> tuple[Variable, ...]:
+    """Every variable `OperatorConfig.from_env` reads, with its default taken from the defaults above."""
+    d = OperatorConfig()
+    return (
+        Variable(
+            "SAMD_NAMESPACE",
+            d.namespace,
+            "where the operator keeps its CA Secret and its leader-election Lease",
+        ),
+        Variable(
+            "SAMD_IMAGE",
+            d.default_image,
+            "image of the `samd fetch` init container and of the `samd serve` / `samd proxy` container",
+        ),
+        Variable("SAMD_CA_SECRET", d.ca_secret_name, "the operator CA Secret's name"),
+        Variable("SAMD_CLUSTER_DOMAIN", d.cluster_domain, "for the server certificate's names"),
+        Variable(
+            "SAMD_CERT_VALIDITY",
+            show_default(d.certificate_validity),
+            "lifetime of the certificates the operator issues",
+        ),
+        Variable(
+            "SAMD_CERT_RENEW_BEFORE",
+            show_default(d.renew_before),
+            "how long before expiry a certificate is renewed",
+        ),
+        Variable(
+            "SAMD_MODEL_VOLUME_SIZE",
+            d.model_volume_size,
+            "size limit of the memory-backed model volume (counts against the pod's memory)",
+        ),
+        Variable(
+            "SAMD_STORAGE_EGRESS",
+            show_default(d.storage_egress),
+            "comma-separated `CIDR:port` list the model pods may reach besides DNS",
+        ),
+        Variable(
+            "SAMD_REVERIFY_INTERVAL",
+            show_default(d.reverify_interval),
+            "how often a verified signature is verified again",
+        ),
+        Variable(
+            "SAMD_RESYNC_INTERVAL",
+            show_default(d.resync_interval),
+            "how often due time-bound work (expiring grants, certificate renewal, key rotation) is looked for, in memory",
+        ),
+        Variable(
+            "SAMD_INCIDENT_CHECK_INTERVAL",
+            show_default(d.incident_check_interval),
+            "how often the served models' metrics are compared with the trust policies' incident thresholds "
+            "(docs/events.md)",
+        ),
+        Variable(
+            "SAMD_EVENT_SINKS",
+            "",
+            "JSON list of security-event sinks `{name, url, types?, allowInternal?, allowHttp?}`; the HMAC key "
+            "of entry i is in `SAMD_EVENT_SINK_<i>_KEY` (docs/events.md); also read by the webhook",
+        ),
+        Variable(
+            "SAMD_WORKERS",
+            str(d.workers),
+            "SecureModels reconciled at once; the operator keeps twice as many API connections open",
+        ),
+        Variable(
+            "SAMD_ALLOW_LOCAL_FILES",
+            show_default(d.allow_local_files),
+            "**development only**: read `file://` URIs and local key paths; a covering policy must also set "
+            "`allowLocalFiles: true`. The Helm chart never sets it",
+        ),
+        Variable(
+            "SAMD_LOCAL_FILE_ROOTS",
+            show_default(d.local_file_roots),
+            "with `SAMD_ALLOW_LOCAL_FILES`: only files under these directories (`:`-separated; symlinks are "
+            "resolved first); empty allows any file the operator can read",
+        ),
+        Variable(
+            "SAMD_CLUSTER_CIDRS",
+            show_default(d.cluster_networks),
+            "comma-separated service and pod networks of the cluster (`10.96.0.0/12,10.244.0.0/16`); refused "
+            "like private addresses even when they are public ranges",
+        ),
+    )
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -129,7 +129,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # kopf's bookkeeping goes to annotations: the status is typed (DESIGN §5.10).
+    # kopf's bookkeeping goes to annotations: the status is typed (docs/architecture.md, style rule 10).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.samd.dev")
     memo.model_diffbase = ModelDiffBaseInMemory(prefix="kopf.samd.dev", key="last-handled-configuration")
     settings.persistence.diffbase_storage = memo.model_diffbase

@@ -1,4 +1,4 @@
-"""The one Kubernetes API wrapper the operator uses (DESIGN §5.4).
+"""The one Kubernetes API wrapper the operator uses (docs/architecture.md, style rule 4).
 
 Server-side apply with a single field manager, reads that return ``None`` on
 404, and one mapping of API failures onto kopf's retry semantics: 409 and

@@ -1,4 +1,4 @@
-"""The webhook server's configuration: one typed object built at start-up (DESIGN §5.7).
+"""The webhook server's configuration: one typed object built at start-up (docs/architecture.md, style rule 7).
 
 Every setting has a command-line flag (``python -m samd.webhook --help``) and a SAMD_WEBHOOK_*
 environment variable; a flag wins over the variable, the variable over the default.

@@ -1,4 +1,4 @@
-"""The ValidatingWebhookConfiguration the webhook needs: a pure builder (DESIGN §5.2).
+"""The ValidatingWebhookConfiguration the webhook needs: a pure builder (docs/architecture.md, style rule 2).
 
 Four webhooks, all answered at ``/validate``, one per place a pod spec lives so that each
 matchCondition reads a fixed path (CEL here is untyped: a path that is wrong for one kind would be

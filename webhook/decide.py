@@ -134,7 +134,7 @@ MAX_KEPT_LOADERS = 4096
 
 @dataclass(frozen=True)
 class DecisionConfig:
-    """The policy's own settings, built once at start-up (DESIGN §5.7)."""
+    """The policy's own settings, built once at start-up (docs/architecture.md, style rule 7)."""
 
     allowed_loader_images: tuple[str, ...] = (DEFAULT_LOADER_IMAGE,)
     """Images `samd-fetch` may run from, compared exactly (pin by digest to be strict)."""

@@ -1,4 +1,4 @@
-"""Pure builders of the objects a SecureModel owns (DESIGN §5.2).
+"""Pure builders of the objects a SecureModel owns (docs/architecture.md, style rule 2).
 
 Each builder takes a `ModelContext` (and, where time matters, `now`) and returns plain JSON-ready
 manifests; nothing here reads the clock, the environment or the API server. The apply layer applies

@@ -24,7 +24,7 @@ def _kube_dns_labels() -> Mapping[str, str]:
 
 @dataclass(frozen=True)
 class BuilderSettings:
-    """Operator-wide settings the builders need, built once at operator start-up (DESIGN §5.7)."""
+    """Operator-wide settings the builders need, built once at operator start-up (docs/architecture.md, style rule 7)."""
 
     default_image: str
     """The serving image when a SecureModel names none (the SAMD inference server)."""

@@ -1,7 +1,7 @@
 """Typed models of the SAMD custom resources' specs.
 
 The CRDs in ``crds/`` are the schema the API server enforces; these models
-parse an object's spec once (DESIGN §5.3) so that the operator and the webhook
+parse an object's spec once (docs/architecture.md, style rule 3) so that the operator and the webhook
 work with typed values. Field names follow the CRDs (camelCase aliases).
 A spec that the API server accepted but that these models refuse raises
 ``SpecError`` with the path of the offending field.

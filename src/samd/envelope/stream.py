@@ -5,6 +5,12 @@ associated data), segment i sealed with AES-256-GCM under nonce = prefix(7) || i
 last-segment flag (1 byte). Every plaintext segment holds `segment_size` bytes except the first
 (40 bytes fewer, room for Tink's stream header) and the last (1..segment_size bytes; 0 only when the
 whole plaintext is empty), so every ciphertext read is `segment_size + 16` bytes.
+
+Why this implementation rather than Tink's own streaming AEAD (docs/benchmarks.md, "Artifact core",
+`make bench`): encrypting 1 GiB here ran at 1.29 GB/s; Tink's Python streaming AEAD decrypted at
+0.95 GB/s alone, and `samd fetch` (this decryption, hashed in parallel) finished 1 GiB in 0.95 s
+against 2.25 s for Tink's decryption followed by model_signing's verification. The format stays
+Tink's, and the tests check both directions against the `tink` package.
 """
 
 from __future__ import annotations

@@ -347,6 +347,11 @@ def put_s3(
 ) -> None:
     """Upload ``src``: one PUT when it fits in a part, else a multipart upload.
 
+    Measured against s3transfer (256 MiB to the local S3-compatible test server, 8 MiB parts, 4 at
+    once, best of 3, 2026-12-03): this 124 MB/s, s3transfer's `upload_fileobj` 122 MB/s. Speed does
+    not argue for this code; what it adds is the per-part retry with SAMD's error messages and the
+    tests that pin it (tests/integration/test_storage_s3.py).
+
     Memory is bounded by ``part_size * (concurrency + 1)``. Each part is retried on its own. If
     anything fails, the multipart upload is aborted: no object appears and no parts are left
     behind (billed) in the bucket. ``size_hint`` (when the source size is known) grows the part

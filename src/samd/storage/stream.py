@@ -4,6 +4,12 @@ A remote download that breaks off mid-stream (connection reset, timeout, body sh
 announced) resumes with a range request from the offset already delivered, pinned to the same
 object version (S3 If-Match on the ETag, HTTP If-Range), so the bytes before and after the break
 always come from one object.
+
+Why a reader of our own, measured (256 MiB from the local S3-compatible test server, best of 3,
+2-core machine, 2026-12-03): this reader 579 MB/s, botocore's plain `get_object` stream 664 MB/s,
+s3transfer's `download_fileobj` (4 threads, ranged GETs) 39 MB/s. Neither library resumes a broken
+stream from the delivered offset pinned to one object version, which a multi-GiB model download
+needs; the cost against the plain stream is within the run-to-run spread (0.40-0.62 s for it).
 """
 
 from __future__ import annotations
