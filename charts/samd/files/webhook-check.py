@@ -2,8 +2,9 @@
 
 Settings (environment): SAMD_WEBHOOK_ADDRESS (host:port) or SAMD_WEBHOOK_SERVICE (the kubelet's
 {SERVICE}_SERVICE_HOST/_PORT variables name its address); SAMD_WEBHOOK_SERVER_NAME (the name the
-certificate must carry); SAMD_WEBHOOK_CA (a CA file) or SAMD_WEBHOOK_CA_PEM (the CA itself).
-Exit 0 when the webhook is ready, 1 with the reason otherwise.
+certificate must carry); SAMD_WEBHOOK_CA (a CA file) or SAMD_WEBHOOK_CA_PEM (the CA itself);
+SAMD_WEBHOOK_ATTEMPTS (10, two seconds apart). Exit 0 when the webhook is ready, 1 with the reason
+otherwise.
 """
 
 import http.client
@@ -31,7 +32,8 @@ def main() -> int:
         cafile=None if pem else os.environ["SAMD_WEBHOOK_CA"], cadata=pem or None
     )
     problem = "no attempt"
-    for _ in range(10):
+    attempts = int(os.environ.get("SAMD_WEBHOOK_ATTEMPTS", "10"))
+    for attempt in range(attempts):
         connection = http.client.HTTPSConnection(host, port, timeout=5, context=context)
         try:
             # Connect to the address; verify the certificate for the Service's DNS name.
@@ -48,7 +50,8 @@ def main() -> int:
             problem = str(error)
         finally:
             connection.close()
-        time.sleep(2)
+        if attempt + 1 < attempts:
+            time.sleep(2)
     sys.stderr.write(f"the webhook at {host}:{port} ({server_name}) is not ready: {problem}\n")
     return 1
 
