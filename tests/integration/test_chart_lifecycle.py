@@ -46,7 +46,7 @@ def release(cluster: Cluster, k8s: client.ApiClient) -> Iterator[tuple[str, str]
 
 def webhook_ca(k8s: client.ApiClient, name: str) -> set[str]:
     configuration = client.AdmissionregistrationV1Api(k8s).read_validating_webhook_configuration(name)
-    return {w.client_config.ca_bundle for w in configuration.webhooks}
+    return {str(w.client_config.ca_bundle) for w in configuration.webhooks}
 
 
 def replicas(k8s: client.ApiClient, namespace: str, deployment: str) -> int:

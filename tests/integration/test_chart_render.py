@@ -5,16 +5,20 @@ server accepts every object the options produce (a server-side dry run)."""
 from __future__ import annotations
 
 import base64
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from tests.support.chart import CHART, ca_pem, helm_run, one, render, template, tool
-from tests.support.cluster import Cluster
+from tests.support.cluster import REPO, Cluster
 from tests.support.crds import ALL_CRDS, load_crd
+from tests.support.scenario import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -333,10 +337,7 @@ def test_the_test_hook_runs_the_checked_script_against_the_webhook_service() -> 
 def test_every_rendered_object_is_accepted_by_the_api_server(
     cluster: Cluster, namespace: str, values_file: Path
 ) -> None:
-    """Server-side dry run of the render with every pod setting, and with an existing Secret.
-
-    (cert-manager's kinds need its CRDs: they are checked where cert-manager runs, not here.)
-    """
+    """Server-side dry run of the render with every pod setting, and with an existing Secret."""
     for values in (("-f", str(values_file)), secret_source(ca_pem())):
         documents = render("samd", namespace, *values)
         applied = subprocess.run(
@@ -347,3 +348,49 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
         assert applied.returncode == 0, applied.stderr
         kinds = {d["kind"] for d in documents}
         assert applied.stdout.count("(server dry run)") == len(documents), (kinds, applied.stdout)
+
+
+def test_the_cert_manager_objects_are_accepted_by_cert_managers_own_crds(
+    cluster: Cluster, k8s: client.ApiClient, namespace: str
+) -> None:
+    """cert-manager's CRDs (from its Go module) on the real API server check the chart's Certificate,
+    Issuers and the cainjector annotation's webhook configuration; both issuer choices."""
+    install_crd_files(k8s, sorted(Path(cert_manager_crds()).glob("cert-manager.io_*.yaml")))
+    named = ("--set", "webhook.certificate.certManager.issuerRef.name=platform-ca",
+             "--set", "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer")  # fmt: skip
+    for values in (CERT_MANAGER, (*CERT_MANAGER, *named)):
+        documents = render("samd", namespace, *values)
+        applied = subprocess.run(
+            [tool("kubectl"), f"--kubeconfig={cluster.kubeconfig}", "apply", "--dry-run=server", "-f", "-"],
+            input=yaml.safe_dump_all(documents), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        assert "certificate.cert-manager.io/samd-webhook created (server dry run)" in applied.stdout
+        assert applied.stdout.count("(server dry run)") == len(documents)
+
+
+def cert_manager_crds() -> str:
+    fetched = subprocess.run(
+        [str(REPO / "hack" / "cert-manager-crds")], capture_output=True, text=True, check=False
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    return fetched.stdout.strip()
+
+
+def install_crd_files(k8s: client.ApiClient, paths: list[Path]) -> None:
+    """Create (or keep) each CRD and wait until the API server serves it."""
+    extensions = client.ApiextensionsV1Api(k8s)
+    for path in paths:
+        crd = yaml.safe_load(path.read_text())
+        try:
+            extensions.create_custom_resource_definition(crd)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        name = crd["metadata"]["name"]
+        eventually(functools.partial(established, extensions, name), 30, f"CRD {name} established")
+
+
+def established(extensions: client.ApiextensionsV1Api, name: str) -> bool:
+    conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
