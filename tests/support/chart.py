@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import subprocess
@@ -38,6 +39,12 @@ def template(release: str, namespace: str, *values: str) -> subprocess.Completed
 
 
 def render(release: str, namespace: str, *values: str) -> list[dict[str, Any]]:
+    """The rendered objects (a copy: the same render is made once per session)."""
+    return copy.deepcopy(_rendered(release, namespace, *values))
+
+
+@functools.cache
+def _rendered(release: str, namespace: str, *values: str) -> list[dict[str, Any]]:
     rendered = template(release, namespace, *values)
     assert rendered.returncode == 0, rendered.stderr
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
