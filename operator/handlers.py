@@ -452,7 +452,9 @@ async def namespace_changed(
         return
     try:
         await sync_protection(memo, name, kwargs)
-    except kopf.TemporaryError as error:  # event handlers are not retried: the next event or policy change is
+    except (kopf.TemporaryError, kopf.PermanentError) as error:
+        # Event handlers are not retried: the namespace's next event, a policy change or a
+        # reconcile of one of its models (which labels first) tries again.
         log.warning("could not update the protected label of namespace %s: %s", name, error)
 
 
