@@ -1,9 +1,12 @@
 """Regenerate what the Helm chart copies from its one source (docs/architecture.md, style rule 6).
 
-- ``charts/samd/crds/*.yaml`` from ``crds/*.yaml``;
+- ``charts/samd/templates/crds/*.yaml`` from ``crds/*.yaml``: templates of the release, so that
+  ``helm upgrade`` upgrades them, with ``helm.sh/resource-policy: keep`` so that ``helm uninstall``
+  leaves them (and every SecureModel) in place; ``crds.install: false`` leaves them out;
 - ``charts/samd/files/webhooks.json`` from the webhook configuration builder
-  (``samd.webhook.configuration``): rules, matchConditions and policies; the chart template adds
-  the clientConfig (its Service and CA) and the namespaceSelector (its own namespace).
+  (``samd.webhook.configuration``): rules, matchConditions, policies and each webhook's own
+  namespaceSelector (pods and workloads: protected namespaces only); the chart template adds the
+  clientConfig (its Service and CA) and the namespaces never sent (kube-system, its own).
 
 ``tests/unit/test_chart.py`` fails when the committed copies differ from what this writes.
 Usage: ``hack/generate-chart [--check]``.
@@ -26,18 +29,41 @@ PLACEHOLDER_CA = (
 )
 
 
+KEEP = """  annotations:
+    # helm uninstall leaves the CRD, and so every SecureModel and ModelTrustPolicy, in place.
+    helm.sh/resource-policy: keep
+"""
+
+
+def crd_template(source: str, relative: Path) -> str:
+    """The CRD as a chart template: installed unless crds.install is false, kept on uninstall."""
+    if "{{" in source or "}}" in source:
+        raise ValueError(f"{relative} contains {{{{ or }}}}, which Helm would read as a template")
+    lines = source.splitlines(keepends=True)
+    at = lines.index("metadata:\n") + 1
+    if any(line.startswith("  annotations:") for line in lines[at:]):
+        raise ValueError(f"{relative} has annotations of its own: merge the keep annotation into them")
+    return (
+        "{{- if .Values.crds.install }}\n"
+        + GENERATED.format(source=relative)
+        + "".join([*lines[:at], KEEP, *lines[at:]])
+        + "{{- end }}\n"
+    )
+
+
 def expected_files() -> dict[Path, str]:
     files = {}
     for source in sorted((REPO / "crds").glob("*.yaml")):
         relative = source.relative_to(REPO)
-        files[CHART / "crds" / source.name] = GENERATED.format(source=relative) + source.read_text()
+        files[CHART / "templates" / "crds" / source.name] = crd_template(source.read_text(), relative)
     configuration = build_webhook_configuration(
         name="samd",
         service=WebhookService(namespace="placeholder", name="placeholder"),
         ca_bundle=PLACEHOLDER_CA,
+        namespace_exclusions=(),  # the chart adds its own namespace and excludedNamespaces
     )
     webhooks = [
-        {key: value for key, value in webhook.items() if key not in ("clientConfig", "namespaceSelector")}
+        {key: value for key, value in webhook.items() if key != "clientConfig"}
         for webhook in configuration["webhooks"]
     ]
     files[CHART / "files" / "webhooks.json"] = json.dumps(webhooks, indent=2, sort_keys=True) + "\n"
@@ -53,7 +79,7 @@ def main() -> int:
         for path in stale:
             print(f"out of date: {path.relative_to(REPO)} (run hack/generate-chart)", file=sys.stderr)
         return 1 if stale else 0
-    for path in (CHART / "crds").glob("*.yaml"):
+    for path in (CHART / "templates" / "crds").glob("*.yaml"):
         path.unlink()
     for path, text in expected_files().items():
         path.parent.mkdir(parents=True, exist_ok=True)

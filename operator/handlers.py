@@ -31,6 +31,7 @@ from typing import Any
 import kopf
 
 from samd import events
+from samd.operator import coverage
 from samd.operator.config import OperatorConfig
 from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
@@ -193,6 +194,13 @@ async def trust_policies(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) 
     return {name: TrustPolicy(name=name, generation=int(meta.get("generation", 0)), spec=parsed)}
 
 
+@kopf.index("samd.dev", "v1alpha1", "modeltrustpolicies")
+async def policy_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+    """Every policy's namespaceSelector, also of policies that cannot be used (they protect too)."""
+    selector = spec.get("namespaceSelector")
+    return {name: dict(selector) if isinstance(selector, Mapping) else {}}
+
+
 @kopf.index("", "v1", "namespaces")
 async def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, Any]:
     return {name: dict(labels)}
@@ -222,6 +230,8 @@ async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     owned_objects: OwnedObjects = memo.owned
     await owned_objects.listed.wait()  # like kopf's indexes: complete before the first reconcile
     owned = owned_objects.of(model.namespace, model.name)
+    # Pods in the namespace go to the admission webhook before anything is created for the model.
+    await coverage.protect(memo.kube, model.namespace, labels)
     # The reconciler writes the status itself (under the model's lock, which the rollout updates
     # of the owned-object watch share); kopf writes only its own annotations.
     outcome = await reconciler.reconcile(
@@ -414,8 +424,11 @@ class OwnedObjects:
 @kopf.on.update("samd.dev", "v1alpha1", "modeltrustpolicies")
 @kopf.on.delete("samd.dev", "v1alpha1", "modeltrustpolicies", optional=True)
 async def policy_changed(name: str, memo: Any, **kwargs: Any) -> None:
-    """A policy (or a trusted key in it) changed: re-verify every model."""
+    """A policy (or a trusted key in it) changed: protect what it selects now, re-verify every model."""
     secure_models: kopf.Index[Any, Any] = kwargs["secure_models"]
+    namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
+    for namespace in list(namespace_labels):
+        await sync_protection(memo, namespace, kwargs)
     for namespace, model in list(secure_models):
         await request_reconcile(memo.kube, namespace, model, f"ModelTrustPolicy {name} changed")
 
@@ -466,6 +479,38 @@ async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
             log.exception("the incident check failed; trying again in %s", config.incident_check_interval)
 
 
+# --- the protected-namespace label ----------------------------------------------------------------
+
+
+async def sync_protection(memo: Any, namespace: str, indexes: Mapping[str, Any]) -> None:
+    """Give `namespace` the protected label exactly while it holds SecureModels or a policy selects it."""
+    labels_index: kopf.Index[str, dict[str, str]] = indexes["namespace_labels"]
+    selectors_index: kopf.Index[str, dict[str, Any]] = indexes["policy_selectors"]
+    models_index: kopf.Index[Any, Any] = indexes["secure_models"]
+    found = list(labels_index.get(namespace, []))
+    if not found:
+        return  # deleted, or not listed yet (its own event will come)
+    selectors = [selector for name in selectors_index for selector in selectors_index[name]]
+    holds_models = any(key[0] == namespace for key in models_index)
+    desired = coverage.desired_label(found[0], selectors, holds_models=holds_models)
+    await coverage.sync(memo.kube, namespace, found[0], desired)
+
+
+@kopf.on.event("", "v1", "namespaces", id="protected-label")
+async def namespace_changed(
+    event: Mapping[str, Any], name: str, meta: kopf.Meta, memo: Any, **kwargs: Any
+) -> None:
+    """Listed or relabelled: the protected label follows the namespace's labels (and its models)."""
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        return
+    try:
+        await sync_protection(memo, name, kwargs)
+    except (kopf.TemporaryError, kopf.PermanentError) as error:
+        # Event handlers are not retried: the namespace's next event, a policy change or a
+        # reconcile of one of its models (which labels first) tries again.
+        log.warning("could not update the protected label of namespace %s: %s", name, error)
+
+
 @kopf.on.event("samd.dev", "v1alpha1", "securemodels", id="keep-index")
 async def expose_index(
     event: Mapping[str, Any], namespace: str | None, name: str, memo: Any, **kwargs: Any
@@ -483,6 +528,10 @@ async def expose_index(
         reconciler.drop_model(namespace, name)
         memo.model_diffbase.forget(str(kwargs["uid"]))
         requested.pop((namespace, name), None)
+        try:  # the last model gone and no policy selecting the namespace: it is no longer protected
+            await sync_protection(memo, namespace, kwargs)
+        except (kopf.TemporaryError, kopf.PermanentError) as error:
+            log.warning("could not update the protected label of namespace %s: %s", namespace, error)
         return
     # status.quarantine is written through the status subresource, which kopf's update handler does
     # not see: a quarantine set or cleared re-queues the model once (the reconcile applies it).

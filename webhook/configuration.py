@@ -19,6 +19,19 @@ dry-run requests are sent and evaluated like any other), admissionReviewVersions
 timeout, and a namespaceSelector that leaves out kube-system and SAMD's own namespace (the webhook
 must be able to restart its own pods when it is down).
 
+The blast radius of an outage (failurePolicy Fail refuses what cannot be sent):
+
+- the pod, workload and CronJob webhooks select only namespaces labelled
+  ``samd.dev/protected=true``, which the operator sets on every namespace holding SecureModels or
+  selected by a ModelTrustPolicy, before it creates anything there. While the webhook is down, pods
+  are refused in those namespaces only; every other namespace runs on. Removing the label from a
+  namespace that is still protected is refused by the namespace webhook;
+- the SecureModel webhook stays cluster-wide: a SecureModel is what makes a namespace protected, so
+  it must be checked wherever it is created (only SAMD's users write SecureModels);
+- the namespace webhook stays cluster-wide: it guards the labels that decide coverage (the protected
+  label and those a policy selects on); while it is down, label changes of namespaces are refused
+  (a cluster admin's operation; deleting and creating namespaces is not matched).
+
 matchConditions, so that irrelevant requests never reach the webhook (all must be true):
 
 - ``not-being-deleted``: an UPDATE of an object that has a deletionTimestamp is a controller
@@ -61,6 +74,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from samd.operator.builders.names import WORKLOAD_ACCOUNT_SUFFIX
+from samd.policy import PROTECTED_NAMESPACE_LABEL, PROTECTED_NAMESPACE_VALUE
 from samd.webhook.workloads import (
     CONTAINER_LISTS,
     CONTAINER_SECRET_PATHS,
@@ -251,6 +265,15 @@ def _rule(
     }
 
 
+def protected_namespace_selector(selector: dict[str, Any]) -> dict[str, Any]:
+    """`selector` narrowed to the namespaces the operator labelled as protected."""
+    expressions = [dict(e) for e in selector.get("matchExpressions", [])]
+    expressions.append(
+        {"key": PROTECTED_NAMESPACE_LABEL, "operator": "In", "values": [PROTECTED_NAMESPACE_VALUE]}
+    )
+    return {**selector, "matchExpressions": expressions}
+
+
 def build_webhook_configuration(
     *,
     name: str,
@@ -281,6 +304,7 @@ def build_webhook_configuration(
         if excluded
         else {}
     )
+    protected_only = protected_namespace_selector(selector)
     workload_rules = [_rule(group, "v1", resources) for group, resources in WORKLOAD_RESOURCES.items()]
 
     def webhook(prefix: str, rules: list[dict[str, Any]], pod: str | None) -> dict[str, Any]:
@@ -289,7 +313,9 @@ def build_webhook_configuration(
             rules=rules,
             pod=pod,
             client_config=client_config,
-            namespace_selector=selector,
+            # What runs (pods, templates) only where SAMD protects something; the objects that decide
+            # what is protected (SecureModels, namespace labels) everywhere.
+            namespace_selector=protected_only if pod is not None else selector,
             timeout_seconds=timeout_seconds,
         )
 

@@ -52,10 +52,12 @@ from samd.operator.builders.names import model_label_value, workload_service_acc
 from samd.operator.builders.serving import FETCH_CONTAINER, build_deployment
 from samd.operator.config import OperatorConfig
 from samd.policy import (
+    PROTECTED_NAMESPACE_LABEL,
+    PROTECTED_NAMESPACE_VALUE,
     TrustPolicy,
     check_spec_against_policies,
     check_version_binding,
-    selector_matches,
+    selector_covers,
     verify_under_policies,
     version_binding_reason,
 )
@@ -233,11 +235,8 @@ def covering_policy_names(state: WatchedState, labels: Mapping[str, str]) -> set
 
 
 def _covers(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """`samd.policy.selector_matches`, where a selector too malformed to read covers everything."""
-    try:
-        return selector_matches(selector, labels)
-    except (AttributeError, TypeError):
-        return True
+    """`samd.policy.selector_covers`: a selector too malformed to read covers everything."""
+    return selector_covers(selector, labels)
 
 
 def invalid_policy_violations(cover: Coverage) -> list[Violation]:
@@ -1120,25 +1119,54 @@ class PolicyDecider:
         return await self._decide_workload(request, kind, obj, cover)
 
     def _decide_namespace(self, request: AdmissionRequest) -> Decision:
-        """A namespace holding SecureModels may not be relabelled out of a policy that covers it."""
+        """Coverage cannot be removed from below: a namespace holding SecureModels may not be
+        relabelled out of a policy that covers it, and a protected namespace keeps its
+        `PROTECTED_NAMESPACE_LABEL` (which sends its pods here) while it holds SecureModels or a
+        policy selects it."""
         name = request.name or str(sub(request.object or {}, "metadata").get("name") or "")
+        if request.operation != "UPDATE" or request.old_object is None:
+            return Decision(
+                True, f"SAMD does not check {request.operation} of namespace {name}", NOT_APPLICABLE
+            )
         models = sorted(model.name for model in self.state.models_in(name))
-        if request.operation != "UPDATE" or request.old_object is None or not models:
+        old_labels = pod_labels(sub(request.old_object, "metadata"))
+        new_labels = pod_labels(sub(request.object or {}, "metadata"))
+        if models:
+            lost = sorted(
+                covering_policy_names(self.state, old_labels) - covering_policy_names(self.state, new_labels)
+            )
+            if lost:
+                return Decision(
+                    allowed=False,
+                    message=f"namespace {name} holds SecureModels ({', '.join(models)}) that ModelTrustPolicy "
+                    f"{', '.join(lost)} covers through the namespace's labels; this change would take them out "
+                    "of its coverage: delete or move the SecureModels first, or have a cluster admin change the "
+                    "policy's namespaceSelector",
+                    reason=COVERAGE_REMOVED,
+                    policy=",".join(lost),
+                )
+        protected_before = old_labels.get(PROTECTED_NAMESPACE_LABEL) == PROTECTED_NAMESPACE_VALUE
+        protected_after = new_labels.get(PROTECTED_NAMESPACE_LABEL) == PROTECTED_NAMESPACE_VALUE
+        if protected_before and not protected_after:
+            selecting = sorted(covering_policy_names(self.state, new_labels))
+            if models or selecting:
+                why = (
+                    f"it holds SecureModels ({', '.join(models)})"
+                    if models
+                    else f"ModelTrustPolicy {', '.join(selecting)} selects it"
+                )
+                return Decision(
+                    allowed=False,
+                    message=f"namespace {name} is protected by SAMD because {why}: its label "
+                    f"{PROTECTED_NAMESPACE_LABEL}={PROTECTED_NAMESPACE_VALUE} sends its pods to the admission "
+                    "webhook and may not be removed or changed while it is; the operator removes it itself "
+                    "once the namespace holds no SecureModel and no policy selects it",
+                    reason=COVERAGE_REMOVED,
+                    policy=",".join(selecting) or None,
+                )
+        if not models and not protected_before:
             return Decision(True, f"namespace {name} holds no SecureModel", NOT_APPLICABLE)
-        before = covering_policy_names(self.state, pod_labels(sub(request.old_object, "metadata")))
-        after = covering_policy_names(self.state, pod_labels(sub(request.object or {}, "metadata")))
-        lost = sorted(before - after)
-        if not lost:
-            return Decision(True, f"namespace {name} stays covered by its ModelTrustPolicies", UNCHANGED)
-        return Decision(
-            allowed=False,
-            message=f"namespace {name} holds SecureModels ({', '.join(models)}) that ModelTrustPolicy "
-            f"{', '.join(lost)} covers through the namespace's labels; this change would take them out of its "
-            "coverage: delete or move the SecureModels first, or have a cluster admin change the policy's "
-            "namespaceSelector",
-            reason=COVERAGE_REMOVED,
-            policy=",".join(lost),
-        )
+        return Decision(True, f"namespace {name} stays covered by its ModelTrustPolicies", UNCHANGED)
 
     async def _decide_secure_model(
         self, request: AdmissionRequest, obj: Mapping[str, Any] | None, cover: Coverage

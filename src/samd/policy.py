@@ -19,6 +19,13 @@ from samd.spec import ModelTrustPolicySpec, SecureModelSpec, TrustedSigner, is_b
 
 DIGEST_REFERENCE = re.compile(r"@sha256:[0-9a-f]{64}$")
 
+PROTECTED_NAMESPACE_LABEL = "samd.dev/protected"
+"""Set to "true" by the operator on every namespace SAMD protects (one that holds SecureModels or
+that a ModelTrustPolicy selects). The webhook configuration sends pods and workloads only from
+namespaces carrying it, so that an outage of the webhook stops nothing elsewhere; the webhook refuses
+its removal from a namespace that is still protected."""
+PROTECTED_NAMESPACE_VALUE = "true"
+
 
 @dataclass(frozen=True)
 class TrustPolicy:
@@ -54,6 +61,22 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
         if operator not in ("In", "NotIn", "Exists", "DoesNotExist"):
             return False  # an unknown operator never matches: fail closed for coverage checks
     return True
+
+
+def selector_covers(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """`selector_matches`, where a selector too malformed to read covers everything (fail closed)."""
+    try:
+        return selector_matches(selector, labels)
+    except (AttributeError, TypeError):
+        return True
+
+
+def needs_protection(
+    namespace_labels: Mapping[str, str], policy_selectors: Iterable[Mapping[str, Any]], *, holds_models: bool
+) -> bool:
+    """Whether a namespace with these labels must carry `PROTECTED_NAMESPACE_LABEL`: it holds
+    SecureModels, or some policy (usable or not) selects it."""
+    return holds_models or any(selector_covers(selector, namespace_labels) for selector in policy_selectors)
 
 
 def applicable_policies(

@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from samd.policy import PROTECTED_NAMESPACE_LABEL
 from samd.spec import GROUP, VERSION
 from samd.webhook.config import WebhookConfig
 from samd.webhook.configuration import build_webhook_configuration
@@ -113,11 +114,16 @@ def installed(k8s: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -
         configuration = build_webhook_configuration(
             name=name, url=f"https://127.0.0.1:{port}/validate", ca_bundle=certs.ca_file.read_bytes()
         )
-        # Only this module's namespace: the cluster is shared by the whole test session.
+        # Only this module's namespace: the cluster is shared by the whole test session. It stands
+        # for a protected namespace without carrying the label (an operator running in this session
+        # would remove it, as nothing here is protected): which namespaces are sent is tested in
+        # test_chart_blast_radius.py, the routing by rules and matchConditions here.
         for hook in configuration["webhooks"]:
-            hook["namespaceSelector"]["matchExpressions"].append(
-                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
-            )
+            hook["namespaceSelector"]["matchExpressions"] = [
+                expression
+                for expression in hook["namespaceSelector"]["matchExpressions"]
+                if expression["key"] != PROTECTED_NAMESPACE_LABEL
+            ] + [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}]
         registration.create_validating_webhook_configuration(configuration)  # type: ignore[arg-type]
         try:
             # Pods need the namespace's default ServiceAccount (the controller manager creates it).

@@ -113,11 +113,32 @@ def test_the_namespace_selector_leaves_out_kube_system_and_samds_namespace() -> 
         (custom, ["kube-system", "samd"]),
     ):
         for webhook in configuration["webhooks"]:
-            assert webhook["namespaceSelector"] == {
-                "matchExpressions": [
-                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded}
-                ]
+            assert webhook["namespaceSelector"]["matchExpressions"][0] == {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": excluded,
             }
+
+
+PROTECTED = {"key": "samd.dev/protected", "operator": "In", "values": ["true"]}
+
+
+def test_pods_and_workloads_are_sent_only_from_protected_namespaces() -> None:
+    """A webhook outage refuses pods only where SAMD protects something (the operator's label)."""
+    webhooks = by_name(
+        build_webhook_configuration(name="w", url="https://127.0.0.1:1/validate", ca_bundle=CA)
+    )
+
+    for name in ("pods", "workloads", "cronjobs"):
+        assert PROTECTED in webhooks[f"{name}.webhook.samd.dev"]["namespaceSelector"]["matchExpressions"], (
+            name
+        )
+    # What decides coverage is checked everywhere: a SecureModel makes its namespace protected, and
+    # namespace labels (the protected one among them) must not be removed from below.
+    for name in ("securemodels", "namespaces"):
+        assert (
+            PROTECTED not in webhooks[f"{name}.webhook.samd.dev"]["namespaceSelector"]["matchExpressions"]
+        ), name
 
 
 def test_url_mode_for_the_local_cluster() -> None:
@@ -172,12 +193,14 @@ def test_bad_arguments_are_refused_with_a_clear_error(settings: dict[str, Any], 
         build_webhook_configuration(**arguments)
 
 
-def test_no_exclusions_means_every_namespace() -> None:
+def test_no_exclusions_means_every_namespace_or_every_protected_one() -> None:
     configuration = build_webhook_configuration(
         name="w", url="https://127.0.0.1/validate", ca_bundle=CA, namespace_exclusions=()
     )
 
-    assert all(webhook["namespaceSelector"] == {} for webhook in configuration["webhooks"])
+    selectors = {webhook["name"]: webhook["namespaceSelector"] for webhook in configuration["webhooks"]}
+    assert selectors["securemodels.webhook.samd.dev"] == selectors["namespaces.webhook.samd.dev"] == {}
+    assert selectors["pods.webhook.samd.dev"] == {"matchExpressions": [PROTECTED]}
 
 
 def test_may_run_a_model_is_generated_from_the_deciders_table_of_secret_paths() -> None:

@@ -29,6 +29,7 @@ from tests.unit.test_webhook_decide import (  # noqa: F401 - fraud, churn and wo
     plain_pod,
     review,
     tampered,
+    trust_policy,
     world,
 )
 
@@ -534,3 +535,43 @@ async def test_the_same_pod_is_admitted_again_only_while_nothing_watched_changes
     refused = await decider.decide(review(copy.deepcopy(pod)))
 
     assert_denied(refused, "SignatureInvalid", "does not verify")
+
+
+async def test_the_protected_label_stays_while_the_namespace_holds_models(world: World) -> None:
+    """The label that sends a namespace's pods to the webhook cannot be removed from below."""
+    world.policies = [
+        trust_policy(
+            "production", world.fraud.public_key_pem, selector={"matchLabels": {"samd.dev/trust": "x"}}
+        )
+    ]
+    labels = {**PROTECTED, "samd.dev/trust": "x"}
+
+    removed = await world.decide(_namespace_update(labels, {"samd.dev/trust": "x"}))
+    changed = await world.decide(_namespace_update(labels, {**labels, "samd.dev/protected": "no"}))
+    kept = await world.decide(_namespace_update(labels, {**labels, "team": "fraud"}))
+
+    for decision in (removed, changed):
+        assert_denied(
+            decision,
+            "CoverageRemoved",
+            f"namespace {NAMESPACE} is protected by SAMD because it holds SecureModels (churn, fraud)",
+            "samd.dev/protected=true",
+        )
+    assert kept.allowed is True, kept
+
+
+async def test_the_protected_label_stays_while_a_policy_selects_the_namespace(world: World) -> None:
+    world.policies.append(
+        trust_policy("team", world.fraud.public_key_pem, selector={"matchLabels": {"team": "fraud"}})
+    )
+    labels = {**PROTECTED, "team": "fraud"}
+
+    still_selected = await world.decide(_namespace_update(labels, {"team": "fraud"}, name="sandbox"))
+    nothing_left = await world.decide(_namespace_update(labels, {}, name="sandbox"))
+
+    assert_denied(
+        still_selected,
+        "CoverageRemoved",
+        "namespace sandbox is protected by SAMD because ModelTrustPolicy team",
+    )
+    assert nothing_left.allowed is True, nothing_left  # what the operator does once nothing selects it

@@ -1,5 +1,6 @@
 {{- define "samd.labels" -}}
 app.kubernetes.io/part-of: samd
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
@@ -13,19 +14,40 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ printf "%s-webhook" .Release.Name }}
 {{- end -}}
 
-{{/* The restricted Pod Security Standard, shared by both Deployments. */}}
-{{- define "samd.podSecurity" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{/* The Secret holding the webhook's serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "samd.webhookSecret" -}}
+{{- if eq .Values.webhook.certificate.source "secret" -}}
+{{ required "webhook.certificate.secretName is required when webhook.certificate.source is secret: name a kubernetes.io/tls Secret in the release namespace" .Values.webhook.certificate.secretName }}
+{{- else -}}
+{{ printf "%s-webhook-tls" .Release.Name }}
 {{- end -}}
-{{- define "samd.containerSecurity" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: [ALL]
+{{- end -}}
+
+{{/*
+Pod settings shared by the operator and the webhook, from their values (`component`):
+image pull secrets, placement, priority and the pod security context.
+*/}}
+{{- define "samd.podSettings" -}}
+{{- $values := .component -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.topologySpreadConstraints }}
+topologySpreadConstraints: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+securityContext: {{- toYaml $values.podSecurityContext | nindent 2 }}
 {{- end -}}
 
 {{/* SAMD_EVENT_SINKS: the sinks as JSON, without their Secrets (the keys come in by index). */}}
