@@ -70,7 +70,7 @@ def test_install_upgrade_rollback_and_uninstall(
     assert f"registered as the ValidatingWebhookConfiguration {name}" in installed  # NOTES
     assert f"helm test {name} -n {namespace}" in installed
     assert replicas(k8s, namespace, f"{name}-webhook") == 2
-    assert replicas(k8s, namespace, f"{name}-operator") == 1
+    assert replicas(k8s, namespace, f"{name}-operator") == 2  # a leader and a standby
     secret = core.read_namespaced_secret(f"{name}-webhook-tls", namespace)
     [ca] = webhook_ca(k8s, name)
     assert ca == secret.data["ca.crt"]  # the generated CA is the one the API server trusts

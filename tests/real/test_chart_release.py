@@ -6,10 +6,13 @@ node's bridge address), and the API server reaches the webhook through its Servi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from tests.support.cluster import REPO, scratch_namespace
 from tests.support.node import RealNode, helm, kubectl
@@ -40,6 +43,8 @@ def release(node: RealNode, k8s: client.ApiClient) -> Iterator[str]:
                 str(REPO / "charts" / "samd"),
                 "-n",
                 namespace,
+                # The tier installed the CRDs itself: the release takes them over (docs/install.md).
+                "--take-ownership",
                 "--wait",
                 "--timeout",
                 "180s",
@@ -121,18 +126,18 @@ def decisions(namespace: str, pods: list[str]) -> float:
 
 
 def assert_the_api_server_calls_the_webhook(core: client.CoreV1Api, namespace: str) -> None:
-    """A pod created (dry run) in another namespace is sent to the webhook pods, which decide on it.
+    """A SecureModel created (dry run) in another namespace is sent to the webhook pods, which decide.
 
-    (`default` holds no SecureModel, so the decision is to allow it; what is counted is that one was made.)
+    (SecureModels are sent from every namespace: one is what makes a namespace protected. `default`
+    has no policy, so the decision may be either way; what is counted is that one was made.)
     """
     webhooks = list(ready_pods(core, namespace, "samd-webhook"))
     before = decisions(namespace, webhooks)
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        # Claiming a model is what sends a pod to the webhook (its match conditions).
-        "metadata": {"name": "admission-probe", "annotations": {"samd.dev/model": "no-such-model"}},
-        "spec": {"containers": [{"name": "c", "image": "samd:0.1.0"}]},
-    }
-    core.create_namespaced_pod("default", pod, dry_run="All")  # type: ignore[arg-type]
+    model = yaml.safe_load((REPO / "examples" / "fraud-detection" / "securemodel.yaml").read_text())
+    model["metadata"] = {"name": "admission-probe", "namespace": "default"}
+    custom = client.CustomObjectsApi(core.api_client)
+    with contextlib.suppress(ApiException):  # refused or allowed: both are decisions
+        custom.create_namespaced_custom_object(
+            "samd.dev", "v1alpha1", "default", "securemodels", model, dry_run="All"
+        )
     eventually(lambda: decisions(namespace, webhooks) > before, 10, "the webhook to count the admission")
