@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ import kopf
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube, connect
+from samd.operator.metrics import OperatorMetrics, start_metrics_server
 from samd.operator.reconcile import Change, ModelObject, OwnedRef, Reconciler, Rollout, due_at, owning_model
 from samd.policy import TrustPolicy
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
@@ -143,6 +145,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.owned = OwnedObjects(memo.kube, memo.reconciler)
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
+    memo.metrics = OperatorMetrics()
+    memo.metrics_runner = None
+    if config.metrics_port is not None:
+        memo.metrics_runner, metrics_port = await start_metrics_server(
+            memo.metrics,
+            "0.0.0.0",  # noqa: S104 - the pod's port; Prometheus scrapes it
+            config.metrics_port,
+        )
+        log.info(
+            "operator metrics served", extra={"event": "metrics_listening", "metrics_port": metrics_port}
+        )
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
 
@@ -152,6 +165,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if memo.metrics_runner is not None:
+        await memo.metrics_runner.cleanup()
     await memo.kube_context.__aexit__(None, None, None)
 
 
@@ -201,9 +216,23 @@ async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     owned = owned_objects.of(model.namespace, model.name)
     # The reconciler writes the status itself (under the model's lock, which the rollout updates
     # of the owned-object watch share); kopf writes only its own annotations.
-    outcome = await reconciler.reconcile(
-        model, policies=policies, namespace_labels=labels, now=now(), owned=owned
-    )
+    metrics: OperatorMetrics = memo.metrics
+    started = time.perf_counter()
+    try:
+        outcome = await reconciler.reconcile(
+            model, policies=policies, namespace_labels=labels, now=now(), owned=owned
+        )
+    except (kopf.TemporaryError, kopf.PermanentError) as error:
+        metrics.reconciles.labels("retry" if isinstance(error, kopf.TemporaryError) else "failed").inc()
+        raise
+    except Exception:
+        metrics.reconciles.labels("error").inc()
+        raise
+    finally:
+        metrics.reconcile_duration.observe(time.perf_counter() - started)
+    failure = outcome.error
+    result = "ok" if failure is None else ("retry" if isinstance(failure, kopf.TemporaryError) else "failed")
+    metrics.reconciles.labels(result).inc()
     for event in outcome.events:
         kind = "Warning" if event.warning else "Normal"
         kopf.event(body, type=kind, reason=event.reason, message=event.message)
@@ -420,6 +449,12 @@ async def expose_index(
     secure_models: kopf.Index[Any, Any] = kwargs["secure_models"]
     # Indexes are only injected into handlers; keep a reference for the resync loop.
     memo.shared_indexes["secure_models"] = secure_models
+    metrics: OperatorMetrics = memo.metrics
+    if namespace is not None:
+        if event.get("type") == "DELETED":
+            metrics.forget_model(namespace, name)
+        else:
+            metrics.observe_model(namespace, name, event.get("object") or {})
     if event.get("type") == "DELETED" and namespace is not None:
         reconciler: Reconciler = memo.reconciler
         reconciler.drop_model(namespace, name)

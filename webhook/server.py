@@ -520,12 +520,15 @@ class AdmissionServer:
             )
             log_unparsed(parsed.uid, parsed.kind, problem)
             self.metrics.observe_decision("denied", parsed.kind, time.perf_counter() - started)
+            self.metrics.observe_denial(decision.reason)
             return self._answer(parsed.uid, decision)
         decision, failed = await self._decide(parsed.request)
         result = result_of(decision, failed=failed)
         seconds = time.perf_counter() - started
         log_decision(AuditRecord.of(parsed.request, decision, result, seconds))
         self.metrics.observe_decision(result, parsed.request.kind.kind, seconds)
+        if not decision.allowed:
+            self.metrics.observe_denial(decision.reason)
         return self._answer(parsed.uid, decision)
 
     async def _decide(self, request: AdmissionRequest) -> tuple[Decision, bool]:
