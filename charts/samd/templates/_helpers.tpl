@@ -27,3 +27,11 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{- define "samd.scraperLabels" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := .Values.monitoring.scraper.podLabels -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

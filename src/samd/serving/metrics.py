@@ -36,6 +36,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ENDPOINTS = frozenset({"infer", "metadata", "ready", "live", "server", "other"})
 INFERENCE_ERRORS = ("model_error", "upstream", "internal")
+REFUSED_HANDSHAKE_REASONS = ("no_certificate", "untrusted_certificate", "protocol_version", "timeout", "other")
+FORBIDDEN_REASONS = ("no_certificate", "no_common_name", "wrong_organization", "client_not_allowed")
 
 
 class DriftCollector(Collector):
@@ -148,8 +150,13 @@ class ServingMetrics:
             ["reason"],
             registry=registry,
         )
-        for reason in INFERENCE_ERRORS:  # present at 0, so rate() and alerts see the first error
+        # Present at 0 from the start: increase() and the alerts then see the first refusals too.
+        for reason in INFERENCE_ERRORS:
             self.inference_errors.labels(reason)
+        for reason in REFUSED_HANDSHAKE_REASONS:
+            self.refused_handshakes.labels(reason)
+        for reason in FORBIDDEN_REASONS:
+            self.forbidden.labels(reason)
         self.start_time = Gauge(
             "samd_serving_start_timestamp_seconds",
             "When this server process started (Unix time); a change means a restart",
