@@ -37,9 +37,8 @@ pytestmark = pytest.mark.integration
 SHIFTED_FEATURE = 3  # the feature the fraud model weighs most
 
 
-@pytest.fixture(scope="module")
-def drift_material(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SignedModel, TlsFiles]:
-    work = tmp_path_factory.mktemp("drift")
+def signed_model_with_baseline(work: Path) -> tuple[Path, SignedModel, TlsFiles]:
+    """The fraud model with a baseline `samd baseline` wrote from a held-out sample, signed, as fetched."""
     model_dir = train_fraud_model(work / "model")
     validation, _ = fraud_data(2000, seed=21)  # held out: not the training rows
     np.savez(work / "validation.npz", features=validation)
@@ -55,6 +54,11 @@ def drift_material(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sign
     fetched = as_fetched(signed, work / "fetched")
     tls = write_model_tls(work / "tls", fraud_detection(), ["payments-api"])
     return fetched, signed, tls
+
+
+@pytest.fixture(scope="module")
+def drift_material(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SignedModel, TlsFiles]:
+    return signed_model_with_baseline(tmp_path_factory.mktemp("drift"))
 
 
 @pytest.fixture
