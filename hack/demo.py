@@ -144,6 +144,9 @@ def build_model(model_dir: Path) -> None:
     onnx.checker.check_model(model)
     model_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(model_dir / "model.onnx"))
+    # The drift baseline `samd baseline` wrote from the example's validation sample (a unit test
+    # regenerates it): it is signed with the model, and the server measures drift against it.
+    shutil.copyfile(EXAMPLE / "samd-baseline.json", model_dir / "samd-baseline.json")
 
 
 def webhook_configuration() -> str:

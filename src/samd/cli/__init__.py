@@ -1,4 +1,4 @@
-"""The `samd` command line: keygen, sign, verify, encrypt, decrypt, rewrap, fetch, inspect, serve, proxy.
+"""The `samd` command line: keygen, baseline, sign, verify, encrypt, decrypt, rewrap, fetch, inspect, serve, proxy.
 
 `main` runs the commands and turns every failure into one clear line on stderr (`error: ...`,
 then `hint: ...` when there is one) and the exit code of its `samd.errors` class; tracebacks only

@@ -506,7 +506,12 @@ def baseline(
             "outputs": [column.name for column in result.outputs],
         },
         f"wrote {destination}: {len(result.inputs)} input feature(s) and {len(result.outputs)} output "
-        f"column(s) from {result.rows} rows\nsign {model_dir} now, so the baseline is signed with the model",
+        f"column(s) from {result.rows} rows\n"
+        + (
+            f"sign {model_dir} now, so the baseline is signed with the model"
+            if destination.resolve().parent == model_dir.resolve()
+            else f"copy it into the model directory as {BASELINE_FILE} before signing"
+        ),
     )
 
 
