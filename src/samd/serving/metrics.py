@@ -36,7 +36,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ENDPOINTS = frozenset({"infer", "metadata", "ready", "live", "server", "other"})
 INFERENCE_ERRORS = ("model_error", "upstream", "internal")
-REFUSED_HANDSHAKE_REASONS = ("no_certificate", "untrusted_certificate", "protocol_version", "timeout", "other")
+REFUSED_HANDSHAKE_REASONS = (
+    "no_certificate",
+    "untrusted_certificate",
+    "protocol_version",
+    "timeout",
+    "other",
+)
 FORBIDDEN_REASONS = ("no_certificate", "no_common_name", "wrong_organization", "client_not_allowed")
 
 
