@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -221,6 +222,7 @@ def test_real_prometheus_fires_and_alertmanager_delivers_samd_alerts(
             return len(results) == 3 and all(result["value"][1] == "1" for result in results)
 
         eventually(all_targets_up, 60, "Prometheus to scrape the operator, the model server and the webhook")
+        started = time.time()
 
         # Calm traffic: no drift alert.
         client = V2Client(server.port, client_context(tls.ca, *tls.client("payments-api")))
@@ -250,11 +252,33 @@ def test_real_prometheus_fires_and_alertmanager_delivers_samd_alerts(
                 except (ssl.SSLError, OSError):
                     pass  # refused at the handshake: what this fault is
 
+        # The admission path: AdmissionReviews as the API server sends them; the malformed ones are denied.
+        webhook_context = ssl.create_default_context(cafile=str(webhook_tls / "ca.crt"))
+        reviews = sorted((REPO / "tests" / "unit" / "admission").glob("*.json"))
+        for review in reviews * 3:
+            request = urllib.request.Request(
+                f"https://localhost:{webhook_port}/validate",
+                data=review.read_bytes(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10, context=webhook_context) as answer:  # noqa: S310
+                    answer.read()
+            except urllib.error.HTTPError as refused:  # a malformed review is answered 400
+                refused.read()
+                refused.close()
+
+        expected = {"SamdModelDrift", "SamdRefusedHandshakesBurst", "SamdAdmissionDenialsBurst"}
         eventually(
-            lambda: {"SamdModelDrift", "SamdRefusedHandshakesBurst"} <= receiver.firing(),
+            lambda: expected <= receiver.firing(),
             60,
-            "Alertmanager to deliver the drift and refused-handshake alerts",
+            "Alertmanager to deliver the drift, refused-handshake and admission-denial alerts",
         )
+        picture = os.environ.get("SAMD_DASHBOARD_PNG")
+        if picture:  # docs/monitoring.md's picture, drawn from this run's data
+            from hack.dashboard_png import render  # noqa: PLC0415
+
+            render(f"http://127.0.0.1:{prometheus_port}", Path(picture), start=started)
         drift = [
             alert
             for notification in receiver.notifications
