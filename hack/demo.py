@@ -47,6 +47,7 @@ NAMESPACE = "fraud-detection"
 WEBHOOK_PORT = int(os.environ.get("SAMD_DEMO_WEBHOOK_PORT", "16900"))
 SERVE_PORT = int(os.environ.get("SAMD_DEMO_SERVE_PORT", "16943"))
 SERVE_METRICS_PORT = int(os.environ.get("SAMD_DEMO_SERVE_METRICS_PORT", "16944"))
+OPERATOR_METRICS_PORT = int(os.environ.get("SAMD_DEMO_OPERATOR_METRICS_PORT", "16945"))
 BIN = Path(sys.executable).parent
 
 
@@ -180,7 +181,11 @@ def up() -> None:
     start_daemon(
         "operator",
         [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""],
-        env={"SAMD_ALLOW_LOCAL_FILES": "true", "SAMD_LOCAL_FILE_ROOTS": str(DEMO)},
+        env={
+            "SAMD_ALLOW_LOCAL_FILES": "true",
+            "SAMD_LOCAL_FILE_ROOTS": str(DEMO),
+            "SAMD_METRICS_PORT": str(OPERATOR_METRICS_PORT),
+        },
     )
 
     step("ML CI: build the fraud-detection model (ONNX), make keys, sign and encrypt it")
@@ -269,6 +274,7 @@ def up() -> None:
     print(kubectl("apply", "-f", "-", stdin=json.dumps(thief), check=False).strip())
 
     serve_locally()
+    show_metrics()
 
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
@@ -465,6 +471,35 @@ def down() -> None:
     if DEMO.exists():
         stop_daemons()
     print(run(REPO / "hack" / "local-cluster", "down", show=False).strip())
+
+
+def show_metrics() -> None:
+    """The metrics endpoints: drift of shifted traffic against the signed baseline, and the operator."""
+    import numpy as np  # noqa: PLC0415 - demo-only
+
+    step("Metrics: drift against the model's signed baseline, and the operator's endpoint")
+    client = DEMO / "pod" / "client-payments-api"
+    context = ssl.create_default_context(cafile=str(client / "ca.crt"))
+    context.check_hostname = False
+    context.load_cert_chain(client / "tls.crt", client / "tls.key")
+    # The validation sample with velocity_1h moved up by one standard deviation: 400 predictions.
+    rows = np.loadtxt(EXAMPLE / "validation.csv", delimiter=",", skiprows=1, dtype=np.float32)[:400]
+    rows[:, 3] += 1.0
+    for start in range(0, len(rows), 50):
+        batch = rows[start : start + 50]
+        body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(batch.shape),
+                            "data": batch.ravel().tolist()}]}  # fmt: skip
+        _ask("drifted traffic", context, json.dumps(body).encode())
+    print("400 predictions whose velocity_1h moved by one standard deviation (PSI > 0.25 is significant):")
+    for port, prefixes in (
+        (SERVE_METRICS_PORT, ("samd_drift_population_stability_index", "samd_drift_window_rows")),
+        (OPERATOR_METRICS_PORT, ("samd_operator_model_ready", "samd_operator_reconciles_total", "samd_operator_models{condition=\"Ready\"")),
+    ):  # fmt: skip
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        print(f"http://127.0.0.1:{port}/metrics:")
+        print("\n".join("  " + line for line in text.splitlines() if line.startswith(prefixes)))
+    print("Alert rules: deploy/prometheus/samd-alerts.yaml; SamdModelDrift fires when a PSI stays above "
+          "0.25 for 15 minutes (docs/monitoring.md)")  # fmt: skip
 
 
 def main() -> int:
