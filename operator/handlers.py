@@ -30,6 +30,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube, connect
@@ -145,6 +146,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.owned = OwnedObjects(memo.kube, memo.reconciler)
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # no *_created series
     memo.metrics = OperatorMetrics()
     memo.metrics_runner = None
     if config.metrics_port is not None:
