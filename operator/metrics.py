@@ -24,7 +24,7 @@ Per-model labels are bounded by the number of SecureModels, like kube-state-metr
 from __future__ import annotations
 
 import datetime
-import logging
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +37,6 @@ from prometheus_client.registry import Collector
 
 from samd.operator.conditions import ConditionType
 
-log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 READY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -208,9 +207,7 @@ async def start_metrics_server(metrics: OperatorMetrics, host: str, port: int) -
     app.add_routes([web.get("/metrics", endpoint)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = int(sockets[0].getsockname()[1]) if sockets else port
-    return runner, bound
+    # Our own socket, so that the port the system chose (port 0) is known without aiohttp internals.
+    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    await web.SockSite(runner, listener).start()
+    return runner, int(listener.getsockname()[1])
