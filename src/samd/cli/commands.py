@@ -421,6 +421,13 @@ def _key_signer(
     help="Track only these input features (repeatable; default: all, at most 64 columns in all).",
 )
 @click.option(
+    "--output-tensor",
+    "output_tensors",
+    multiple=True,
+    metavar="NAME",
+    help="A .npz array that holds the model's outputs, not an input (repeatable; for models that are not ONNX).",
+)
+@click.option(
     "--bins", type=click.IntRange(2, 50), default=10, show_default=True, help="Quantile bins per column."
 )
 @click.option(
@@ -440,6 +447,7 @@ def baseline(
     sample: Path,
     input_name: str | None,
     features: tuple[str, ...],
+    output_tensors: tuple[str, ...],
     bins: int,
     output: Path | None,
     force: bool,
@@ -449,8 +457,8 @@ def baseline(
 
     Every input feature and every output column of the sample is cut into quantile bins, and the
     share of the sample in each bin is recorded in samd-baseline.json inside MODEL_DIR. The model's
-    outputs come from the .npz sample if it holds arrays named like them, else from running the
-    directory's ONNX model on the sample. Sign the directory afterwards: `samd serve` and `samd
+    outputs come from the .npz sample if it holds arrays named like them (or named by
+    --output-tensor), else from running the directory's ONNX model on the sample. Sign the directory afterwards: `samd serve` and `samd
     proxy` read the baseline only from the verified files and export the drift of what they serve
     against it (docs/monitoring.md).
 
@@ -464,6 +472,7 @@ def baseline(
     Example:
       samd baseline ./fraud-detection --sample validation.csv
       samd sign ./fraud-detection --private-key signer.pem --model-version 1.4.0
+      samd baseline ./sklearn-model --sample validation.npz --output-tensor predict
     """
     state = _start(context, json_output)
     from samd.drift import BASELINE_FILE, BaselineError, build_baseline, load_sample  # noqa: PLC0415
@@ -481,6 +490,10 @@ def baseline(
         input_name = session.get_inputs()[0].name
     loaded = load_sample(sample, input_name)
     output_names = [node.name for node in session.get_outputs()] if session is not None else []
+    output_names += list(output_tensors)
+    unknown = sorted(set(output_tensors) - set(loaded.tensors))
+    if unknown:
+        raise BaselineError(f"--output-tensor {', '.join(unknown)} is not an array of the sample")
     inputs = {name: array for name, array in loaded.tensors.items() if name not in output_names}
     outputs = {name: array for name, array in loaded.tensors.items() if name in output_names}
     if session is not None:
@@ -493,7 +506,7 @@ def baseline(
         extra = sorted(set(inputs) - declared)
         if extra:
             raise BaselineError(f"{', '.join(extra)} is not an input or output of the model in {model_dir}")
-        if len(outputs) < len(output_names):
+        if not outputs:
             outputs = _run_onnx(session, inputs)
     result = build_baseline(inputs, outputs, names=loaded.names, bins=bins, keep=features)
     destination.write_bytes(result.to_json())
