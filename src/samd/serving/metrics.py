@@ -163,6 +163,8 @@ class ServingMetrics:
             self.refused_handshakes.labels(reason)
         for reason in FORBIDDEN_REASONS:
             self.forbidden.labels(reason)
+        for endpoint in ENDPOINTS:
+            self.duration.labels(endpoint)
         self.start_time = Gauge(
             "samd_serving_start_timestamp_seconds",
             "When this server process started (Unix time); a change means a restart",
