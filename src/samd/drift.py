@@ -22,6 +22,7 @@ Both are NaN (no sample, no alert) until the window holds `min_rows` rows.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -366,7 +367,9 @@ class DriftMonitor:
         self._inputs = self._group("input")
         self._outputs = self._group("output")
         self._first_input = next(iter(self._inputs), None)
-        self._pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        # (inputs, output arrays) or (inputs, (response document, binary parts)): answers are decoded
+        # per batch in flush(), so a request costs one append.
+        self._pending: list[tuple[Mapping[str, Any], Any]] = []
         self._pending_rows = 0
         self.observed_rows = 0
 
@@ -385,6 +388,15 @@ class DriftMonitor:
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Mapping[str, np.ndarray[Any, Any]]
     ) -> None:
         """Queue one answered request's tensors (one append: the binning happens per batch)."""
+        self._queue(inputs, outputs)
+
+    def observe_answer(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], document: Mapping[str, Any], parts: Sequence[bytes]
+    ) -> None:
+        """Queue one answered request: its input arrays and its V2 response (decoded per batch)."""
+        self._queue(inputs, (document, parts))
+
+    def _queue(self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Any) -> None:
         self._pending.append((inputs, outputs))
         first = inputs.get(self._first_input) if self._first_input is not None else None
         self._pending_rows += first.shape[0] if first is not None and first.ndim else 1
@@ -401,10 +413,12 @@ class DriftMonitor:
             bins.bin_offsets([given[name] for given, _ in pending if name in given])
             for name, bins in self._inputs.items()
         ]
-        parts += [
-            bins.bin_offsets([answered[name] for _, answered in pending if name in answered])
-            for name, bins in self._outputs.items()
-        ]
+        if self._outputs:
+            answers = [answer for _, answer in pending if isinstance(answer, tuple)]
+            decoded = _decode_answers(answers, frozenset(self._outputs)) if answers else {}
+            for name, bins in self._outputs.items():
+                arrays = [given[name] for _, given in pending if isinstance(given, Mapping) and name in given]
+                parts.append(bins.bin_offsets(arrays + decoded.get(name, [])))
         counts = np.bincount(np.concatenate(parts), minlength=self._segments.shape[1])
         self._segments[self._current] += counts
         self._segment_filled[self._current] += rows
@@ -438,36 +452,59 @@ class DriftMonitor:
         return results
 
 
+def _decode_answers(
+    answers: Sequence[tuple[Mapping[str, Any], Sequence[bytes]]], wanted: frozenset[str]
+) -> dict[str, list[np.ndarray[Any, Any]]]:
+    """The `wanted` outputs of V2 response documents as arrays: JSON data of all the answers is
+    gathered into one array per output (one numpy conversion per batch), binary parts are viewed."""
+    from samd.serving.protocol import DATATYPES  # noqa: PLC0415 - keep this module free of serving
+
+    values: dict[str, list[Any]] = {name: [] for name in wanted}
+    widths: dict[str, int] = {}
+    arrays: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in wanted}
+    for document, parts in answers:
+        outputs = document.get("outputs")
+        if not isinstance(outputs, list):
+            continue
+        part = 0
+        for entry in outputs:
+            if not isinstance(entry, dict):
+                continue
+            parameters = entry.get("parameters")
+            if parameters and isinstance(parameters, dict) and "binary_data_size" in parameters:
+                shape = entry.get("shape")
+                dtype = DATATYPES.get(str(entry.get("datatype")))
+                if entry.get("name") in wanted and part < len(parts) and dtype not in (None, np.object_):
+                    with contextlib.suppress(TypeError, ValueError):
+                        arrays[entry["name"]].append(np.frombuffer(parts[part], dtype=dtype).reshape(shape))
+                part += 1
+                continue
+            name = entry.get("name")
+            if name not in values:
+                continue
+            data, shape = entry.get("data"), entry.get("shape")
+            # An output that does not match its shape is not counted; the answer still went out.
+            if isinstance(data, list) and isinstance(shape, list) and shape and isinstance(shape[0], int):
+                rows = shape[0]
+                if (
+                    rows > 0
+                    and len(data) % rows == 0
+                    and widths.setdefault(name, len(data) // rows) * rows == len(data)
+                ):
+                    values[name].extend(data)
+    for name, gathered in values.items():
+        if gathered:
+            with contextlib.suppress(TypeError, ValueError):
+                arrays[name].append(np.array(gathered, dtype=np.float64).reshape(-1, widths[name]))
+    return arrays
+
+
 def response_outputs(
     document: Mapping[str, Any], parts: Sequence[bytes], wanted: frozenset[str]
 ) -> dict[str, np.ndarray[Any, Any]]:
-    """The `wanted` outputs of a V2 response document as arrays (JSON data or binary parts)."""
-    from samd.serving.protocol import DATATYPES  # noqa: PLC0415 - keep this module free of serving
-
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
-    part = 0
-    outputs = document.get("outputs")
-    if not isinstance(outputs, list):
-        return arrays
-    for entry in outputs:
-        if not isinstance(entry, dict):
-            continue
-        parameters = entry.get("parameters")
-        binary = isinstance(parameters, dict) and "binary_data_size" in parameters
-        name, shape = entry.get("name"), entry.get("shape")
-        if name in wanted and isinstance(shape, list) and shape:
-            try:
-                if binary and part < len(parts):
-                    dtype = DATATYPES.get(str(entry.get("datatype")))
-                    if dtype is not None and dtype is not np.object_:
-                        arrays[name] = np.frombuffer(parts[part], dtype=dtype).reshape(shape)
-                elif "data" in entry:
-                    arrays[name] = np.asarray(entry["data"], dtype=np.float64).reshape(shape)
-            except (TypeError, ValueError):
-                pass  # an output that does not match its shape is not counted, the answer still goes out
-        if binary:
-            part += 1
-    return arrays
+    """The `wanted` outputs of one V2 response document as arrays (JSON data or binary parts)."""
+    decoded = _decode_answers([(document, parts)], wanted)
+    return {name: np.concatenate(found) for name, found in decoded.items() if found}
 
 
 # --- samples -------------------------------------------------------------------------------------

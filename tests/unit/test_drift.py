@@ -185,5 +185,19 @@ def test_outputs_are_read_from_json_and_binary_response_parts() -> None:
         ]
     }
     arrays = response_outputs(document, [probabilities.tobytes()], frozenset({"label", "probabilities"}))
-    assert arrays["label"].tolist() == [0, 1]
+    assert arrays["label"].ravel().tolist() == [0, 1]
     assert np.array_equal(arrays["probabilities"], probabilities)
+
+
+def test_answers_queued_as_response_documents_count_like_their_arrays() -> None:
+    baseline = _baseline()
+    from_arrays, from_answers = DriftMonitor(baseline, min_rows=1), DriftMonitor(baseline, min_rows=1)
+    rows = _normal(600, seed=17)
+    rows[:, 3] += 0.5
+    for start in range(0, 600, 3):
+        part = rows[start : start + 3]
+        fraud = (part[:, 3] > 1.0).astype(np.int64)
+        from_arrays.observe({"features": part}, {"fraud": fraud})
+        document = {"outputs": [{"name": "fraud", "datatype": "INT64", "shape": [3], "data": fraud.tolist()}]}
+        from_answers.observe_answer({"features": part}, document, [])
+    assert from_arrays.drift() == from_answers.drift()

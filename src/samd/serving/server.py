@@ -26,7 +26,6 @@ import orjson
 from aiohttp import web
 
 from samd import __version__
-from samd.drift import response_outputs
 from samd.errors import UsageError
 from samd.serving.access import IdentityPolicy, RateLimiter
 from samd.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -378,9 +377,8 @@ class FrontEnd:
         parsed = parse_infer_request(load_document(header), binary, metadata, self.config.limits)
         document, parts = await self.backend.infer(parsed, body, request.headers)
         drift = self.metrics.drift.monitor
-        if drift is not None:  # queues the arrays; they are binned per batch (samd.drift)
-            wanted = drift.output_names
-            drift.observe(parsed.inputs, response_outputs(document, parts, wanted) if wanted else {})
+        if drift is not None:  # one append; decoded and binned per batch (samd.drift)
+            drift.observe_answer(parsed.inputs, document, parts)
         document["model_name"] = self._model
         if self.config.provenance.model_version:
             document["model_version"] = self.config.provenance.model_version
