@@ -255,8 +255,10 @@ class Results:
 
 def measure(settings: Settings) -> Results:
     from tests.support.serving import (  # noqa: PLC0415
+        SAMD,
         as_fetched,
         client_context,
+        fraud_data,
         free_port,
         mlserver_env,
         serve_argv,
@@ -271,6 +273,14 @@ def measure(settings: Settings) -> Results:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model = train_fraud_model(work / "model")
+    # With a signed drift baseline, as a model should ship: `samd serve` measures drift on every answer.
+    import numpy as np  # noqa: PLC0415
+
+    validation, _ = fraud_data(2000, seed=21)
+    np.savez(work / "validation.npz", features=validation)
+    subprocess.run(
+        [SAMD, "baseline", model, "--sample", work / "validation.npz"], check=True, capture_output=True
+    )
     signed = sign_directory(model, work)
     fetched = as_fetched(signed, work / "fetched")
     tls = write_model_tls(work / "tls", fraud_detection(), ["payments-api"])

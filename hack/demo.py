@@ -66,6 +66,7 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"} 
 PREFIX = "fraud-detection/1.4.0"
 CLIENT_CERTIFICATE_SECRET = "fraud-detection-client-payments-api"  # noqa: S105 - a Secret's name
 FEATURES = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
+OPERATOR_METRICS_PORT = int(os.environ.get("SAMD_DEMO_OPERATOR_METRICS_PORT", "16946"))
 BIN = Path(sys.executable).parent
 
 
@@ -163,6 +164,9 @@ def build_model(model_dir: Path) -> None:
     onnx.checker.check_model(model)
     model_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(model_dir / "model.onnx"))
+    # The drift baseline `samd baseline` wrote from the example's validation sample (a unit test
+    # regenerates it): it is signed with the model, and the server measures drift against it.
+    shutil.copyfile(EXAMPLE / "samd-baseline.json", model_dir / "samd-baseline.json")
 
 
 def webhook_configuration() -> str:
@@ -207,7 +211,7 @@ def up() -> None:
         }
     start_daemon(
         "operator", [str(BIN / "python"), "-m", "samd.operator", "--log-format", "json", "--liveness", ""],
-        env=operator_env,
+        env={**operator_env, "SAMD_METRICS_PORT": str(OPERATOR_METRICS_PORT)},
     )  # fmt: skip
 
     step("ML CI: build the fraud-detection model (ONNX), make keys, sign and encrypt it")
@@ -300,8 +304,10 @@ def up() -> None:
 
     if node_ip is None:
         serve_locally()
+        show_metrics(served_here=True)
     else:
         serve_on_node()
+        show_metrics(served_here=False)
 
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
@@ -721,6 +727,47 @@ def down() -> None:
     if os.geteuid() == 0:  # only root can have joined a real node
         print(run(REPO / "hack" / "local-node", "down", show=False).strip())
     print(run(REPO / "hack" / "local-cluster", "down", show=False).strip())
+
+
+def print_metrics(port: int, prefixes: tuple[str, ...]) -> None:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    print(f"http://127.0.0.1:{port}/metrics:")
+    print("\n".join("  " + line for line in text.splitlines() if line.startswith(prefixes)))
+
+
+def show_metrics(*, served_here: bool) -> None:
+    """The metrics endpoints: drift of shifted traffic against the signed baseline (when the server runs
+    here as a process), and the operator's."""
+    import numpy as np  # noqa: PLC0415 - demo-only
+
+    operator_lines = (
+        "samd_operator_model_ready",
+        "samd_operator_reconciles_total",
+        'samd_operator_models{condition="Ready"',
+    )
+    if not served_here:
+        step("Metrics: the operator's endpoint (the model pods' own port 9090 is for Prometheus' pods only)")
+        print_metrics(OPERATOR_METRICS_PORT, operator_lines)
+        return
+
+    step("Metrics: drift against the model's signed baseline, and the operator's endpoint")
+    client = DEMO / "pod" / "client-payments-api"
+    context = ssl.create_default_context(cafile=str(client / "ca.crt"))
+    context.check_hostname = False
+    context.load_cert_chain(client / "tls.crt", client / "tls.key")
+    # The validation sample with velocity_1h moved up by one standard deviation: 400 predictions.
+    rows = np.loadtxt(EXAMPLE / "validation.csv", delimiter=",", skiprows=1, dtype=np.float32)[:400]
+    rows[:, 3] += 1.0
+    for start in range(0, len(rows), 50):
+        batch = rows[start : start + 50]
+        body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(batch.shape),
+                            "data": batch.ravel().tolist()}]}  # fmt: skip
+        _ask("drifted traffic", context, json.dumps(body).encode())
+    print("400 predictions whose velocity_1h moved by one standard deviation (PSI > 0.25 is significant):")
+    print_metrics(SERVE_METRICS_PORT, ("samd_drift_population_stability_index", "samd_drift_window_rows"))
+    print_metrics(OPERATOR_METRICS_PORT, operator_lines)
+    print("Alert rules: deploy/prometheus/samd-alerts.yaml; SamdModelDrift fires when a PSI stays above "
+          "0.25 for 15 minutes (docs/monitoring.md)")  # fmt: skip
 
 
 def main() -> int:

@@ -6,7 +6,10 @@
 - ``charts/samd/files/webhooks.json`` from the webhook configuration builder
   (``samd.webhook.configuration``): rules, matchConditions, policies and each webhook's own
   namespaceSelector (pods and workloads: protected namespaces only); the chart template adds the
-  clientConfig (its Service and CA) and the namespaces never sent (kube-system, its own).
+  clientConfig (its Service and CA) and the namespaces never sent (kube-system, its own);
+- ``charts/samd/files/prometheus-rules.yaml`` from ``deploy/prometheus/samd-alerts.yaml`` (the
+  PrometheusRule template carries its groups) and ``charts/samd/files/grafana-dashboard.json`` from
+  ``deploy/grafana/samd-dashboard.json`` (the dashboard ConfigMap).
 
 ``tests/unit/test_chart.py`` fails when the committed copies differ from what this writes.
 Usage: ``hack/generate-chart [--check]``.
@@ -67,6 +70,13 @@ def expected_files() -> dict[Path, str]:
         for webhook in configuration["webhooks"]
     ]
     files[CHART / "files" / "webhooks.json"] = json.dumps(webhooks, indent=2, sort_keys=True) + "\n"
+    rules = REPO / "deploy" / "prometheus" / "samd-alerts.yaml"
+    files[CHART / "files" / "prometheus-rules.yaml"] = (
+        GENERATED.format(source=rules.relative_to(REPO)) + rules.read_text()
+    )
+    dashboard = REPO / "deploy" / "grafana" / "samd-dashboard.json"
+    # JSON has no comments: the copy is the source, byte for byte.
+    files[CHART / "files" / "grafana-dashboard.json"] = dashboard.read_text()
     return files
 
 

@@ -21,6 +21,20 @@ class EgressPeer:
 
 
 @dataclass(frozen=True)
+class MetricsScraper:
+    """Pods that may scrape a model server's metrics port: a namespace (by name) and a pod selector."""
+
+    namespace: str
+    pod_labels: tuple[tuple[str, str], ...]
+
+
+DEFAULT_SCRAPER = MetricsScraper("monitoring", (("app.kubernetes.io/name", "prometheus"),))
+# The chart's operator pods carry this label: the operator reads the model servers' metrics itself
+# to compare them with the policies' incident thresholds (operator/incidents.py).
+OPERATOR_POD_LABELS = (("app.kubernetes.io/name", "samd-operator"),)
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     namespace: str = "samd-system"  # where the operator keeps its CA Secret
     default_image: str = "samd:0.1.0"  # set SAMD_IMAGE to your registry's copy of the SAMD image
@@ -40,6 +54,9 @@ class OperatorConfig:
     allow_local_files: bool = False  # SAMD_ALLOW_LOCAL_FILES: development only, never in the chart
     local_file_roots: tuple[str, ...] = ()  # SAMD_LOCAL_FILE_ROOTS: with it, only under these
     cluster_networks: tuple[str, ...] = ()  # SAMD_CLUSTER_CIDRS: the service and pod networks
+    metrics_port: int | None = 9090  # SAMD_METRICS_PORT: Prometheus /metrics; "off" for none, 0 any free port
+    # SAMD_METRICS_SCRAPER_NAMESPACE / _POD_LABELS: who may reach the model pods' metrics port.
+    metrics_scrapers: tuple[MetricsScraper, ...] = (DEFAULT_SCRAPER,)
 
     def address_policy(self) -> AddressPolicy:
         """The operator's own part of the address rules; covering policies add their allowances."""
@@ -85,6 +102,8 @@ class OperatorConfig:
             allow_local_files=_flag(env, "SAMD_ALLOW_LOCAL_FILES"),
             local_file_roots=tuple(r for r in env.get("SAMD_LOCAL_FILE_ROOTS", "").split(os.pathsep) if r),
             cluster_networks=tuple(str(n) for n in parse_networks(env.get("SAMD_CLUSTER_CIDRS", ""))),
+            metrics_port=_port(env, "SAMD_METRICS_PORT", defaults.metrics_port),
+            metrics_scrapers=_scrapers(env, defaults.metrics_scrapers),
         )
 
 
@@ -176,6 +195,23 @@ def variables() -> tuple[Variable, ...]:
             "of entry i is in `SAMD_EVENT_SINK_<i>_KEY` (docs/events.md); also read by the webhook",
         ),
         Variable(
+            "SAMD_METRICS_PORT",
+            show_default(d.metrics_port),
+            "the operator's Prometheus endpoint, `GET /metrics` over plain HTTP; `off` for none, `0` for any "
+            "free port (docs/monitoring.md)",
+        ),
+        Variable(
+            "SAMD_METRICS_SCRAPER_NAMESPACE",
+            d.metrics_scrapers[0].namespace if d.metrics_scrapers else "",
+            "the namespace of the Prometheus that scrapes the model servers: each model's NetworkPolicy lets "
+            "its pods in to port 9090; empty: nobody may scrape",
+        ),
+        Variable(
+            "SAMD_METRICS_SCRAPER_POD_LABELS",
+            ",".join(f"{k}={v}" for k, v in d.metrics_scrapers[0].pod_labels) if d.metrics_scrapers else "",
+            "`key=value,...`: the Prometheus pods in that namespace (empty: every pod of it)",
+        ),
+        Variable(
             "SAMD_WORKERS",
             str(d.workers),
             "SecureModels reconciled at once; the operator keeps twice as many API connections open",
@@ -199,6 +235,39 @@ def variables() -> tuple[Variable, ...]:
             "like private addresses even when they are public ranges",
         ),
     )
+
+
+def _scrapers(env: Mapping[str, str], default: tuple[MetricsScraper, ...]) -> tuple[MetricsScraper, ...]:
+    """SAMD_METRICS_SCRAPER_NAMESPACE (empty: nobody may scrape) and SAMD_METRICS_SCRAPER_POD_LABELS
+    ("k=v,k2=v2"; empty: every pod of that namespace)."""
+    if "SAMD_METRICS_SCRAPER_NAMESPACE" not in env and "SAMD_METRICS_SCRAPER_POD_LABELS" not in env:
+        return default
+    namespace = env.get("SAMD_METRICS_SCRAPER_NAMESPACE", default[0].namespace if default else "").strip()
+    if not namespace:
+        return ()
+    text = env.get("SAMD_METRICS_SCRAPER_POD_LABELS")
+    if text is None:
+        return (MetricsScraper(namespace, default[0].pod_labels if default else ()),)
+    labels = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"SAMD_METRICS_SCRAPER_POD_LABELS: {item!r} is not key=value")
+        labels.append((key.strip(), value.strip()))
+    return (MetricsScraper(namespace, tuple(labels)),)
+
+
+def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value == "off":
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"{name}={value!r}: write a port number (0 for any free port) or off")
+    return int(value)
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

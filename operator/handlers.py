@@ -25,16 +25,19 @@ import dataclasses
 import datetime
 import logging
 import os
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from samd import events
 from samd.operator import coverage
 from samd.operator.config import OperatorConfig
 from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
+from samd.operator.metrics import OperatorMetrics, start_metrics_server
 from samd.operator.reconcile import (
     Change,
     ModelObject,
@@ -165,6 +168,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.incident_watch = asyncio.create_task(
         _incident_loop(memo, IncidentWatch(memo.kube, sinks=memo.policy_sinks))
     )
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # no *_created series
+    memo.metrics = OperatorMetrics()
+    memo.metrics_runner = None
+    if config.metrics_port is not None:
+        memo.metrics_runner, metrics_port = await start_metrics_server(
+            memo.metrics,
+            "0.0.0.0",  # noqa: S104 - the pod's port; Prometheus scrapes it
+            config.metrics_port,
+        )
+        log.info(
+            "operator metrics served", extra={"event": "metrics_listening", "metrics_port": metrics_port}
+        )
     log.info("samd-operator started", extra={"namespace": config.namespace})
 
 
@@ -176,6 +191,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if memo.metrics_runner is not None:
+        await memo.metrics_runner.cleanup()
     await memo.kube_context.__aexit__(None, None, None)
 
 
@@ -234,9 +251,23 @@ async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     await coverage.protect(memo.kube, model.namespace, labels)
     # The reconciler writes the status itself (under the model's lock, which the rollout updates
     # of the owned-object watch share); kopf writes only its own annotations.
-    outcome = await reconciler.reconcile(
-        model, policies=policies, namespace_labels=labels, now=now(), owned=owned
-    )
+    metrics: OperatorMetrics = memo.metrics
+    started = time.perf_counter()
+    try:
+        outcome = await reconciler.reconcile(
+            model, policies=policies, namespace_labels=labels, now=now(), owned=owned
+        )
+    except (kopf.TemporaryError, kopf.PermanentError) as error:
+        metrics.reconciles.labels("retry" if isinstance(error, kopf.TemporaryError) else "failed").inc()
+        raise
+    except Exception:
+        metrics.reconciles.labels("error").inc()
+        raise
+    finally:
+        metrics.reconcile_duration.observe(time.perf_counter() - started)
+    failure = outcome.error
+    result = "ok" if failure is None else ("retry" if isinstance(failure, kopf.TemporaryError) else "failed")
+    metrics.reconciles.labels(result).inc()
     for event in outcome.events:
         kind = "Warning" if event.warning else "Normal"
         kopf.event(body, type=kind, reason=event.reason, message=event.message)
@@ -522,6 +553,11 @@ async def expose_index(
     memo.shared_indexes["namespace_labels"] = kwargs["namespace_labels"]
     if namespace is None:
         return
+    metrics: OperatorMetrics = memo.metrics
+    if event.get("type") == "DELETED":
+        metrics.forget_model(namespace, name)
+    else:
+        metrics.observe_model(namespace, name, event.get("object") or {})
     requested: dict[tuple[str, str], object] = memo.shared_indexes.setdefault("quarantine_requested", {})
     if event.get("type") == "DELETED":
         reconciler: Reconciler = memo.reconciler

@@ -12,6 +12,7 @@ import base64
 import datetime
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def record_outcome_events(namespace: str, name: str, events: Iterable[Event]) ->
 # operator act on another model, nor quarantine anything by sending it a message.
 
 UNAUTHORIZED_COUNTERS = ("samd_serving_forbidden_total", "samd_serving_refused_handshakes_total")
-DRIFT_GAUGE = "samd_serving_drift_psi"
+DRIFT_GAUGE = "samd_drift_population_stability_index"  # {direction, feature}; NaN until warm
 METRICS_PORT_NAME = "metrics"
 DEFAULT_METRICS_PORT = 9090
 
@@ -117,7 +118,7 @@ def read_metrics(text: str, at: float) -> Reading:
         for sample in family.samples:
             if sample.name in UNAUTHORIZED_COUNTERS:
                 unauthorized += sample.value
-            elif sample.name == DRIFT_GAUGE:
+            elif sample.name == DRIFT_GAUGE and not math.isnan(sample.value):
                 drift = sample.value if drift is None else max(drift, sample.value)
     return Reading(unauthorized, drift, at)
 

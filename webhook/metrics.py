@@ -2,6 +2,9 @@
 
 - ``samd_webhook_admission_decisions_total{result, kind}``: result is ``allowed``, ``denied``,
   ``warned`` (allowed with warnings) or ``error`` (denied because the webhook could not decide);
+- ``samd_webhook_denials_total{reason}``: denials by the webhook's reason (``SignatureInvalid``,
+  ``BypassAttempt``, ``KeyExposed``, ... a fixed set; anything else counts as ``other``); the reasons
+  in `BYPASS_REASONS` are attempts to reach a model's key, volume or traffic around SAMD;
 - ``samd_webhook_admission_duration_seconds{kind}``: time from the body read to the answer;
 - ``samd_webhook_invalid_reviews_total{reason}``: bodies answered with HTTP 400, 408 (``body_timeout``)
   or 413;
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -37,6 +40,16 @@ KNOWN_KINDS = frozenset(
     {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "SecureModel"}
 )
 RESULTS = ("allowed", "denied", "warned", "error")
+DENIAL_REASONS = frozenset(
+    {
+        "MalformedObject", "InvalidPolicy", "ModelNotFound", "InvalidModel", "SignatureMissing",
+        "SignatureInvalid", "DigestMismatch", "PolicyViolation", "LoaderMissing", "LoaderAltered",
+        "InsecurePod", "KeyExposed", "BypassAttempt", "InvalidSpec", "PodAltered", "NotPermitted",
+        "NoTrustPolicy", "CoverageRemoved", "InvalidAdmissionReview", "InternalError",
+    }
+)  # fmt: skip
+BYPASS_REASONS = frozenset({"BypassAttempt", "KeyExposed", "LoaderMissing", "LoaderAltered", "PodAltered"})
+"""Denials of a workload that tried to get at a model's key, volume or traffic around the loader."""
 # Admission answers take well under a millisecond when cached; the API server gives up at 5 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -143,12 +156,23 @@ class WebhookMetrics:
             "1 once the watched state is synced and decisions can be made",
             registry=self.registry,
         )
+        self.denials = Counter(
+            "samd_webhook_denials",
+            "Admission denials by reason (BypassAttempt, KeyExposed, LoaderMissing, LoaderAltered and "
+            "PodAltered are bypass attempts)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in (*sorted(DENIAL_REASONS), "other"):
+            self.denials.labels(reason)
         self._decision_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
         # Every combination exists from the start, so that rate() works before the first event.
         for result in RESULTS:
             for kind in (*sorted(KNOWN_KINDS), "other"):
                 self.decisions.labels(result, kind)
+        for kind in (*sorted(KNOWN_KINDS), "other"):  # so rate() and the latency alert see the first reviews
+            self.duration.labels(kind)
         for result in ("loaded", "failed"):
             self.certificate_reloads.labels(result)
         for stage in ("handshake", "request"):
@@ -170,5 +194,9 @@ class WebhookMetrics:
         counter.inc()
         histogram.observe(seconds)
 
+    def observe_denial(self, reason: str) -> None:
+        self.denials.labels(reason if reason in DENIAL_REASONS else "other").inc()
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        # samd.events counts what it emits and drops in the process-wide registry.
+        return generate_latest(self.registry) + generate_latest(REGISTRY)

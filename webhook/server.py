@@ -521,6 +521,7 @@ class AdmissionServer:
             )
             log_unparsed(parsed.uid, parsed.kind, problem)
             self.metrics.observe_decision("denied", parsed.kind, time.perf_counter() - started)
+            self.metrics.observe_denial(decision.reason)
             return self._answer(parsed.uid, decision)
         decision, failed = await self._decide(parsed.request)
         result = result_of(decision, failed=failed)
@@ -531,6 +532,8 @@ class AdmissionServer:
         if attempt is not None:
             emit(attempt)  # enqueued only: the answer is not delayed
         self.metrics.observe_decision(result, parsed.request.kind.kind, seconds)
+        if not decision.allowed:
+            self.metrics.observe_denial(decision.reason)
         return self._answer(parsed.uid, decision)
 
     async def _decide(self, request: AdmissionRequest) -> tuple[Decision, bool]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # One type for the egress peers: the operator's configuration holds them, the builders read them.
-from samd.operator.config import EgressPeer, OperatorConfig
+from samd.operator.config import OPERATOR_POD_LABELS, EgressPeer, MetricsScraper, OperatorConfig
 from samd.spec import SecureModelSpec
 
 __all__ = ["BuilderSettings", "EgressPeer", "ModelContext"]
@@ -45,6 +45,8 @@ class BuilderSettings:
     """The entry of a local-provider key Secret's `data` that holds the keyset."""
     certificate_validity: datetime.timedelta = datetime.timedelta(days=90)
     certificate_renew_before: datetime.timedelta = datetime.timedelta(days=30)
+    metrics_scrapers: tuple[MetricsScraper, ...] = ()
+    """Who may scrape the model server's metrics port (the Prometheus pods); none: nobody."""
 
     @classmethod
     def of(cls, config: OperatorConfig) -> BuilderSettings:
@@ -58,6 +60,11 @@ class BuilderSettings:
             model_volume_size=config.model_volume_size,
             certificate_validity=config.certificate_validity,
             certificate_renew_before=config.renew_before,
+            # The operator reads the servers' metrics too (incident thresholds): always let it in.
+            metrics_scrapers=(
+                *config.metrics_scrapers,
+                MetricsScraper(config.namespace, OPERATOR_POD_LABELS),
+            ),
         )
 
 

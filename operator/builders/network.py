@@ -2,7 +2,7 @@
 
 One policy selects the pods labelled `samd.dev/model=<model>` for both directions, so that they are
 isolated (everything denied) except what its rules allow: ingress from the allowed clients to the
-mTLS port, egress to cluster DNS and to the storage endpoints from the settings. One object rather
+mTLS port and from the configured Prometheus pods to the metrics port, egress to cluster DNS and to the storage endpoints from the settings. One object rather
 than a default deny plus allow policies: the same isolation, and fewer objects for the API server
 to store and every watcher to process for each model.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from samd.operator.builders.context import ModelContext
 from samd.operator.builders.metadata import Manifest, owned_metadata, pod_selector_labels
 from samd.operator.builders.names import network_policy_name
+from samd.operator.builders.serving import METRICS_PORT
 from samd.spec import AllowedClient
 
 NETWORKING_API_VERSION = "networking.k8s.io/v1"
@@ -42,9 +43,21 @@ def build_network_policy(ctx: ModelContext) -> Manifest:
         "policyTypes": ["Ingress", "Egress"],
     }
     peers = [client_peer(client) for client in ctx.spec.serving.allowed_clients]
+    ingress = []
     if peers:
-        spec["ingress"] = [{"from": peers, "ports": [{"protocol": "TCP", "port": ctx.spec.serving.port}]}]
+        ingress.append({"from": peers, "ports": [{"protocol": "TCP", "port": ctx.spec.serving.port}]})
     settings = ctx.settings
+    scrapers = [
+        {
+            "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: scraper.namespace}},
+            "podSelector": {"matchLabels": dict(scraper.pod_labels)},
+        }
+        for scraper in settings.metrics_scrapers
+    ]
+    if scrapers:  # Prometheus reaches the plain-HTTP metrics port only, never the model's port
+        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": METRICS_PORT}]})
+    if ingress:
+        spec["ingress"] = ingress
     dns = {
         "to": [
             {

@@ -9,10 +9,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 
 from tests.support.serving import (
+    SAMD,
     ServerProcess,
     SignedModel,
     TlsFiles,
@@ -44,7 +46,16 @@ def proxy_argv(fetched: Path, tls: TlsFiles, signed: SignedModel, upstream: int)
 @pytest.fixture(scope="module")
 def material(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SignedModel, TlsFiles]:
     work = tmp_path_factory.mktemp("proxy")
-    signed = sign_directory(write_mlserver_sklearn_model(work / "model"), work)
+    model_dir = write_mlserver_sklearn_model(work / "model")
+    # A drift baseline from a held-out sample and the model's own predictions on it, signed with the model.
+    validation, _ = fraud_data(1000, seed=41)
+    predictions = joblib.load(model_dir / "model.joblib").predict(validation).reshape(-1, 1)
+    np.savez(work / "validation.npz", features=validation, predict=predictions)
+    subprocess.run(
+        [SAMD, "baseline", model_dir, "--sample", work / "validation.npz", "--output-tensor", "predict"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    signed = sign_directory(model_dir, work)
     fetched = as_fetched(signed, work / "fetched")
     tls = write_model_tls(work / "tls", fraud_detection(), ["payments-api", "intruder"])
     return fetched, signed, tls
@@ -132,3 +143,29 @@ def test_the_proxy_is_not_ready_without_its_upstream_and_refuses_a_remote_one(
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "must be http://127.0.0.1:PORT" in result.stderr
+
+
+def test_the_proxy_measures_drift_of_inputs_and_upstream_outputs_against_the_signed_baseline(
+    proxied: ServerProcess, material: tuple[Path, SignedModel, TlsFiles]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    _, _, tls = material
+    client = V2Client(proxied.port, client_context(tls.ca, *tls.client("payments-api")))
+    try:
+        rows, _ = fraud_data(300, seed=42)
+        rows[:, 0] += 1.5
+        for start in range(0, 300, 50):
+            assert client.infer(MODEL, rows[start : start + 50]).status == 200
+    finally:
+        client.close()
+    psi = {
+        (sample.labels["direction"], sample.labels["feature"]): sample.value
+        for family in text_string_to_metric_families(proxied.metrics())
+        if family.name == "samd_drift_population_stability_index"
+        for sample in family.samples
+    }
+    assert psi[("input", "features[0]")] > 0.25
+    assert psi[("input", "features[5]")] < 0.25
+    assert ("output", "predict") in psi  # read from MLServer's answers
+    assert psi[("output", "predict")] == psi[("output", "predict")]  # measured: not NaN

@@ -69,9 +69,9 @@ class OperatorProcess:
 
 @contextmanager
 def running_operator(cluster: Cluster, log_path: Path, **env: str) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(
-        cluster, log_path, {"SAMD_NAMESPACE": OPERATOR_NAMESPACE, **ELECTION_ENV, **env}
-    )
+    # Metrics on a free port unless a test names one: operators of parallel sessions must not collide.
+    defaults = {"SAMD_NAMESPACE": OPERATOR_NAMESPACE, "SAMD_METRICS_PORT": "0", **ELECTION_ENV}
+    operator = OperatorProcess(cluster, log_path, {**defaults, **env})
     operator.start()
     try:
         yield operator

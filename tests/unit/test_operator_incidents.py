@@ -42,10 +42,11 @@ samd_serving_refused_handshakes_total{reason="no_certificate"} 2.0
 # HELP samd_serving_requests_total Requests
 # TYPE samd_serving_requests_total counter
 samd_serving_requests_total{client="scorer",endpoint="infer",outcome="ok"} 1000.0
-# HELP samd_serving_drift_psi Population stability index
-# TYPE samd_serving_drift_psi gauge
-samd_serving_drift_psi{feature="amount"} 0.12
-samd_serving_drift_psi{feature="hour"} 0.31
+# HELP samd_drift_population_stability_index Population stability index
+# TYPE samd_drift_population_stability_index gauge
+samd_drift_population_stability_index{direction="input",feature="amount"} 0.12
+samd_drift_population_stability_index{direction="input",feature="hour"} 0.31
+samd_drift_population_stability_index{direction="output",feature="fraud_probability"} NaN
 """
 
 

@@ -997,3 +997,27 @@ async def test_a_port_in_use_stops_the_start_with_a_clear_error(running: Running
 
 def replace_port(config: WebhookConfig, port: int) -> WebhookConfig:
     return dataclasses.replace(config, port=port)
+
+
+async def test_denials_are_counted_by_reason_and_unknown_reasons_do_not_grow_the_label_set(
+    running: Running,
+) -> None:
+    def denials() -> dict[str, float]:
+        return {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(running.server.metrics.exposition().decode())
+            if family.name == "samd_webhook_denials"
+            for sample in family.samples
+        }
+
+    before = denials()
+    assert before["BypassAttempt"] == 0  # present from the start, so increase() sees the first one
+    for reason in ("BypassAttempt", "KeyExposed", "SomethingNew"):
+        running.decider.decision = Decision(allowed=False, message="refused", reason=reason)
+        status, _ = await running.review(saved_body())
+        assert status == 200
+    after = denials()
+    assert after["BypassAttempt"] == 1
+    assert after["KeyExposed"] == 1
+    assert after["other"] == 1
+    assert set(after) == set(before)

@@ -58,3 +58,11 @@ securityContext: {{- toYaml $values.podSecurityContext | nindent 2 }}
 {{- end -}}
 {{- toJson $sinks -}}
 {{- end -}}
+
+{{- define "samd.scraperLabels" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := .Values.monitoring.scraper.podLabels -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

@@ -1,5 +1,5 @@
-"""The `samd` command line: keygen, sign, verify, encrypt, decrypt, rewrap, reencrypt, fetch, inspect, serve,
-proxy, audit.
+"""The `samd` command line: keygen, baseline, sign, verify, encrypt, decrypt, rewrap, reencrypt, fetch, inspect, serve,
+proxy, quarantine, audit.
 
 `main` runs the commands and turns every failure into one clear line on stderr (`error: ...`,
 then `hint: ...` when there is one) and the exit code of its `samd.errors` class; tracebacks only

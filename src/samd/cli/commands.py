@@ -400,6 +400,181 @@ def _key_signer(
 
 
 @app.command()
+@click.argument("model_dir", metavar="MODEL_DIR", type=PATH)
+@click.option(
+    "--sample",
+    type=PATH,
+    required=True,
+    metavar="FILE",
+    help="The validation sample: .npz (one array per model input, optionally per output), .npy or .csv.",
+)
+@click.option(
+    "--input",
+    "input_name",
+    metavar="NAME",
+    help="The model input a .npy or .csv sample holds (default: the ONNX model's only input).",
+)
+@click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    metavar="NAME",
+    help="Track only these input features (repeatable; default: all, at most 64 columns in all).",
+)
+@click.option(
+    "--output-tensor",
+    "output_tensors",
+    multiple=True,
+    metavar="NAME",
+    help="A .npz array that holds the model's outputs, not an input (repeatable; for models that are not ONNX).",
+)
+@click.option(
+    "--bins", type=click.IntRange(2, 50), default=10, show_default=True, help="Quantile bins per column."
+)
+@click.option(
+    "--output",
+    "-o",
+    type=PATH,
+    metavar="PATH",
+    help="Where to write the baseline (default: MODEL_DIR/samd-baseline.json, where it gets signed).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing baseline.")
+@json_option
+@click.pass_context
+def baseline(
+    context: click.Context,
+    *,
+    model_dir: Path,
+    sample: Path,
+    input_name: str | None,
+    features: tuple[str, ...],
+    output_tensors: tuple[str, ...],
+    bins: int,
+    output: Path | None,
+    force: bool,
+    json_output: bool,
+) -> None:
+    """Write the drift baseline of a model from its validation sample, before signing it.
+
+    Every input feature and every output column of the sample is cut into quantile bins, and the
+    share of the sample in each bin is recorded in samd-baseline.json inside MODEL_DIR. The model's
+    outputs come from the .npz sample if it holds arrays named like them (or named by
+    --output-tensor), else from running the directory's ONNX model on the sample. Sign the directory afterwards: `samd serve` and `samd
+    proxy` read the baseline only from the verified files and export the drift of what they serve
+    against it (docs/monitoring.md).
+
+    \b
+    Samples:
+      .npz   arrays named like the model's inputs (numpy.savez), one row per example
+      .npy   one array, the model's only input (or --input NAME)
+      .csv   a header naming the features, then one numeric row per example
+
+    \b
+    Example:
+      samd baseline ./fraud-detection --sample validation.csv
+      samd sign ./fraud-detection --private-key signer.pem --model-version 1.4.0
+      samd baseline ./sklearn-model --sample validation.npz --output-tensor predict
+    """
+    state = _start(context, json_output)
+    from samd.drift import BASELINE_FILE, BaselineError, build_baseline, load_sample  # noqa: PLC0415
+
+    if not model_dir.is_dir():
+        raise UsageError(
+            f"the model directory {model_dir} does not exist",
+            hint="the baseline goes inside the model directory, so that `samd sign` signs it",
+        )
+    destination = output or model_dir / BASELINE_FILE
+    if destination.exists() and not force:
+        raise UsageError(f"{destination} exists", hint="pass --force to replace it")
+    session = _onnx_session(model_dir)
+    if input_name is None and session is not None and len(session.get_inputs()) == 1:
+        input_name = session.get_inputs()[0].name
+    loaded = load_sample(sample, input_name)
+    output_names = [node.name for node in session.get_outputs()] if session is not None else []
+    output_names += list(output_tensors)
+    unknown = sorted(set(output_tensors) - set(loaded.tensors))
+    if unknown:
+        raise BaselineError(f"--output-tensor {', '.join(unknown)} is not an array of the sample")
+    inputs = {name: array for name, array in loaded.tensors.items() if name not in output_names}
+    outputs = {name: array for name, array in loaded.tensors.items() if name in output_names}
+    if session is not None:
+        declared = {node.name for node in session.get_inputs()}
+        missing = sorted(declared - set(inputs))
+        if missing:
+            raise BaselineError(
+                f"the sample lacks the model input(s) {', '.join(missing)}; it holds {', '.join(sorted(inputs))}"
+            )
+        extra = sorted(set(inputs) - declared)
+        if extra:
+            raise BaselineError(f"{', '.join(extra)} is not an input or output of the model in {model_dir}")
+        if not outputs:
+            outputs = _run_onnx(session, inputs)
+    result = build_baseline(inputs, outputs, names=loaded.names, bins=bins, keep=features)
+    destination.write_bytes(result.to_json())
+    emit(
+        state,
+        {
+            "baseline": str(destination),
+            "rows": result.rows,
+            "inputs": [column.name for column in result.inputs],
+            "outputs": [column.name for column in result.outputs],
+        },
+        f"wrote {destination}: {len(result.inputs)} input feature(s) and {len(result.outputs)} output "
+        f"column(s) from {result.rows} rows\n"
+        + (
+            f"sign {model_dir} now, so the baseline is signed with the model"
+            if destination.resolve().parent == model_dir.resolve()
+            else f"copy it into the model directory as {BASELINE_FILE} before signing"
+        ),
+    )
+
+
+def _onnx_session(model_dir: Path) -> Any:
+    """An onnxruntime session of the directory's only .onnx file; None if it has none."""
+    candidates = sorted(model_dir.glob("*.onnx"))
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        raise UsageError(f"{model_dir} holds {len(candidates)} .onnx files; a model directory holds one")
+    import onnxruntime  # noqa: PLC0415
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(
+            str(candidates[0]), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise UsageError(f"onnxruntime cannot load {candidates[0]}: {error}") from None
+
+
+_ONNX_NUMPY = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}
+
+
+def _run_onnx(session: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The model's outputs on the sample, computed in chunks."""
+    import numpy as np  # noqa: PLC0415
+
+    from samd.drift import BaselineError  # noqa: PLC0415
+
+    typed = {}
+    for node in session.get_inputs():
+        dtype = _ONNX_NUMPY.get(node.type)
+        typed[node.name] = inputs[node.name].astype(dtype) if dtype else inputs[node.name]
+    rows = next(iter(typed.values())).shape[0]
+    names = [node.name for node in session.get_outputs()]
+    chunks: list[list[Any]] = []
+    try:
+        for start in range(0, rows, 4096):
+            chunks.append(
+                session.run(names, {key: value[start : start + 4096] for key, value in typed.items()})
+            )
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise BaselineError(f"the model cannot run on the sample: {error}") from None
+    return {name: np.concatenate([chunk[index] for chunk in chunks]) for index, name in enumerate(names)}
+
+
+@app.command()
 @click.argument("model", type=PATH)
 @click.option(
     "--signature",
@@ -1302,6 +1477,14 @@ serving_options = _options(
         help="Serve Prometheus metrics over plain HTTP on this port (default: no metrics).",
     ),
     click.option(
+        "--drift-window",
+        type=click.IntRange(min=100),
+        default=10_000,
+        show_default=True,
+        metavar="ROWS",
+        help="Predictions in the rolling window compared with the model's signed drift baseline.",
+    ),
+    click.option(
         "--cert-reload-interval",
         type=click.FloatRange(min=0.1),
         default=10.0,
@@ -1342,6 +1525,27 @@ def _verified_model(
     return verify_model_files(model_dir, verification, expect_digest)
 
 
+def _drift_monitor(verified: Any, window_rows: int) -> Any:
+    """The drift monitor of the model's signed baseline, read from the verified files; None without one."""
+    import logging  # noqa: PLC0415
+
+    from samd.drift import BASELINE_FILE, Baseline, DriftMonitor  # noqa: PLC0415
+
+    log = logging.getLogger("samd.serving")
+    if BASELINE_FILE not in verified.files:
+        log.info(
+            "the model carries no %s: drift is not measured (write one with `samd baseline` before signing)",
+            BASELINE_FILE,
+        )
+        return None
+    baseline = Baseline.from_json(verified.read_verified(BASELINE_FILE), BASELINE_FILE)
+    log.info(
+        "drift baseline loaded",
+        extra={"inputs": len(baseline.inputs), "outputs": len(baseline.outputs), "rows": baseline.rows},
+    )
+    return DriftMonitor(baseline, window_rows=window_rows)
+
+
 def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any]) -> None:
     """Verify the model, build the front end around the backend, and serve until SIGTERM."""
     import prometheus_client  # noqa: PLC0415
@@ -1378,6 +1582,7 @@ def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any
         ),
     )
     backend = backend_factory(verified)
+    metrics.drift.monitor = _drift_monitor(verified, options["drift_window"])
     metrics.model_load_seconds.set(time.monotonic() - started)
     config = FrontEndConfig(
         host=options["host"],

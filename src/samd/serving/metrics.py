@@ -9,20 +9,85 @@
 - ``samd_serving_forbidden_total{reason}``, ``samd_serving_rate_limited_total{client}``,
   ``samd_serving_validation_failures_total{reason}``;
 - ``samd_serving_model_load_seconds`` (verification and load), ``samd_serving_ready``;
-- ``samd_serving_certificate_reloads_total{result}``, ``samd_serving_certificate_expiry_timestamp_seconds``.
+- ``samd_serving_certificate_reloads_total{result}``, ``samd_serving_certificate_expiry_timestamp_seconds``;
+- ``samd_serving_inference_errors_total{reason}``: requests the model (``model_error``), the upstream
+  server (``upstream``) or the server itself (``internal``) failed on;
+- ``samd_serving_start_timestamp_seconds``: when this server process started (a restart changes it);
+- with a signed drift baseline in the model (see `samd.drift`): ``samd_drift_population_stability_index{direction, feature}``,
+  ``samd_drift_jensen_shannon_divergence{direction, feature}`` (NaN until the window is warm),
+  ``samd_drift_window_rows``, ``samd_drift_observed_rows_total`` and ``samd_drift_baseline_loaded``.
 
-``client`` is a name from the allowed clients, or ``other``: a caller cannot grow the label set.
+``client`` is a name from the allowed clients, or ``other``: a caller cannot grow the label set;
+``feature`` comes from the signed baseline, which holds at most `samd.drift.MAX_COLUMNS` columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from samd.drift import DriftMonitor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ENDPOINTS = frozenset({"infer", "metadata", "ready", "live", "server", "other"})
+INFERENCE_ERRORS = ("model_error", "upstream", "internal")
+REFUSED_HANDSHAKE_REASONS = (
+    "no_certificate",
+    "untrusted_certificate",
+    "protocol_version",
+    "timeout",
+    "other",
+)
+FORBIDDEN_REASONS = ("no_certificate", "no_common_name", "wrong_organization", "client_not_allowed")
+
+
+class DriftCollector(Collector):
+    """The drift gauges, computed from the monitor's window at each scrape."""
+
+    def __init__(self, monitor: DriftMonitor | None) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        monitor = self.monitor
+        yield GaugeMetricFamily(
+            "samd_drift_baseline_loaded",
+            "1 if the model carries a signed drift baseline (samd-baseline.json) and drift is measured",
+            value=0 if monitor is None else 1,
+        )
+        if monitor is None:
+            return
+        drift = monitor.drift()
+        psi = GaugeMetricFamily(
+            "samd_drift_population_stability_index",
+            "PSI of the recent window against the signed baseline (0.1 moderate, 0.25 significant)",
+            labels=["direction", "feature"],
+        )
+        divergence = GaugeMetricFamily(
+            "samd_drift_jensen_shannon_divergence",
+            "Jensen-Shannon divergence in bits of the recent window against the signed baseline",
+            labels=["direction", "feature"],
+        )
+        for column in drift:
+            psi.add_metric([column.direction, column.name], column.psi)
+            divergence.add_metric([column.direction, column.name], column.jensen_shannon)
+        yield psi
+        yield divergence
+        yield GaugeMetricFamily(
+            "samd_drift_window_rows", "Rows in the rolling drift window", value=monitor.window_rows()
+        )
+        yield CounterMetricFamily(
+            "samd_drift_observed_rows",
+            "Rows (predictions) added to the drift window since start",
+            value=monitor.observed_rows,
+        )
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return iter(())
 
 
 class ServingMetrics:
@@ -84,6 +149,30 @@ class ServingMetrics:
             "When the serving certificate in use expires (Unix time)",
             registry=registry,
         )
+
+        self.inference_errors = Counter(
+            "samd_serving_inference_errors",
+            "Checked requests the model (model_error), the upstream (upstream) or the server (internal) failed on",
+            ["reason"],
+            registry=registry,
+        )
+        # Present at 0 from the start: increase() and the alerts then see the first refusals too.
+        for reason in INFERENCE_ERRORS:
+            self.inference_errors.labels(reason)
+        for reason in REFUSED_HANDSHAKE_REASONS:
+            self.refused_handshakes.labels(reason)
+        for reason in FORBIDDEN_REASONS:
+            self.forbidden.labels(reason)
+        for endpoint in ENDPOINTS:
+            self.duration.labels(endpoint)
+        self.start_time = Gauge(
+            "samd_serving_start_timestamp_seconds",
+            "When this server process started (Unix time); a change means a restart",
+            registry=registry,
+        )
+        self.start_time.set(time.time())
+        self.drift = DriftCollector(None)
+        registry.register(self.drift)
 
     def client_label(self, client: str | None) -> str:
         return client if client is not None and client in self.clients else "other"

@@ -287,6 +287,10 @@ class FrontEnd:
             self.metrics.rate_limited.labels(self.metrics.client_label(client)).inc()
         elif refused.status in (400, 413):
             self.metrics.validation_failures.labels(refused.reason).inc()
+        if refused.reason in ("model_error", "upstream"):
+            self.metrics.inference_errors.labels(refused.reason).inc()
+        elif refused.status == 500:
+            self.metrics.inference_errors.labels("internal").inc()
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         refusals.warning(
             "request refused",
@@ -377,6 +381,9 @@ class FrontEnd:
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         parsed = parse_infer_request(load_document(header), binary, metadata, self.config.limits)
         document, parts = await self.backend.infer(parsed, body, request.headers)
+        drift = self.metrics.drift.monitor
+        if drift is not None:  # one append; decoded and binned per batch (samd.drift)
+            drift.observe_answer(parsed.inputs, document, parts)
         document["model_name"] = self._model
         if self.config.provenance.model_version:
             document["model_version"] = self.config.provenance.model_version
