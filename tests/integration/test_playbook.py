@@ -1,8 +1,5 @@
 """docs/playbook.md, performed: each runbook's steps on the real control plane, checking what it says
 the user sees. (The webhook outage runbook is in test_playbook_webhook.py: it stops its own webhook.)
-
-Runbooks that need `samd quarantine` (issue 12) perform every other step here; the quarantine steps
-are marked QUARANTINE with what they must assert, to be filled in once that command exists.
 """
 
 from __future__ import annotations
@@ -251,6 +248,33 @@ def test_operator_down_key_rotation_overdue_and_certificate_expiring(
     } == set()  # fmt: skip
 
 
+def samd(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run `samd ARGS` in-process as a person would; what it printed (it must succeed)."""
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    assert code == 0, f"samd {' '.join(args)} exited {code}: {captured.err}"
+    return captured.out
+
+
+def model_pods(scenario: Scenario) -> list[Any]:
+    return list(
+        scenario.core.list_namespaced_pod(scenario.namespace, label_selector=f"samd.dev/model={MODEL}").items
+    )
+
+
+def replicas(scenario: Scenario) -> int:
+    return int(scenario.apps.read_namespaced_deployment(MODEL, scenario.namespace).spec.replicas or 0)
+
+
+def model_events(scenario: Scenario, reason: str) -> list[Any]:
+    return list(
+        scenario.core.list_namespaced_event(
+            scenario.namespace, field_selector=f"involvedObject.name={MODEL},reason={reason}"
+        ).items
+    )
+
+
 def _impersonating(cluster: Cluster, user: str) -> client.ApiClient:
     api = cluster.api_client()
     api.set_default_header("Impersonate-User", user)  # type: ignore[no-untyped-call]
@@ -334,12 +358,64 @@ def test_repeated_unauthorized_access_exfiltration_review_and_drift_check(  # no
         return False
 
     eventually(forbidden_by_rbac, 10, "RBAC to refuse the intruder")
-    # QUARANTINE (issue 12), step 4 of repeated unauthorized access / step 1 of exfiltration:
-    #   samd quarantine set NS/fraud-detection -> Ready False, reason Quarantined; the model's pods gone;
-    #   samd quarantine clear NS/fraud-detection -> Ready True again.
+    # 4. The model may have been reached: quarantine it (exfiltration, step 1), as a cluster admin.
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    why = "INC-4711: suspected exfiltration"
+    said = samd(capsys, "quarantine", "set", MODEL, "-n", ns, "--message", why)
+    assert said.startswith(f"SecureModel {ns}/{MODEL} quarantined by ")
+    assert said.rstrip().endswith(f": Manual: {why}")
+
+    def quarantined() -> bool:
+        ready = scenario.condition(MODEL, "Ready") or {}
+        return (ready.get("status"), ready.get("reason")) == ("False", "Quarantined")
+
+    eventually(quarantined, 30, "Ready False, reason Quarantined")
+    eventually(lambda: replicas(scenario) == 0, 30, "the Deployment to be scaled to zero")
+    eventually(lambda: not model_pods(scenario), 60, "the model's pods to be gone")
+    assert deployment_exists(scenario)  # evidence stays
+
+    def operators_event() -> list[Any]:
+        return [e for e in model_events(scenario, "Quarantined") if f"Manual: {why} (by " in e.message]
+
+    eventually(lambda: bool(operators_event()), 30, "a Quarantined Event on the model")
+    assert operators_event()[0].type == "Warning"
+    assert "scaled to zero" in operators_event()[0].message
+    with pytest.raises(ApiException) as refused_copy:
+        scenario.core.create_namespaced_pod(ns, model_pod(scenario, "copy-of-the-operators-pod"))
+    refused_message = refusal(refused_copy.value)
+    assert 'admission webhook "pods.webhook.samd.dev" denied the request' in refused_message
+    assert f"SecureModel {MODEL} is quarantined (Manual: {why})" in refused_message
+    assert f"(samd quarantine clear {MODEL} --namespace {ns})" in refused_message
+    # Exfiltration, step 4: the audit again, until the access findings are gone.
     again = run_audit(cluster.kubeconfig, capsys, monkeypatch, "--namespace", ns)
     assert not [f for f in again.findings(namespace=ns) if "intruder@example.com" in f["message"]]
     assert not again.findings("key-secret-readable")
+    # Exfiltration, step 5: re-encrypt the artifact (leaked data key, steps 1 and 2), then clear.
+    keyset = tmp_path_factory.mktemp("incident") / "keyset.json"
+    keyset.write_bytes(
+        base64.b64decode(scenario.core.read_namespaced_secret("fraud-detection-key", ns).data["keyset.json"])
+    )
+    keyset.chmod(0o600)
+    leaked = data_key(scenario.artifacts.artifact, keyset.read_bytes())
+    samd(capsys, "reencrypt", str(scenario.artifacts.artifact), "--key", f"local:{keyset}")
+    assert data_key(scenario.artifacts.artifact, keyset.read_bytes()) != leaked
+    said = samd(capsys, "quarantine", "clear", MODEL, "-n", ns, "--message", "INC-4711 closed")
+    assert said.startswith(f"SecureModel {ns}/{MODEL}: quarantine cleared by ")
+    eventually(lambda: replicas(scenario) == 2, 30, "the Deployment to be scaled back")
+    scenario.wait_condition(MODEL, "Ready", "True", timeout=90)
+    eventually(
+        lambda: bool(model_events(scenario, "QuarantineCleared")),
+        30,
+        "a QuarantineCleared Event on the model",
+    )
+    assert "serving again" in model_events(scenario, "QuarantineCleared")[0].message
+    assert "is not quarantined" in samd(capsys, "quarantine", "show", MODEL, "-n", ns)
+
+    def serving_again() -> bool:
+        pods = model_pods(scenario)
+        return len(pods) == 2 and all(p.status.phase == "Running" for p in pods)
+
+    eventually(serving_again, 60, "two model pods Running again")
     # Drift alert, step 1: the model served is the one signed (status, pods, audit).
     digest = scenario.artifacts.manifest_digest()
     assert scenario.model(MODEL)["status"]["verification"]["manifestDigest"] == digest

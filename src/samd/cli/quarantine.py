@@ -86,19 +86,19 @@ def _write(
     from lightkube.core.exceptions import ApiError  # noqa: PLC0415
     from lightkube.types import PatchType  # noqa: PLC0415
 
-    client = _client(kubeconfig, context)
     resource = _model_resource()
     action = "set" if quarantine["active"] else "clear"
     try:
-        client.get(resource, model, namespace=namespace)  # a clear "does not exist" before the write
-        quarantine["by"] = _who_am_i(client) or "unknown"
-        client.patch(
-            resource.Status,
-            model,
-            {"status": {"quarantine": quarantine}},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-        )
+        with _client(kubeconfig, context) as client:  # closed: no connection left open behind us
+            client.get(resource, model, namespace=namespace)  # a clear "does not exist" before the write
+            quarantine["by"] = _who_am_i(client) or "unknown"
+            client.patch(
+                resource.Status,
+                model,
+                {"status": {"quarantine": quarantine}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
     except ApiError as error:
         raise _api_error(error, model, namespace, action) from error
     except OSError as error:
@@ -219,9 +219,9 @@ def show_quarantine(  # noqa: PLR0917 - click passes every option
 
     state = _state(context)
     state.json = state.json or json_output
-    client = _client(kubeconfig, kube_context)
     try:
-        found = client.get(_model_resource(), model, namespace=namespace)
+        with _client(kubeconfig, kube_context) as client:
+            found = client.get(_model_resource(), model, namespace=namespace)
     except ApiError as error:
         raise _api_error(error, model, namespace, "read") from error
     status = found.status or {}
