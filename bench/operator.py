@@ -494,6 +494,7 @@ def samd_target(kubeconfig: Path, artifacts: Any) -> Target:
         env={
             "KUBECONFIG": str(kubeconfig),
             "SAMD_NAMESPACE": OPERATOR_NAMESPACE,
+            "SAMD_METRICS_PORT": "0",  # any free port: the benchmark does not scrape it
             # The model is a local file: the development switch, for its directory only.
             "SAMD_ALLOW_LOCAL_FILES": "true",
             "SAMD_LOCAL_FILE_ROOTS": str(Path(artifacts.artifact).parent),
