@@ -50,7 +50,7 @@ def test_helm_lint_strict_passes_for_every_certificate_source() -> None:
     ("values", "message"),
     [
         (("--set", "webhook.replicas=0"), "at '/webhook/replicas': minimum: got 0, want 1"),
-        (("--set", "operator.replicas=2"), "at '/operator/replicas': maximum: got 2, want 1"),
+        (("--set", "operator.replicas=-1"), "at '/operator/replicas': minimum: got -1, want 0"),
         (("--set", "webhook.timeoutSeconds=60"), "at '/webhook/timeoutSeconds': maximum: got 60, want 30"),
         (("--set", "image.tag=1"), "at '/image/tag': got number, want string"),
         (("--set", "webhook.certificate.source=vault"), "at '/webhook/certificate/source': value must be one of"),
@@ -174,7 +174,12 @@ def test_identity_placement_and_pod_settings_reach_their_objects(values_file: Pa
     )
     assert operator["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert operator["metadata"]["labels"]["app.kubernetes.io/name"] == "samd-operator"  # the selector's
-    assert operator["metadata"]["annotations"] == wanted["podAnnotations"]
+    # The user's annotations beside the chart's own scrape annotations (monitoring.operatorMetricsPort).
+    assert operator["metadata"]["annotations"] == {
+        **wanted["podAnnotations"],
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9090",
+    }
     spec = operator["spec"]
     for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName"):
         assert spec[key] == wanted[key], key

@@ -280,7 +280,8 @@ def test_a_minimal_secure_model_gets_the_documented_defaults(
 
 def test_a_trust_policy_is_accepted_and_defaulted(custom: client.CustomObjectsApi, policy_name: str) -> None:
     created = create_policy(custom, policy_name, policy_spec())
-    assert created["spec"] == policy_spec()
+    # Automated incident responses are off unless asked for (docs/events.md).
+    assert created["spec"] == {**policy_spec(), "responses": {"quarantine": False}}
     assert "namespace" not in created["metadata"]  # cluster-scoped
 
     minimal = {
@@ -295,6 +296,7 @@ def test_a_trust_policy_is_accepted_and_defaulted(custom: client.CustomObjectsAp
     assert defaulted["spec"]["requireEncryption"] is True
     assert defaulted["spec"]["versionPolicy"] == {"allowDowngrade": False, "requireSignedVersion": True}
     assert defaulted["spec"]["namespaceSelector"] == {}
+    assert defaulted["spec"]["responses"] == {"quarantine": False}
     assert parse_trust_policy(defaulted["spec"]) == parse_trust_policy(minimal)
 
 

@@ -77,7 +77,7 @@ def test_every_command_of_the_tutorial_runs_in_order(
         assert result.returncode == 0, output[-4000:]
         # What the tutorial says the reader sees.
         assert result.stdout.startswith("ok")  # kubectl get --raw /readyz
-        assert "verified: 2 file(s) match the signature" in output
+        assert "verified: 3 file(s) match the signature" in output
         assert "model: fraud-detection version 1.4.0" in output
         assert "signature-invalid" in output
         assert "re-encrypted fraud-detection.samd under a new data key" in output
