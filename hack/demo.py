@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 from hack import local_node
+from hack.alerting import ScrapeJob, firing_alerts, prometheus_config, write_shortened_rules
 from hack.pod_client import Call, client_pod, copied_secret, outcome
 
 from samd.operator.config import OperatorConfig
@@ -67,6 +68,8 @@ PREFIX = "fraud-detection/1.4.0"
 CLIENT_CERTIFICATE_SECRET = "fraud-detection-client-payments-api"  # noqa: S105 - a Secret's name
 FEATURES = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
 OPERATOR_METRICS_PORT = int(os.environ.get("SAMD_DEMO_OPERATOR_METRICS_PORT", "16946"))
+PROMETHEUS_PORT = int(os.environ.get("SAMD_DEMO_PROMETHEUS_PORT", "16947"))
+ALERT_TIMEOUT = 40.0  # seconds: scrapes and evaluations every second, `for:` shortened to 2 s
 BIN = Path(sys.executable).parent
 
 
@@ -308,10 +311,12 @@ def up() -> None:
     else:
         serve_on_node()
         show_metrics(served_here=False)
+    show_alert(served_here=node_ip is None)
 
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
     print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
+    print(f"Prometheus: http://127.0.0.1:{PROMETHEUS_PORT}/alerts")
     print("stop everything: make demo-down")
 
 
@@ -768,6 +773,59 @@ def show_metrics(*, served_here: bool) -> None:
     print_metrics(OPERATOR_METRICS_PORT, operator_lines)
     print("Alert rules: deploy/prometheus/samd-alerts.yaml; SamdModelDrift fires when a PSI stays above "
           "0.25 for 15 minutes (docs/monitoring.md)")  # fmt: skip
+
+
+WATCHED_ALERT = ("SamdModelNotReady", "fraud-detection-tampered")
+
+
+def show_alert(*, served_here: bool) -> None:
+    """A real Prometheus with SAMD's rules scrapes the demo's endpoints until an alert fires: the
+    tampered model is not Ready (the operator runs here in both paths, so this works in both)."""
+    step("Alerts: a real Prometheus loads SAMD's rules (`for:` shortened to 2 s) and scrapes the demo")
+    folder = DEMO / "prometheus"
+    if folder.exists():
+        shutil.rmtree(folder)  # a fresh database: only this run's alerts
+    folder.mkdir(parents=True)
+    write_shortened_rules(folder / "samd-alerts.yaml")
+    jobs = [
+        ScrapeJob("samd-operator", f"127.0.0.1:{OPERATOR_METRICS_PORT}"),
+        ScrapeJob("samd-webhook", f"127.0.0.1:{WEBHOOK_PORT}", DEMO / "webhook-tls" / "ca.crt", "localhost"),
+    ]
+    if served_here:
+        jobs.append(ScrapeJob("samd-model", f"127.0.0.1:{SERVE_METRICS_PORT}"))
+    config = prometheus_config(jobs, rule_file="samd-alerts.yaml")
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        raise SystemExit(
+            "demo: no `prometheus` on PATH; `make deps` installs the Debian package (hack/install-system-deps)"
+        )
+    start_daemon(
+        "prometheus",
+        [prometheus, "--config.file", str(folder / "prometheus.yml"), "--storage.tsdb.path", str(folder / "data"),
+         "--web.listen-address", f"127.0.0.1:{PROMETHEUS_PORT}"],
+    )  # fmt: skip
+    print(f"scraping every second: {', '.join(f'{job.name} ({job.target})' for job in jobs)}")
+    url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+    firing: list[dict[str, Any]] = []
+
+    def watched_alert_fires() -> bool:
+        try:
+            firing[:] = firing_alerts(url)
+        except OSError:
+            return False  # not listening yet
+        return any((a["labels"].get("alertname"), a["labels"].get("model")) == WATCHED_ALERT for a in firing)
+
+    started = time.monotonic()
+    wait_for(
+        f"Prometheus to fire {WATCHED_ALERT[0]} for {WATCHED_ALERT[1]}", watched_alert_fires, ALERT_TIMEOUT
+    )
+    print(f"$ curl {url}/api/v1/alerts   # firing after {time.monotonic() - started:.0f} s")
+    for alert in sorted(firing, key=lambda a: (a["labels"]["alertname"], sorted(a["labels"].items()))):
+        labels = {k: v for k, v in alert["labels"].items() if k != "alertname"}
+        print(f"FIRING {alert['labels']['alertname']} {json.dumps(labels, sort_keys=True)}")
+        print(f"  {alert['annotations'].get('summary', '')}")
+        print(f"  runbook_url: {alert['annotations'].get('runbook_url', '')}")
 
 
 def main() -> int:
