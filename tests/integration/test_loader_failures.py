@@ -50,21 +50,18 @@ def test_a_loader_that_refuses_the_model_is_counted_once_and_recorded_on_the_sec
     before = loader_failures(port, "verification")
     scenario.apply_model(scenario.example())
     name = f"{MODEL}-{uuid.uuid4().hex[:6]}"
-    scenario.core.create_namespaced_pod(
-        scenario.namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"samd.dev/model": MODEL}},
-            "spec": {
-                "nodeSelector": {
-                    "samd.dev/no-such-node": "true"
-                },  # never scheduled: nothing rewrites its status
-                "initContainers": [{"name": "samd-fetch", "image": "samd:dev", "command": ["samd", "fetch"]}],
-                "containers": [{"name": "server", "image": "samd:dev", "command": ["samd", "serve"]}],
-            },
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"samd.dev/model": MODEL}},
+        "spec": {
+            # Never scheduled: no kubelet (nor KWOK) rewrites the status this test writes.
+            "nodeSelector": {"samd.dev/no-such-node": "true"},
+            "initContainers": [{"name": "samd-fetch", "image": "samd:dev", "command": ["samd", "fetch"]}],
+            "containers": [{"name": "server", "image": "samd:dev", "command": ["samd", "serve"]}],
         },
-    )
+    }
+    scenario.core.create_namespaced_pod(scenario.namespace, pod)  # type: ignore[arg-type]
     now = datetime.datetime.now(datetime.UTC)
     waiting = {"waiting": {"reason": "PodInitializing"}}
 
@@ -100,5 +97,6 @@ def test_a_loader_that_refuses_the_model_is_counted_once_and_recorded_on_the_sec
     [event] = events
     assert event.type == "Warning"
     assert event.involved_object.kind == "SecureModel"
-    assert f"pod {name} exited with code 3" in event.message
-    assert "signature does not verify" in event.message
+    message = str(event.message)
+    assert f"pod {name} exited with code 3" in message
+    assert "signature does not verify" in message
