@@ -80,6 +80,30 @@ def prometheus_config(
     return config
 
 
+def alertmanager_config(webhook_url: str | None = None) -> dict[str, Any]:
+    """alertmanager.yml: every alert to one receiver, grouped by name, sent within a second; the
+    receiver posts to `webhook_url`, or nowhere (the alerts are then only listed by Alertmanager)."""
+    receiver: dict[str, Any] = {"name": "samd"}
+    if webhook_url is not None:
+        receiver["webhook_configs"] = [{"url": webhook_url}]
+    return {
+        "route": {
+            "receiver": "samd",
+            "group_by": ["alertname"],
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [receiver],
+    }
+
+
+def alertmanager_alerts(alertmanager: str) -> list[dict[str, Any]]:
+    """The alerts `alertmanager` (http://host:port) holds: labels, annotations, status."""
+    with urllib.request.urlopen(f"{alertmanager}/api/v2/alerts", timeout=5) as answer:  # noqa: S310 - our URL
+        return [dict(alert) for alert in json.load(answer)]
+
+
 def firing_alerts(prometheus: str) -> list[dict[str, Any]]:
     """The alerts `prometheus` (http://host:port) reports as firing: labels, annotations, activeAt."""
     with urllib.request.urlopen(f"{prometheus}/api/v1/alerts", timeout=5) as answer:  # noqa: S310 - our URL

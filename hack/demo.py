@@ -18,6 +18,9 @@
      server commands of the operator's Deployment run as local processes, with the Secrets and
      ConfigMap it mounts laid out as files; a client without a certificate and one that is not in
      spec.serving.clients are refused.
+7. show the metrics endpoints (drift of shifted traffic, when the server runs here; the operator's),
+   then start a real Prometheus with SAMD's alert rules (`for:` shortened) and a real Alertmanager,
+   and print the alerts that fire: at least `SamdModelNotReady` for the tampered model.
 
 `SAMD_DEMO_NODE=fake` keeps the demo on the fake node; `SAMD_DEMO_NODE=real` fails instead of falling
 back. `hack/demo down` (or `make demo-down`) stops everything. State lives in `.local/demo`.
@@ -46,7 +49,14 @@ from typing import Any
 
 import yaml
 from hack import local_node
-from hack.alerting import ScrapeJob, firing_alerts, prometheus_config, write_shortened_rules
+from hack.alerting import (
+    ScrapeJob,
+    alertmanager_alerts,
+    alertmanager_config,
+    firing_alerts,
+    prometheus_config,
+    write_shortened_rules,
+)
 from hack.pod_client import Call, client_pod, copied_secret, outcome
 
 from samd.operator.config import OperatorConfig
@@ -69,6 +79,7 @@ CLIENT_CERTIFICATE_SECRET = "fraud-detection-client-payments-api"  # noqa: S105 
 FEATURES = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
 OPERATOR_METRICS_PORT = int(os.environ.get("SAMD_DEMO_OPERATOR_METRICS_PORT", "16946"))
 PROMETHEUS_PORT = int(os.environ.get("SAMD_DEMO_PROMETHEUS_PORT", "16947"))
+ALERTMANAGER_PORT = int(os.environ.get("SAMD_DEMO_ALERTMANAGER_PORT", "16948"))
 ALERT_TIMEOUT = 40.0  # seconds: scrapes and evaluations every second, `for:` shortened to 2 s
 BIN = Path(sys.executable).parent
 
@@ -316,7 +327,9 @@ def up() -> None:
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
     print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
-    print(f"Prometheus: http://127.0.0.1:{PROMETHEUS_PORT}/alerts")
+    print(
+        f"alerts: http://127.0.0.1:{PROMETHEUS_PORT}/alerts (Prometheus), http://127.0.0.1:{ALERTMANAGER_PORT} (Alertmanager)"
+    )
     print("stop everything: make demo-down")
 
 
@@ -779,12 +792,13 @@ WATCHED_ALERT = ("SamdModelNotReady", "fraud-detection-tampered")
 
 
 def show_alert(*, served_here: bool) -> None:
-    """A real Prometheus with SAMD's rules scrapes the demo's endpoints until an alert fires: the
-    tampered model is not Ready (the operator runs here in both paths, so this works in both)."""
+    """A real Prometheus with SAMD's rules scrapes the demo's endpoints until an alert fires, and hands
+    it to a real Alertmanager: the tampered model is not Ready (the operator runs here in both paths,
+    so this works in both)."""
     step("Alerts: a real Prometheus loads SAMD's rules (`for:` shortened to 2 s) and scrapes the demo")
     folder = DEMO / "prometheus"
     if folder.exists():
-        shutil.rmtree(folder)  # a fresh database: only this run's alerts
+        shutil.rmtree(folder)  # fresh databases: only this run's alerts
     folder.mkdir(parents=True)
     write_shortened_rules(folder / "samd-alerts.yaml")
     jobs = [
@@ -793,39 +807,63 @@ def show_alert(*, served_here: bool) -> None:
     ]
     if served_here:
         jobs.append(ScrapeJob("samd-model", f"127.0.0.1:{SERVE_METRICS_PORT}"))
-    config = prometheus_config(jobs, rule_file="samd-alerts.yaml")
+    config = prometheus_config(
+        jobs, rule_file="samd-alerts.yaml", alertmanager=f"127.0.0.1:{ALERTMANAGER_PORT}"
+    )
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        raise SystemExit(
-            "demo: no `prometheus` on PATH; `make deps` installs the Debian package (hack/install-system-deps)"
-        )
+    # No receiver is configured: Alertmanager only holds the alerts (docs/monitoring.md: route them).
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config()))
+    start_daemon(
+        "alertmanager",
+        [installed("prometheus-alertmanager"), "--config.file", str(folder / "alertmanager.yml"),
+         "--storage.path", str(folder / "alertmanager-data"),
+         "--web.listen-address", f"127.0.0.1:{ALERTMANAGER_PORT}", "--cluster.listen-address", ""],
+    )  # fmt: skip
     start_daemon(
         "prometheus",
-        [prometheus, "--config.file", str(folder / "prometheus.yml"), "--storage.tsdb.path", str(folder / "data"),
-         "--web.listen-address", f"127.0.0.1:{PROMETHEUS_PORT}"],
+        [installed("prometheus"), "--config.file", str(folder / "prometheus.yml"),
+         "--storage.tsdb.path", str(folder / "data"), "--web.listen-address", f"127.0.0.1:{PROMETHEUS_PORT}"],
     )  # fmt: skip
     print(f"scraping every second: {', '.join(f'{job.name} ({job.target})' for job in jobs)}")
-    url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+    prometheus, alertmanager = f"http://127.0.0.1:{PROMETHEUS_PORT}", f"http://127.0.0.1:{ALERTMANAGER_PORT}"
     firing: list[dict[str, Any]] = []
 
-    def watched_alert_fires() -> bool:
+    def watched(alerts: list[dict[str, Any]]) -> bool:
+        return any((a["labels"].get("alertname"), a["labels"].get("model")) == WATCHED_ALERT for a in alerts)
+
+    def fired() -> bool:
         try:
-            firing[:] = firing_alerts(url)
+            firing[:] = firing_alerts(prometheus)
         except OSError:
             return False  # not listening yet
-        return any((a["labels"].get("alertname"), a["labels"].get("model")) == WATCHED_ALERT for a in firing)
+        return watched(firing)
+
+    def delivered() -> bool:
+        try:
+            return watched(alertmanager_alerts(alertmanager))
+        except OSError:
+            return False
 
     started = time.monotonic()
-    wait_for(
-        f"Prometheus to fire {WATCHED_ALERT[0]} for {WATCHED_ALERT[1]}", watched_alert_fires, ALERT_TIMEOUT
-    )
-    print(f"$ curl {url}/api/v1/alerts   # firing after {time.monotonic() - started:.0f} s")
+    wait_for(f"Prometheus to fire {WATCHED_ALERT[0]} for {WATCHED_ALERT[1]}", fired, ALERT_TIMEOUT)
+    print(f"$ curl {prometheus}/api/v1/alerts   # firing after {time.monotonic() - started:.0f} s")
     for alert in sorted(firing, key=lambda a: (a["labels"]["alertname"], sorted(a["labels"].items()))):
         labels = {k: v for k, v in alert["labels"].items() if k != "alertname"}
         print(f"FIRING {alert['labels']['alertname']} {json.dumps(labels, sort_keys=True)}")
         print(f"  {alert['annotations'].get('summary', '')}")
         print(f"  runbook_url: {alert['annotations'].get('runbook_url', '')}")
+    wait_for(f"Alertmanager to receive {WATCHED_ALERT[0]}", delivered, 15)
+    print(
+        f"Alertmanager ({alertmanager}/#/alerts) received {WATCHED_ALERT[0]} for {WATCHED_ALERT[1]}; "
+        "give it a receiver (chat, paging, a SOAR webhook) to be told"
+    )
+
+
+def installed(program: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        raise SystemExit(f"demo: no `{program}` on PATH; `make deps` installs it (hack/install-system-deps)")
+    return found
 
 
 def main() -> int:

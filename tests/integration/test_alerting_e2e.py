@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hack.alerting import ScrapeJob, prometheus_config, write_shortened_rules
+from hack.alerting import ScrapeJob, alertmanager_config, prometheus_config, write_shortened_rules
 
 from tests.integration.test_serving_drift import signed_model_with_baseline
 from tests.support.cluster import REPO, Cluster
@@ -120,23 +120,7 @@ def test_real_prometheus_fires_and_alertmanager_delivers_samd_alerts(
         )  # fmt: skip
         alertmanager_port, prometheus_port = free_port(), free_port()
         (tmp_path / "alertmanager.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "route": {
-                        "receiver": "test",
-                        "group_by": ["alertname"],
-                        "group_wait": "1s",
-                        "group_interval": "1s",
-                        "repeat_interval": "1h",
-                    },
-                    "receivers": [
-                        {
-                            "name": "test",
-                            "webhook_configs": [{"url": f"http://127.0.0.1:{receiver.server_port}/"}],
-                        }
-                    ],
-                }
-            )
+            yaml.safe_dump(alertmanager_config(f"http://127.0.0.1:{receiver.server_port}/"))
         )
         processes.append(
             _daemon(
