@@ -18,6 +18,9 @@
      server commands of the operator's Deployment run as local processes, with the Secrets and
      ConfigMap it mounts laid out as files; a client without a certificate and one that is not in
      spec.serving.clients are refused.
+7. show the metrics endpoints (drift of shifted traffic, when the server runs here; the operator's),
+   then start a real Prometheus with SAMD's alert rules (`for:` shortened) and a real Alertmanager,
+   and print the alerts that fire: at least `SamdModelNotReady` for the tampered model.
 
 `SAMD_DEMO_NODE=fake` keeps the demo on the fake node; `SAMD_DEMO_NODE=real` fails instead of falling
 back. `hack/demo down` (or `make demo-down`) stops everything. State lives in `.local/demo`.
@@ -46,6 +49,14 @@ from typing import Any
 
 import yaml
 from hack import local_node
+from hack.alerting import (
+    ScrapeJob,
+    alertmanager_alerts,
+    alertmanager_config,
+    firing_alerts,
+    prometheus_config,
+    write_shortened_rules,
+)
 from hack.pod_client import Call, client_pod, copied_secret, outcome
 
 from samd.operator.config import OperatorConfig
@@ -67,6 +78,9 @@ PREFIX = "fraud-detection/1.4.0"
 CLIENT_CERTIFICATE_SECRET = "fraud-detection-client-payments-api"  # noqa: S105 - a Secret's name
 FEATURES = [[1.2, 0.4, -0.3, 1.8, 0.2, -0.5, 0.7, 1.1], [0.1, -0.2, 0.3, -0.4, 0.0, 0.6, -0.1, 0.2]]
 OPERATOR_METRICS_PORT = int(os.environ.get("SAMD_DEMO_OPERATOR_METRICS_PORT", "16946"))
+PROMETHEUS_PORT = int(os.environ.get("SAMD_DEMO_PROMETHEUS_PORT", "16947"))
+ALERTMANAGER_PORT = int(os.environ.get("SAMD_DEMO_ALERTMANAGER_PORT", "16948"))
+ALERT_TIMEOUT = 40.0  # seconds: scrapes and evaluations every second, `for:` shortened to 2 s
 BIN = Path(sys.executable).parent
 
 
@@ -308,10 +322,14 @@ def up() -> None:
     else:
         serve_on_node()
         show_metrics(served_here=False)
+    show_alert(served_here=node_ip is None)
 
     step("Done")
     print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get sm -n {NAMESPACE}")
     print(f"logs: {DEMO}/operator.log, {DEMO}/webhook.log")
+    print(
+        f"alerts: http://127.0.0.1:{PROMETHEUS_PORT}/alerts (Prometheus), http://127.0.0.1:{ALERTMANAGER_PORT} (Alertmanager)"
+    )
     print("stop everything: make demo-down")
 
 
@@ -768,6 +786,84 @@ def show_metrics(*, served_here: bool) -> None:
     print_metrics(OPERATOR_METRICS_PORT, operator_lines)
     print("Alert rules: deploy/prometheus/samd-alerts.yaml; SamdModelDrift fires when a PSI stays above "
           "0.25 for 15 minutes (docs/monitoring.md)")  # fmt: skip
+
+
+WATCHED_ALERT = ("SamdModelNotReady", "fraud-detection-tampered")
+
+
+def show_alert(*, served_here: bool) -> None:
+    """A real Prometheus with SAMD's rules scrapes the demo's endpoints until an alert fires, and hands
+    it to a real Alertmanager: the tampered model is not Ready (the operator runs here in both paths,
+    so this works in both)."""
+    step("Alerts: a real Prometheus loads SAMD's rules (`for:` shortened to 2 s) and scrapes the demo")
+    folder = DEMO / "prometheus"
+    if folder.exists():
+        shutil.rmtree(folder)  # fresh databases: only this run's alerts
+    folder.mkdir(parents=True)
+    write_shortened_rules(folder / "samd-alerts.yaml")
+    jobs = [
+        ScrapeJob("samd-operator", f"127.0.0.1:{OPERATOR_METRICS_PORT}"),
+        ScrapeJob("samd-webhook", f"127.0.0.1:{WEBHOOK_PORT}", DEMO / "webhook-tls" / "ca.crt", "localhost"),
+    ]
+    if served_here:
+        jobs.append(ScrapeJob("samd-model", f"127.0.0.1:{SERVE_METRICS_PORT}"))
+    config = prometheus_config(
+        jobs, rule_file="samd-alerts.yaml", alertmanager=f"127.0.0.1:{ALERTMANAGER_PORT}"
+    )
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    # No receiver is configured: Alertmanager only holds the alerts (docs/monitoring.md: route them).
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config()))
+    start_daemon(
+        "alertmanager",
+        [installed("prometheus-alertmanager"), "--config.file", str(folder / "alertmanager.yml"),
+         "--storage.path", str(folder / "alertmanager-data"),
+         "--web.listen-address", f"127.0.0.1:{ALERTMANAGER_PORT}", "--cluster.listen-address", ""],
+    )  # fmt: skip
+    start_daemon(
+        "prometheus",
+        [installed("prometheus"), "--config.file", str(folder / "prometheus.yml"),
+         "--storage.tsdb.path", str(folder / "data"), "--web.listen-address", f"127.0.0.1:{PROMETHEUS_PORT}"],
+    )  # fmt: skip
+    print(f"scraping every second: {', '.join(f'{job.name} ({job.target})' for job in jobs)}")
+    prometheus, alertmanager = f"http://127.0.0.1:{PROMETHEUS_PORT}", f"http://127.0.0.1:{ALERTMANAGER_PORT}"
+    firing: list[dict[str, Any]] = []
+
+    def watched(alerts: list[dict[str, Any]]) -> bool:
+        return any((a["labels"].get("alertname"), a["labels"].get("model")) == WATCHED_ALERT for a in alerts)
+
+    def fired() -> bool:
+        try:
+            firing[:] = firing_alerts(prometheus)
+        except OSError:
+            return False  # not listening yet
+        return watched(firing)
+
+    def delivered() -> bool:
+        try:
+            return watched(alertmanager_alerts(alertmanager))
+        except OSError:
+            return False
+
+    started = time.monotonic()
+    wait_for(f"Prometheus to fire {WATCHED_ALERT[0]} for {WATCHED_ALERT[1]}", fired, ALERT_TIMEOUT)
+    print(f"$ curl {prometheus}/api/v1/alerts   # firing after {time.monotonic() - started:.0f} s")
+    for alert in sorted(firing, key=lambda a: (a["labels"]["alertname"], sorted(a["labels"].items()))):
+        labels = {k: v for k, v in alert["labels"].items() if k != "alertname"}
+        print(f"FIRING {alert['labels']['alertname']} {json.dumps(labels, sort_keys=True)}")
+        print(f"  {alert['annotations'].get('summary', '')}")
+        print(f"  runbook_url: {alert['annotations'].get('runbook_url', '')}")
+    wait_for(f"Alertmanager to receive {WATCHED_ALERT[0]}", delivered, 15)
+    print(
+        f"Alertmanager ({alertmanager}/#/alerts) received {WATCHED_ALERT[0]} for {WATCHED_ALERT[1]}; "
+        "give it a receiver (chat, paging, a SOAR webhook) to be told"
+    )
+
+
+def installed(program: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        raise SystemExit(f"demo: no `{program}` on PATH; `make deps` installs it (hack/install-system-deps)")
+    return found
 
 
 def main() -> int:

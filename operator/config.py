@@ -185,8 +185,9 @@ def variables() -> tuple[Variable, ...]:
         Variable(
             "SAMD_INCIDENT_CHECK_INTERVAL",
             show_default(d.incident_check_interval),
-            "how often the served models' metrics are compared with the trust policies' incident thresholds "
-            "(docs/events.md)",
+            "how often the model pods are listed (one LIST per namespace holding SecureModels): their "
+            "loaders' failures are counted (docs/monitoring.md) and the served models' metrics compared with "
+            "the trust policies' incident thresholds (docs/events.md)",
         ),
         Variable(
             "SAMD_EVENT_SINKS",

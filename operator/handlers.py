@@ -165,11 +165,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
     memo.policy_sinks = PolicySinks(memo.kube, config)
-    memo.incident_watch = asyncio.create_task(
-        _incident_loop(memo, IncidentWatch(memo.kube, sinks=memo.policy_sinks))
-    )
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # no *_created series
     memo.metrics = OperatorMetrics()
+    memo.incident_watch = asyncio.create_task(
+        _incident_loop(memo, IncidentWatch(memo.kube, sinks=memo.policy_sinks, metrics=memo.metrics))
+    )
     memo.metrics_runner = None
     if config.metrics_port is not None:
         memo.metrics_runner, metrics_port = await start_metrics_server(
@@ -485,7 +485,8 @@ async def _resync_loop(memo: kopf.Memo) -> None:
 
 
 async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
-    """Compare the served models' metrics with their policies' incident thresholds (docs/events.md)."""
+    """Count the loaders' failures of every model's pods, and compare the served models' metrics
+    with their policies' incident thresholds (docs/events.md, docs/monitoring.md)."""
     config: OperatorConfig = memo.config
     while True:
         await asyncio.sleep(config.incident_check_interval.total_seconds())
@@ -495,8 +496,6 @@ async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
         if models is None or policies_index is None or labels_index is None:
             continue
         policies = [policy for name in policies_index for policy in policies_index[name]]
-        if not any(p.spec.responses.unauthorized_per_minute or p.spec.responses.drift_psi for p in policies):
-            continue
 
         def covering(
             namespace: str, policies: list[TrustPolicy] = policies, labels_index: Any = labels_index

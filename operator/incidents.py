@@ -1,4 +1,5 @@
-"""What the operator tells incident tooling: its reconcile events that are security events.
+"""What the operator tells incident tooling: its reconcile events that are security events, the
+thresholds of the trust policies crossed at the served models, and the loader's failures.
 
 The reconciler's events become Kubernetes Events on the SecureModel (handlers.py); those that are
 security events (a signature that fails, a key rotation that fails, a quarantine set or cleared)
@@ -21,11 +22,15 @@ from typing import Any
 import aiohttp
 import kopf
 
+from samd.errors import IntegrityError, KeyProviderError, StorageError, UsageError, VerificationError
 from samd.events import EventDispatcher, EventType, SecurityEvent, Sink, emit
 from samd.logs import decision_fields
 from samd.operator.builders.metadata import MODEL_LABEL
+from samd.operator.builders.names import DNS_SUBDOMAIN_MAX, fit_name, model_label_value
+from samd.operator.builders.serving import FETCH_CONTAINER
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
+from samd.operator.metrics import OperatorMetrics
 from samd.operator.reconcile import Event
 from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED, TrustPolicy
 from samd.spec import API_VERSION, PolicyEventSink
@@ -213,44 +218,133 @@ async def fetch_metrics(url: str, timeout: float = 3.0) -> str:
 
 
 class IncidentWatch:
-    """The thresholds check of every model a policy's spec.responses covers; one `check` per interval."""
+    """One `check` per interval: the loader failures of every model's pods, and the thresholds of
+    every model a policy's spec.responses covers. One pod LIST per namespace that holds SecureModels."""
 
     def __init__(
         self,
         kube: Kube,
         fetch: Callable[[str], Awaitable[str]] = fetch_metrics,
         sinks: PolicySinks | None = None,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.kube = kube
         self.fetch = fetch
         self.sinks = sinks
+        self.metrics = metrics
         self.readings: dict[ModelKey, dict[str, Reading]] = {}
         self.crossed: dict[ModelKey, set[EventType]] = {}
+        self.loader_failures = LoaderFailureLedger()
 
     async def check(
         self, models: Iterable[ModelKey], policies_of: Callable[[str], Sequence[TrustPolicy]]
     ) -> None:
-        seen = set()
-        for key in models:
-            covering = policies_of(key[0])
-            thresholds = Thresholds.of(covering)
-            if not thresholds.any:
-                continue
-            seen.add(key)
+        by_namespace: dict[str, list[str]] = {}
+        for namespace, name in models:
+            by_namespace.setdefault(namespace, []).append(name)
+        seen: set[ModelKey] = set()
+        self.loader_failures.keep_namespaces(by_namespace)
+        for namespace, names in sorted(by_namespace.items()):
             try:
-                await self._check_model(key, thresholds, covering)
+                # Every pod of every model here, in one request: the pods that carry the model label.
+                pods = await self.kube.list_in("v1", "Pod", namespace, {MODEL_LABEL: None})
             except (kopf.TemporaryError, kopf.PermanentError) as error:
-                log.warning("incident check of %s/%s failed: %s", *key, error)
+                log.warning("incident check of namespace %s failed: %s", namespace, error)
+                seen |= {(namespace, name) for name in names}  # keep the readings for the next check
+                continue
+            pods_of: dict[str, list[dict[str, Any]]] = {}
+            for pod in pods:
+                label = ((pod.get("metadata") or {}).get("labels") or {}).get(MODEL_LABEL)
+                pods_of.setdefault(str(label), []).append(pod)
+            self.loader_failures.keep_only(
+                namespace, {str((pod.get("metadata") or {}).get("uid", "")) for pod in pods}
+            )
+            covering = policies_of(namespace)
+            thresholds = Thresholds.of(covering)
+            for name in names:
+                key = (namespace, name)
+                model_pods = pods_of.get(model_label_value(name), [])
+                try:
+                    await self._loader_failures(key, model_pods, covering)
+                    if thresholds.any:
+                        seen.add(key)
+                        await self._check_model(key, thresholds, covering, model_pods)
+                except (kopf.TemporaryError, kopf.PermanentError) as error:
+                    log.warning("incident check of %s/%s failed: %s", namespace, name, error)
         for gone in set(self.readings) - seen:
             self.readings.pop(gone, None)
             self.crossed.pop(gone, None)
 
+    async def _loader_failures(
+        self, key: ModelKey, pods: Sequence[Mapping[str, Any]], covering: Sequence[TrustPolicy]
+    ) -> None:
+        """Count each new loader failure; record it as an Event on the SecureModel (and, for a model
+        that does not verify, as a security event)."""
+        namespace, name = key
+        failures = self.loader_failures.new(namespace, [f for pod in pods for f in loader_failures(pod)])
+        if not failures:
+            return
+        for failure in failures:
+            if self.metrics is not None:
+                self.metrics.loader_failures.labels(failure.reason).inc()
+        try:
+            model = await self.kube.get(API_VERSION, "SecureModel", name, namespace)
+        except (kopf.TemporaryError, kopf.PermanentError) as error:
+            log.warning("cannot record the loader failures of %s/%s as Events: %s", namespace, name, error)
+            model = None
+        for failure in failures:
+            message = failure.describe()
+            log.warning(
+                "loader failed for %s/%s: %s",
+                namespace,
+                name,
+                message,
+                extra=decision_fields(
+                    component="operator",
+                    event="loader_failure",
+                    decision="refused",
+                    reason=failure.reason,
+                    user=OPERATOR_USER,
+                    model=key,
+                ),
+            )
+            recorded = True  # when in doubt, tell the incident tooling
+            if model is not None:
+                # A name fixed by the failure: after an operator restart it is not recorded twice.
+                try:
+                    recorded = await self.kube.create(loader_failure_event(model, failure, utc_now()))
+                except (kopf.TemporaryError, kopf.PermanentError) as error:
+                    log.warning(
+                        "cannot record a loader failure of %s/%s as an Event: %s", namespace, name, error
+                    )
+            if recorded and failure.reason in SECURITY_LOADER_REASONS:
+                event = SecurityEvent(
+                    EventType.SIGNATURE_FAILED,
+                    "operator",
+                    LOADER_EVENT_REASON,
+                    message,
+                    namespace=namespace,
+                    name=name,
+                    details={
+                        "pod": failure.pod,
+                        "exitCode": failure.exit_code,
+                        "loaderReason": failure.reason,
+                    },
+                )
+                emit(event)
+                if self.sinks is not None:
+                    await self.sinks.deliver([event], covering)
+
     async def _check_model(
-        self, key: ModelKey, thresholds: Thresholds, covering: Sequence[TrustPolicy]
+        self,
+        key: ModelKey,
+        thresholds: Thresholds,
+        covering: Sequence[TrustPolicy],
+        pods: Sequence[Mapping[str, Any]],
     ) -> None:
         namespace, name = key
         current: dict[str, Reading] = {}
-        for pod in await self.kube.list_in("v1", "Pod", namespace, {MODEL_LABEL: name}):
+        for pod in pods:
             url = metrics_url(pod)
             if url is None:
                 continue
@@ -313,6 +407,162 @@ class IncidentWatch:
                 model=key,
             ),
         )
+
+
+# --- the loader: its failures read from the model pods' status --------------------------------------
+#
+# `samd fetch` runs as the init container FETCH_CONTAINER and has no metrics endpoint of its own; its
+# exit code says what failed (docs/cli.md#exit-codes). The same pod listing that the thresholds use
+# shows each termination, so the operator counts it without a watch of its own.
+
+LOADER_REASONS: dict[int, str] = {
+    UsageError.exit_code: "usage",
+    VerificationError.exit_code: "verification",
+    IntegrityError.exit_code: "integrity",
+    KeyProviderError.exit_code: "key_provider",
+    StorageError.exit_code: "storage",
+}
+LOADER_OTHER = "other"
+LOADER_EXPLANATIONS = {
+    "usage": "bad arguments or input files (the pod is not the one the operator built?)",
+    "verification": "the model's signature does not verify, or its files do not match the signature",
+    "integrity": "the encrypted artifact is damaged, tampered with or was decrypted with the wrong key",
+    "key_provider": "the key could not unwrap the data key, or the KMS or HSM failed",
+    "storage": "the artifact could not be read from storage",
+    LOADER_OTHER: "an unexpected failure",
+}
+# The loader refused what it was given: the model was changed after it was verified (or the signer
+# is not trusted). A security event, like a signature the operator itself finds invalid.
+SECURITY_LOADER_REASONS = frozenset({"verification", "integrity"})
+LOADER_EVENT_REASON = "LoaderFailed"
+MAX_TERMINATION_MESSAGE = 256
+
+
+def loader_reason(exit_code: int) -> str:
+    """The bounded reason label of a loader exit code (docs/cli.md#exit-codes), else "other"."""
+    return LOADER_REASONS.get(exit_code, LOADER_OTHER)
+
+
+@dataclass(frozen=True)
+class LoaderFailure:
+    """One termination of a pod's loader with a non-zero exit code."""
+
+    pod: str
+    uid: str
+    attempt: int  # 0 for the first run of the init container, 1 for its first restart, ...
+    exit_code: int
+    reason: str
+    message: str
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return (self.uid, self.attempt)
+
+    def describe(self) -> str:
+        said = f": {self.message}" if self.message else ""
+        return (
+            f"the loader ({FETCH_CONTAINER}) of pod {self.pod} exited with code {self.exit_code} "
+            f"({LOADER_EXPLANATIONS[self.reason]}){said}; the model is not served from this pod; "
+            f"`kubectl logs {self.pod} -c {FETCH_CONTAINER}` says why"
+        )
+
+
+def loader_failures(pod: Mapping[str, Any]) -> list[LoaderFailure]:
+    """The loader terminations with a non-zero exit code a pod's status shows.
+
+    The status shows at most two: the current state (attempt = restartCount) and the last one
+    (attempt = restartCount - 1), so a termination keeps its attempt number when it moves from the
+    one to the other.
+    """
+    metadata = pod.get("metadata") or {}
+    found = []
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if status.get("name") != FETCH_CONTAINER:
+            continue
+        restarts = int(status.get("restartCount") or 0)
+        for state, attempt in ((status.get("state"), restarts), (status.get("lastState"), restarts - 1)):
+            terminated = (state or {}).get("terminated")
+            if not terminated or attempt < 0:
+                continue
+            code = int(terminated.get("exitCode") or 0)
+            if code == 0:
+                continue
+            found.append(
+                LoaderFailure(
+                    pod=str(metadata.get("name", "")),
+                    uid=str(metadata.get("uid", "")),
+                    attempt=attempt,
+                    exit_code=code,
+                    reason=loader_reason(code),
+                    message=str(terminated.get("message") or "").strip()[:MAX_TERMINATION_MESSAGE],
+                )
+            )
+    return found
+
+
+class LoaderFailureLedger:
+    """Which loader failures were already counted, by namespace and (pod uid, attempt): listing a pod
+    again counts nothing twice. Forgets the pods that are gone."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, set[tuple[str, int]]] = {}
+
+    def new(self, namespace: str, failures: Iterable[LoaderFailure]) -> list[LoaderFailure]:
+        seen = self._seen.setdefault(namespace, set())
+        fresh = []
+        for failure in failures:
+            if failure.ident not in seen:
+                seen.add(failure.ident)
+                fresh.append(failure)
+        return fresh
+
+    def keep_only(self, namespace: str, pod_uids: set[str]) -> None:
+        """After a listing of the namespace: forget the failures of pods it no longer has."""
+        kept = {ident for ident in self._seen.get(namespace, set()) if ident[0] in pod_uids}
+        if kept:
+            self._seen[namespace] = kept
+        else:
+            self._seen.pop(namespace, None)
+
+    def keep_namespaces(self, namespaces: Iterable[str]) -> None:
+        """Forget the namespaces that hold no SecureModel any more."""
+        wanted = set(namespaces)
+        for namespace in set(self._seen) - wanted:
+            del self._seen[namespace]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def loader_failure_event(
+    model: Mapping[str, Any], failure: LoaderFailure, now: datetime.datetime
+) -> dict[str, Any]:
+    """The Warning Event on the SecureModel for one loader failure; its name is fixed by the failure."""
+    metadata = model["metadata"]
+    stamp = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    name = fit_name(f"{metadata['name']}.loader-{failure.uid[:8]}-{failure.attempt}", DNS_SUBDOMAIN_MAX)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": metadata["namespace"]},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": "SecureModel",
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata["uid"],
+        },
+        "type": "Warning",
+        "reason": LOADER_EVENT_REASON,
+        "message": failure.describe()[:1024],
+        "source": {"component": OPERATOR_USER},
+        "reportingComponent": OPERATOR_USER,
+        "reportingInstance": OPERATOR_USER,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
 
 
 # --- the trust policies' own sinks ------------------------------------------------------------------

@@ -226,9 +226,10 @@ class Kube:
         return _to_dict(obj)
 
     async def list_in(
-        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str | None]
     ) -> list[dict[str, Any]]:
-        """The objects of a kind with these labels in one namespace."""
+        """The objects of a kind with these labels in one namespace (a label whose value is None:
+        any value)."""
         resource = _resource(api_version, kind)
         try:
             with _transport_errors(f"listing {kind}"):

@@ -8,7 +8,11 @@ Counted where they happen:
 - ``samd_operator_condition_failures_total{condition, reason}``: a model's condition turned False
   (``Verified``: a signature that does not verify; ``Encrypted``: a key that cannot be read, unwrapped
   or rotated; ...); ``reason`` is the operator's CamelCase reason, a fixed set;
-- ``samd_operator_time_to_ready_seconds``: from a model's creation to its first Ready.
+- ``samd_operator_time_to_ready_seconds``: from a model's creation to its first Ready;
+- ``samd_operator_loader_failures_total{reason}``: a model pod's loader (the ``samd fetch`` init
+  container) exited with a non-zero code, seen in the pod status by the incident check; ``reason``
+  from the exit code (``usage``, ``verification``, ``integrity``, ``key_provider``, ``storage``,
+  ``other``), each termination counted once.
 
 Read from the watched SecureModels at each scrape (no API call):
 
@@ -42,6 +46,8 @@ RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 READY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 CONDITION_TYPES = frozenset(kind.value for kind in ConditionType)
 STATUSES = ("True", "False", "Unknown")
+# The loader's exit codes as reasons (docs/cli.md#exit-codes); operator/incidents.py maps them.
+LOADER_FAILURE_REASONS = ("usage", "verification", "integrity", "key_provider", "storage", "other")
 
 
 def _time(text: Any) -> float | None:
@@ -121,6 +127,14 @@ class OperatorMetrics:
             buckets=READY_BUCKETS,
             registry=registry,
         )
+        self.loader_failures = Counter(
+            "samd_operator_loader_failures",
+            "A model pod's loader (samd fetch) exited with a non-zero code, by reason (from the exit code)",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in LOADER_FAILURE_REASONS:
+            self.loader_failures.labels(reason)  # so increase() sees the first failure
         registry.register(_ModelCollector(self))
 
     def observe_model(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:

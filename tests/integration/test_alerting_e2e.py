@@ -1,7 +1,7 @@
 """End to end: a real Prometheus scrapes the real operator, a real `samd serve` with the fraud model
 and a real admission webhook; shifted traffic and clients without certificates fire SAMD's alerts
-(deploy/prometheus/samd-alerts.yaml, with `for:` shortened), and a real Alertmanager delivers them to
-an HTTP receiver this test runs."""
+(deploy/prometheus/samd-alerts.yaml, with `for:` shortened by hack/alerting.py, as in `make demo`),
+and a real Alertmanager delivers them to an HTTP receiver this test runs."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hack.alerting import ScrapeJob, alertmanager_config, prometheus_config, write_shortened_rules
 
 from tests.integration.test_serving_drift import signed_model_with_baseline
 from tests.support.cluster import REPO, Cluster
@@ -32,8 +33,6 @@ from tests.support.serving import V2Client, client_context, fraud_data, serve_ar
 from tests.support.webhook import free_port
 
 pytestmark = pytest.mark.integration
-
-RULES = REPO / "deploy" / "prometheus" / "samd-alerts.yaml"
 
 
 class Receiver(http.server.ThreadingHTTPServer):
@@ -65,13 +64,6 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
         return
 
 
-def _operator_metrics_port(operator: OperatorProcess) -> int:
-    for line in operator.log_path.read_text(errors="replace").splitlines():
-        if '"metrics_listening"' in line:
-            return int(json.loads(line)["metrics_port"])
-    raise AssertionError("the operator logged no metrics port:\n" + operator.log_tail())
-
-
 def _daemon(argv: list[str | Path], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as output:
         return subprocess.Popen(
@@ -87,18 +79,6 @@ def _query(prometheus: int, expression: str) -> list[dict[str, Any]]:
     url = f"http://127.0.0.1:{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
     with urllib.request.urlopen(url, timeout=5) as answer:
         return list(json.load(answer)["data"]["result"])
-
-
-def _fast_rules(target: Path) -> None:
-    """The rules as shipped, with `for:` shortened so the test does not wait minutes; not for the
-    absent() alerts, which hold until the first scrape of a target that just started."""
-    document = yaml.safe_load(RULES.read_text())
-    for group in document["groups"]:
-        group["interval"] = "1s"
-        for rule in group["rules"]:
-            if "for" in rule and "absent(" not in rule["expr"]:
-                rule["for"] = "2s"
-    target.write_text(yaml.safe_dump(document))
 
 
 @pytest.fixture
@@ -140,23 +120,7 @@ def test_real_prometheus_fires_and_alertmanager_delivers_samd_alerts(
         )  # fmt: skip
         alertmanager_port, prometheus_port = free_port(), free_port()
         (tmp_path / "alertmanager.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "route": {
-                        "receiver": "test",
-                        "group_by": ["alertname"],
-                        "group_wait": "1s",
-                        "group_interval": "1s",
-                        "repeat_interval": "1h",
-                    },
-                    "receivers": [
-                        {
-                            "name": "test",
-                            "webhook_configs": [{"url": f"http://127.0.0.1:{receiver.server_port}/"}],
-                        }
-                    ],
-                }
-            )
+            yaml.safe_dump(alertmanager_config(f"http://127.0.0.1:{receiver.server_port}/"))
         )
         processes.append(
             _daemon(
@@ -166,45 +130,16 @@ def test_real_prometheus_fires_and_alertmanager_delivers_samd_alerts(
                 tmp_path / "alertmanager.log",
             )
         )  # fmt: skip
-        _fast_rules(tmp_path / "samd-alerts.yaml")
-        scrape = {"scrape_interval": "1s", "scrape_timeout": "1s"}
-        (tmp_path / "prometheus.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": ["samd-alerts.yaml"],
-                    "alerting": {
-                        "alertmanagers": [
-                            {"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}
-                        ]
-                    },
-                    "scrape_configs": [
-                        {
-                            "job_name": "samd-operator",
-                            **scrape,
-                            "static_configs": [
-                                {"targets": [f"127.0.0.1:{_operator_metrics_port(operator)}"]}
-                            ],
-                        },
-                        {
-                            "job_name": "samd-model",
-                            **scrape,
-                            "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
-                        },
-                        {
-                            "job_name": "samd-webhook",
-                            **scrape,
-                            "scheme": "https",
-                            "tls_config": {
-                                "ca_file": str(webhook_tls / "ca.crt"),
-                                "server_name": "localhost",
-                            },
-                            "static_configs": [{"targets": [f"127.0.0.1:{webhook_port}"]}],
-                        },
-                    ],
-                }
-            )
+        write_shortened_rules(tmp_path / "samd-alerts.yaml")
+        jobs = [
+            ScrapeJob("samd-operator", f"127.0.0.1:{operator.metrics_port()}"),
+            ScrapeJob("samd-model", f"127.0.0.1:{server.metrics_port}"),
+            ScrapeJob("samd-webhook", f"127.0.0.1:{webhook_port}", webhook_tls / "ca.crt", "localhost"),
+        ]
+        config = prometheus_config(
+            jobs, rule_file="samd-alerts.yaml", alertmanager=f"127.0.0.1:{alertmanager_port}"
         )
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         processes.append(
             _daemon(
                 ["prometheus", "--config.file", tmp_path / "prometheus.yml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,13 @@ class OperatorProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    def metrics_port(self) -> int:
+        """The port its /metrics endpoint chose (SAMD_METRICS_PORT=0), from its `metrics_listening` log line."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"metrics_listening"' in line:
+                return int(json.loads(line)["metrics_port"])
+        raise AssertionError("the operator logged no metrics port:\n" + self.log_tail())
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
