@@ -303,6 +303,9 @@ class Reconciler:
     _verifications: dict[ModelKey, _Cached] = field(default_factory=dict)
     _postures: dict[ModelKey, _Cached] = field(default_factory=dict)
     _keys: dict[ModelKey, _Cached] = field(default_factory=dict)
+    # When this process last rotated each model's key: a reconcile may start from a status read
+    # before that rotation was written, and must not rotate again on it.
+    _rotated: dict[ModelKey, datetime.datetime] = field(default_factory=dict)
     _certificates_issued: dict[tuple[str, str], _IssuedCertificate] = field(default_factory=dict)
     # Per model: what its status reports of the Deployment, the status written, the owned objects
     # applied, and a lock that serialises the writers of its status.
@@ -360,6 +363,7 @@ class Reconciler:
             self._verifications,
             self._postures,
             self._keys,
+            self._rotated,
             self._serving_views,
             self._written,
             self._desired,
@@ -656,6 +660,7 @@ class Reconciler:
                 state = await asyncio.to_thread(artifacts.inspect_key, spec, keyset, run.guard)
                 self._keys[key] = _Cached(fingerprint, now, state)
             rotated_at = _parse_time(previous.get("rotatedAt")) or state.current_created or now
+            rotated_at = max(rotated_at, self._rotated.get(key, rotated_at))
             version = state.artifact_key_version
             if rotated_at + spec.encryption.rotation_interval <= now:
                 rotating = True
@@ -667,7 +672,7 @@ class Reconciler:
                         artifacts.keyset_secret_manifest(secret_name, model.namespace, new_keyset)
                     )
                     keyset = new_keyset
-                rotated_at = now
+                rotated_at = self._rotated[key] = now
                 self._keys.pop(key, None)  # the artifact's header changes
                 version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset, run.guard)
                 run.event(
