@@ -206,7 +206,7 @@ async def test_the_state_lists_every_kind_and_becomes_ready(
         assert model.uid  # the API server's uid, which the signature's ownerReference must name
         assert [p.name for p in watched.policies() if p.name == policy_names[0]] == [policy_names[0]]
         # (The session's operator may add samd.dev/protected: the namespace holds SecureModels.)
-        labels = dict(watched.namespace_labels(namespace))
+        labels = dict(watched.namespace_labels(namespace) or {})
         labels.pop("samd.dev/protected", None)
         assert labels == {
             "kubernetes.io/metadata.name": namespace,
