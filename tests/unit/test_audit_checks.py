@@ -9,8 +9,15 @@ from typing import Any
 import pytest
 
 from samd.audit.access import Subject, access_findings, expected_subject
-from samd.audit.checks import AuditSettings, expired_grant_findings, exposure_findings, skipped_namespaces
+from samd.audit.checks import (
+    AuditSettings,
+    expired_grant_findings,
+    exposure_findings,
+    key_findings,
+    skipped_namespaces,
+)
 from samd.audit.cluster import AccessQuestion, Identity
+from samd.audit.findings import Severity
 from samd.audit.snapshot import Snapshot
 from tests.support.cluster import REPO
 
@@ -126,3 +133,33 @@ def test_the_playbook_has_every_runbook_the_alerts_and_the_audit_link_to() -> No
         )
     )
     assert linked <= anchors
+
+
+def test_a_data_key_is_overdue_once_in_use_longer_than_the_rotation_period() -> None:
+    def encrypted(name: str, first_seen: str | None, period: str = "720h") -> dict[str, Any]:
+        obj = model(
+            name, encryption={"keyRef": {"provider": "local", "secretName": "k"}, "rotationPeriod": period}
+        )
+        key = {
+            "keyId": "kek",
+            "keyVersion": "2",
+            "nextRotation": "2026-12-20T00:00:00Z",
+            "dataKeyId": f"id-{name}",
+        }
+        obj["status"] = {"key": {**key, **({"dataKeyFirstSeen": first_seen} if first_seen else {})}}
+        return obj
+
+    models = [
+        encrypted("old", "2026-10-01T12:00:00Z"),  # 63 days, period 30 days
+        encrypted("young", "2026-11-10T12:00:00Z"),  # 23 days
+        encrypted("long-period", "2026-10-01T12:00:00Z", period="2160h"),  # 63 of 90 days
+        encrypted("unrecorded", None),  # an operator that records no data key: age unknown, no finding
+    ]  # fmt: skip
+    found = [
+        f for f in key_findings(snapshot(models=models), SETTINGS) if f.check == "data-key-rotation-overdue"
+    ]
+    assert [(f.object.name, f.severity) for f in found] == [("old", Severity.MEDIUM)]
+    assert "data key id-old has encrypted the artifact since at least 2026-10-01T12:00:00Z (63.0 days)" in (
+        found[0].message
+    )
+    assert "samd reencrypt" in found[0].fix
