@@ -439,18 +439,30 @@ def test_model_key_and_webhook_findings_go_away_when_their_cause_is_fixed(  # no
         if any(h.name.endswith(".webhook.samd.dev") for h in c.webhooks or [])
     ]  # fmt: skip
     assert samd_configurations  # the module's webhook at least
+    deleted: list[Any] = []
     try:
         for configuration in samd_configurations:
-            registrations.delete_validating_webhook_configuration(configuration.metadata.name)
+            registrations.delete_validating_webhook_configuration(str(configuration.metadata.name))
+            deleted.append(configuration)
         missing = audit()
     finally:
-        for configuration in samd_configurations:
+        for configuration in deleted:
             configuration.metadata = client.V1ObjectMeta(
                 name=configuration.metadata.name,
                 labels=configuration.metadata.labels,
                 annotations=configuration.metadata.annotations,
             )
             registrations.create_validating_webhook_configuration(configuration)
+
+    def enforced_again() -> bool:
+        """The API server calls the webhook again: it refuses (in a dry run) to uncover the model."""
+        try:
+            s.core.patch_namespace(ns, {"metadata": {"labels": {"samd.dev/trust": None}}}, dry_run="All")
+        except ApiException as error:
+            return error.status == 403 and "CoverageRemoved" in str(error.body)
+        return False
+
+    eventually(enforced_again, 30, "the restored webhook configurations to be in effect")
     gone = missing.one("webhook-missing", kind="ValidatingWebhookConfiguration", name="*.webhook.samd.dev")
     assert gone["severity"] == "critical"
     assert missing.exit_code == 0  # --fail-on none

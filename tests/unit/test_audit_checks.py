@@ -6,6 +6,7 @@ import datetime
 import re
 from typing import Any
 
+import httpx2
 import pytest
 
 from samd.audit.access import Subject, access_findings, expected_subject
@@ -16,7 +17,7 @@ from samd.audit.checks import (
     key_findings,
     skipped_namespaces,
 )
-from samd.audit.cluster import AccessQuestion, Identity
+from samd.audit.cluster import AccessQuestion, AuditAccessError, ClusterReader, Identity
 from samd.audit.findings import Severity
 from samd.audit.snapshot import Snapshot
 from tests.support.cluster import REPO
@@ -163,3 +164,29 @@ def test_a_data_key_is_overdue_once_in_use_longer_than_the_rotation_period() -> 
         found[0].message
     )
     assert "samd reencrypt" in found[0].fix
+
+
+class _BusyClient:
+    """Answers 429 (a kind whose storage is still initializing) `busy` times, then lists nothing."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls = busy, 0
+
+    def list(self, resource: Any, **_: Any) -> list[Any]:
+        self.calls += 1
+        if self.calls <= self.busy:
+            request = httpx2.Request("GET", "https://127.0.0.1:6443/apis/samd.dev/v1alpha1/securemodels")
+            response = httpx2.Response(429, request=request)
+            raise httpx2.HTTPStatusError("too many requests", request=request, response=response)
+        return []
+
+
+def test_the_audit_reads_again_while_the_api_server_answers_429(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("samd.audit.cluster.time.sleep", lambda _seconds: None)
+    client = _BusyClient(busy=2)
+    reader = ClusterReader(client, "https://127.0.0.1:6443")  # type: ignore[arg-type]
+    assert reader.list("samd.dev/v1alpha1", "SecureModel") == []
+    assert client.calls == 3
+    always_busy = ClusterReader(_BusyClient(busy=100), "https://127.0.0.1:6443")  # type: ignore[arg-type]
+    with pytest.raises(AuditAccessError, match=r"listing SecureModel: .*\(HTTP 429\)"):
+        always_busy.list("samd.dev/v1alpha1", "SecureModel")

@@ -7,10 +7,11 @@ is not installed, 403 names the right the audit's identity lacks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 from lightkube import ALL_NS, ApiError, Client, KubeConfig
@@ -23,6 +24,10 @@ from samd.spec import GROUP, VERSION
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "samd-audit"
+RETRIES_ON_429 = 6
+"""Tries of one read while the API server answers 429 (about 7.5 s in all)."""
+
+_T = TypeVar("_T")
 
 _GENERIC: dict[tuple[str, str], Any] = {
     (f"{GROUP}/{VERSION}", "SecureModel"): create_namespaced_resource(
@@ -102,20 +107,34 @@ class ClusterReader:
                 hint="check KUBECONFIG and that the cluster runs",
             ) from None
 
+    def _call(self, action: str, call: Callable[[], _T]) -> _T:
+        """`call`, tried again while the API server answers 429 (too many requests, or a kind whose
+        storage is still initializing, as right after its CRD is created)."""
+        for attempt in range(RETRIES_ON_429):
+            try:
+                with self._errors(action):
+                    return call()
+            except AuditAccessError as error:
+                if error.status != 429 or attempt == RETRIES_ON_429 - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, *, namespaced: bool = True
     ) -> list[dict[str, Any]] | None:
         """Every object of a kind (in `namespace`, or everywhere); None when the API is not served."""
         resource = _resource(api_version, kind)
+
+        def listed() -> list[dict[str, Any]]:
+            if namespaced:
+                items = self.client.list(resource, namespace=namespace if namespace is not None else ALL_NS)
+            else:
+                items = self.client.list(resource)
+            return [_to_dict(obj, api_version, kind) for obj in items]
+
         try:
-            with self._errors(f"listing {kind}"):
-                if namespaced:
-                    items = self.client.list(
-                        resource, namespace=namespace if namespace is not None else ALL_NS
-                    )
-                else:
-                    items = self.client.list(resource)
-                return [_to_dict(obj, api_version, kind) for obj in items]
+            return self._call(f"listing {kind}", listed)
         except AuditAccessError as error:
             if error.status == 404:
                 return None
@@ -124,8 +143,10 @@ class ClusterReader:
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
         resource = _resource(api_version, kind)
         try:
-            with self._errors(f"reading {kind} {name}"):
-                return _to_dict(self.client.get(resource, name, namespace=namespace), api_version, kind)
+            return self._call(
+                f"reading {kind} {name}",
+                lambda: _to_dict(self.client.get(resource, name, namespace=namespace), api_version, kind),
+            )
         except AuditAccessError as error:
             if error.status == 404:
                 return None
@@ -152,8 +173,9 @@ class ClusterReader:
                 ),
             )
         )
-        with self._errors(f"asking whether {identity.user} may {question.describe()}"):
-            answer = self.client.create(review)
+        answer = self._call(
+            f"asking whether {identity.user} may {question.describe()}", lambda: self.client.create(review)
+        )
         self.sar_count += 1
         return bool(answer.status is not None and answer.status.allowed)
 
