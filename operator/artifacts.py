@@ -105,6 +105,7 @@ class KeyState:
     provider: str
     key_id: str
     artifact_key_version: str  # the version that wrapped the artifact's data key
+    data_key_id: str  # which data key encrypts the artifact (kept by a rewrap)
     current_version: str
     current_created: datetime.datetime | None
 
@@ -124,6 +125,7 @@ def inspect_key(spec: SecureModelSpec, keyset: bytes | None, guard: AddressPolic
         provider=header.provider,
         key_id=header.key_id,
         artifact_key_version=header.key_version,
+        data_key_id=header.data_key_id,
         current_version=description.current_version,
         current_created=current.created if current else None,
     )

@@ -707,12 +707,19 @@ class Reconciler:
             "KeyValid",
             f"the data key unwraps with {state.provider} key {state.key_id} version {version}",
         )
+        # The header records no creation time: the age of a data key is counted from when the operator
+        # first saw it, so it is a lower bound (`samd audit`, data-key-rotation-overdue).
+        same_data_key = previous.get("dataKeyId") == state.data_key_id
+        recorded = _parse_time(previous.get("dataKeyFirstSeen")) if same_data_key else None
+        data_key_first_seen = min(recorded, now) if recorded is not None else now  # never in the future
         return {
             "provider": state.provider,
             "keyId": state.key_id,
             "keyVersion": version,
             "rotatedAt": _iso(rotated_at),
             "nextRotation": _iso(rotated_at + spec.encryption.rotation_interval),
+            "dataKeyId": state.data_key_id,
+            "dataKeyFirstSeen": _iso(data_key_first_seen),
         }
 
     # --- StorageSecure ----------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ and object; a clean example gives no finding beyond the test operator's unpinned
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from samd.cli import main
 from tests.support.audit import run_audit
 from tests.support.cluster import Cluster
 from tests.support.scenario import GROUP, VERSION, Scenario, eventually
@@ -306,3 +309,161 @@ def test_a_clean_example_gives_no_finding_then_each_seeded_problem_is_found(  # 
     assert run.exit_code == 8
     # The test's own webhook registration is sound: none of its findings concern it.
     assert not [f for f in run.report["findings"] if "samd-test-webhook" in f["object"]["name"]]
+
+
+def _samd(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    assert code == 0, f"samd {' '.join(args)} exited {code}: {captured.err}"
+    return captured.out
+
+
+def _data_key_id(capsys: pytest.CaptureFixture[str], artifact: Path) -> str:
+    return str(json.loads(_samd(capsys, "inspect", str(artifact), "--json"))["header"]["key"]["data_key_id"])
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_model_key_and_webhook_findings_go_away_when_their_cause_is_fixed(  # noqa: PLR0917
+    webhook: None,
+    scenario: Scenario,
+    cluster: Cluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """key-unverified, model-not-covered, model-not-verified, data-key-rotation-overdue and webhook-missing,
+    each seeded, found with its severity and object, then fixed the way its finding says and gone.
+    (Last in the module: it takes SAMD's webhook registrations away for one audit.)"""
+    s, ns = scenario, scenario.namespace
+    model = {"kind": "SecureModel", "name": MODEL, "namespace": ns}
+
+    def audit() -> Any:
+        return run_audit(cluster.kubeconfig, capsys, monkeypatch, "--namespace", ns, "--fail-on", "none")
+
+    # Seeded: the key Secret is missing and the signature is not where the SecureModel says.
+    s.core.delete_namespaced_secret("fraud-detection-key", ns)
+    s.apply_model(s.example(signature={"uri": f"file://{tmp_path / 'missing.sig'}"}))
+    assert s.wait_condition(MODEL, "Encrypted", "False")["reason"] == "KeySecretMissing"
+    verified = s.wait_condition(MODEL, "Verified", "False")
+    unverified = audit()
+    not_verified = unverified.one("model-not-verified", **model)
+    assert not_verified["severity"] == "medium"
+    assert f"Verified is not True ({verified['reason']})" in not_verified["message"]
+    assert unverified.one("key-unverified", **model)["severity"] == "high"
+
+    # Then no policy covers the namespace any more (a cluster admin narrowed the policy: the webhook
+    # refuses to take coverage away through the namespace's labels).
+    selector = s.custom.get_cluster_custom_object(GROUP, VERSION, "modeltrustpolicies", s.policy_name)[
+        "spec"
+    ]["namespaceSelector"]
+    s.patch_policy({"namespaceSelector": {"matchLabels": {"samd.dev/trust": "nobody"}}})
+    eventually(
+        lambda: (s.condition(MODEL, "Verified") or {}).get("reason") == "NoTrustPolicy",
+        30, "the operator to see that no policy covers the namespace",
+    )  # fmt: skip
+    uncovered = audit()
+    assert uncovered.one("model-not-covered", **model)["severity"] == "high"
+    assert uncovered.one("key-unverified", **model)["severity"] == "high"
+
+    # Fixed as the findings say: a policy covering the namespace, the key Secret created, the signature's
+    # real location.
+    s.patch_policy({"namespaceSelector": selector})
+    s.core.create_namespaced_secret(ns, s.artifacts.keyset_secret("fraud-detection-key"))
+    s.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "securemodels", MODEL, {"spec": {"signature": {"uri": s.artifacts.signature_uri}}}
+    )
+    s.wait_condition(MODEL, "Ready", "True", timeout=90)
+    fixed = audit()
+    assert not {"model-not-covered", "model-not-verified", "key-unverified"} & {
+        f["check"] for f in fixed.findings(namespace=ns)
+    }
+    # The operator records which data key encrypts the artifact (what `samd inspect` shows) and since when.
+    key = s.model(MODEL)["status"]["key"]
+    assert key["dataKeyId"] == _data_key_id(capsys, s.artifacts.artifact)
+    first_seen = datetime.datetime.fromisoformat(key["dataKeyFirstSeen"].replace("Z", "+00:00"))
+    now = datetime.datetime.now(datetime.UTC)
+    assert now - datetime.timedelta(minutes=5) < first_seen <= now + datetime.timedelta(seconds=5)
+    assert not fixed.findings("data-key-rotation-overdue", ns)
+
+    # A data key in use for 40 days (rotationPeriod 720h): written as an operator that saw it then would
+    # have; the operator keeps a first sighting as long as the data key is the same.
+    old = _iso(now - datetime.timedelta(days=40))
+    s.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, "securemodels", MODEL, {"status": {"key": {"dataKeyFirstSeen": old}}}
+    )
+    changed = s.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "securemodels", MODEL, {"spec": {"description": "reconcile me"}}
+    )
+    eventually(
+        lambda: s.model(MODEL)["status"].get("observedGeneration") == changed["metadata"]["generation"],
+        30, "the operator to reconcile the change",
+    )  # fmt: skip
+    assert s.model(MODEL)["status"]["key"]["dataKeyFirstSeen"] == old
+    overdue = audit().one("data-key-rotation-overdue", **model)
+    assert overdue["severity"] == "medium"
+    assert (
+        f"data key {key['dataKeyId']} has encrypted the artifact since at least {old} (40.0 days)"
+        in (overdue["message"])
+    )
+    assert "samd reencrypt" in overdue["fix"]
+
+    # Fixed: re-encrypted under a fresh data key (into a new object, as a GitOps change would point to it).
+    keyset = tmp_path / "keyset.json"
+    keyset.write_bytes(
+        base64.b64decode(s.core.read_namespaced_secret("fraud-detection-key", ns).data["keyset.json"])
+    )
+    keyset.chmod(0o600)
+    renewed = tmp_path / "model-reencrypted.samd"
+    _samd(
+        capsys, "reencrypt", str(s.artifacts.artifact), "--key", f"local:{keyset}", "--output", str(renewed)
+    )
+    new_id = _data_key_id(capsys, renewed)
+    assert new_id != key["dataKeyId"]
+    s.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "securemodels", MODEL, {"spec": {"artifact": {"uri": f"file://{renewed}"}}}
+    )
+    eventually(
+        lambda: s.model(MODEL)["status"]["key"].get("dataKeyId") == new_id, 30, "the new data key recorded"
+    )
+    assert s.model(MODEL)["status"]["key"]["dataKeyFirstSeen"] > old
+    assert not audit().findings("data-key-rotation-overdue", ns)
+
+    # No SAMD webhook registered at all: taken away for one audit, restored whatever happens.
+    registrations = client.AdmissionregistrationV1Api(s.api)
+    samd_configurations = [
+        c for c in registrations.list_validating_webhook_configuration().items
+        if any(h.name.endswith(".webhook.samd.dev") for h in c.webhooks or [])
+    ]  # fmt: skip
+    assert samd_configurations  # the module's webhook at least
+    deleted: list[Any] = []
+    try:
+        for configuration in samd_configurations:
+            registrations.delete_validating_webhook_configuration(str(configuration.metadata.name))
+            deleted.append(configuration)
+        missing = audit()
+    finally:
+        for configuration in deleted:
+            configuration.metadata = client.V1ObjectMeta(
+                name=configuration.metadata.name,
+                labels=configuration.metadata.labels,
+                annotations=configuration.metadata.annotations,
+            )
+            registrations.create_validating_webhook_configuration(configuration)
+
+    def enforced_again() -> bool:
+        """The API server calls the webhook again: it refuses (in a dry run) to uncover the model."""
+        try:
+            s.core.patch_namespace(ns, {"metadata": {"labels": {"samd.dev/trust": None}}}, dry_run="All")
+        except ApiException as error:
+            return error.status == 403 and "CoverageRemoved" in str(error.body)
+        return False
+
+    eventually(enforced_again, 30, "the restored webhook configurations to be in effect")
+    gone = missing.one("webhook-missing", kind="ValidatingWebhookConfiguration", name="*.webhook.samd.dev")
+    assert gone["severity"] == "critical"
+    assert missing.exit_code == 0  # --fail-on none
+    assert not audit().findings("webhook-missing")

@@ -6,11 +6,19 @@ import datetime
 import re
 from typing import Any
 
+import httpx2
 import pytest
 
 from samd.audit.access import Subject, access_findings, expected_subject
-from samd.audit.checks import AuditSettings, expired_grant_findings, exposure_findings, skipped_namespaces
-from samd.audit.cluster import AccessQuestion, Identity
+from samd.audit.checks import (
+    AuditSettings,
+    expired_grant_findings,
+    exposure_findings,
+    key_findings,
+    skipped_namespaces,
+)
+from samd.audit.cluster import AccessQuestion, AuditAccessError, ClusterReader, Identity
+from samd.audit.findings import Severity
 from samd.audit.snapshot import Snapshot
 from tests.support.cluster import REPO
 
@@ -126,3 +134,59 @@ def test_the_playbook_has_every_runbook_the_alerts_and_the_audit_link_to() -> No
         )
     )
     assert linked <= anchors
+
+
+def test_a_data_key_is_overdue_once_in_use_longer_than_the_rotation_period() -> None:
+    def encrypted(name: str, first_seen: str | None, period: str = "720h") -> dict[str, Any]:
+        obj = model(
+            name, encryption={"keyRef": {"provider": "local", "secretName": "k"}, "rotationPeriod": period}
+        )
+        key = {
+            "keyId": "kek",
+            "keyVersion": "2",
+            "nextRotation": "2026-12-20T00:00:00Z",
+            "dataKeyId": f"id-{name}",
+        }
+        obj["status"] = {"key": {**key, **({"dataKeyFirstSeen": first_seen} if first_seen else {})}}
+        return obj
+
+    models = [
+        encrypted("old", "2026-10-01T12:00:00Z"),  # 63 days, period 30 days
+        encrypted("young", "2026-11-10T12:00:00Z"),  # 23 days
+        encrypted("long-period", "2026-10-01T12:00:00Z", period="2160h"),  # 63 of 90 days
+        encrypted("unrecorded", None),  # an operator that records no data key: age unknown, no finding
+    ]  # fmt: skip
+    found = [
+        f for f in key_findings(snapshot(models=models), SETTINGS) if f.check == "data-key-rotation-overdue"
+    ]
+    assert [(f.object.name, f.severity) for f in found] == [("old", Severity.MEDIUM)]
+    assert "data key id-old has encrypted the artifact since at least 2026-10-01T12:00:00Z (63.0 days)" in (
+        found[0].message
+    )
+    assert "samd reencrypt" in found[0].fix
+
+
+class _BusyClient:
+    """Answers 429 (a kind whose storage is still initializing) `busy` times, then lists nothing."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls = busy, 0
+
+    def list(self, resource: Any, **_: Any) -> list[Any]:
+        self.calls += 1
+        if self.calls <= self.busy:
+            request = httpx2.Request("GET", "https://127.0.0.1:6443/apis/samd.dev/v1alpha1/securemodels")
+            response = httpx2.Response(429, request=request)
+            raise httpx2.HTTPStatusError("too many requests", request=request, response=response)
+        return []
+
+
+def test_the_audit_reads_again_while_the_api_server_answers_429(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("samd.audit.cluster.time.sleep", lambda _seconds: None)
+    client = _BusyClient(busy=2)
+    reader = ClusterReader(client, "https://127.0.0.1:6443")  # type: ignore[arg-type]
+    assert reader.list("samd.dev/v1alpha1", "SecureModel") == []
+    assert client.calls == 3
+    always_busy = ClusterReader(_BusyClient(busy=100), "https://127.0.0.1:6443")  # type: ignore[arg-type]
+    with pytest.raises(AuditAccessError, match=r"listing SecureModel: .*\(HTTP 429\)"):
+        always_busy.list("samd.dev/v1alpha1", "SecureModel")

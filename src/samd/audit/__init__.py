@@ -12,6 +12,7 @@ from samd.audit.run import run_audit
 CHECK_NAMES = (
     "key-unverified",
     "key-rotation-overdue",
+    "data-key-rotation-overdue",
     "certificate-expiring",
     "signing-certificate-expiring",
     "model-not-covered",

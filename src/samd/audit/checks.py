@@ -26,7 +26,7 @@ from samd.policy import (
     selector_matches,
     verify_under_policies,
 )
-from samd.spec import parse_trust_policy
+from samd.spec import parse_duration, parse_trust_policy
 
 DIGEST_PINNED = re.compile(r"@sha256:[0-9a-f]{64}$")
 POD_SECURITY_ENFORCE = "pod-security.kubernetes.io/enforce"
@@ -117,6 +117,9 @@ def key_findings(snapshot: Snapshot, settings: AuditSettings) -> Iterator[Findin
                 "check that the operator runs and can reach the key (Encrypted condition, operator logs); "
                 "see the playbook's key-rotation-overdue runbook",
             )
+        data_key = _data_key_finding(ref, spec, key, settings)
+        if data_key is not None:
+            yield data_key
         server_not_after = _time((status.get("certificates") or {}).get("serverNotAfter"))
         if server_not_after is not None and server_not_after - settings.now < settings.certificate_warning:
             expired = server_not_after <= settings.now
@@ -131,6 +134,41 @@ def key_findings(snapshot: Snapshot, settings: AuditSettings) -> Iterator[Findin
                 "read the CertificatesReady condition and the operator's log; see the playbook's "
                 "certificate-expiring runbook",
             )
+
+
+def _data_key_finding(
+    ref: ObjectRef, spec: Mapping[str, Any], key: Mapping[str, Any], settings: AuditSettings
+) -> Finding | None:
+    """A data key in use longer than the model's rotation period: the operator's key rotation only
+    re-wraps it, so only a person re-encrypting the artifact replaces it.
+
+    The artifact records no creation time: the age counts from when the operator first saw the data
+    key (status.key.dataKeyFirstSeen), so the data key is at least this old.
+    """
+    first_seen = _time(key.get("dataKeyFirstSeen"))
+    if first_seen is None:
+        return None  # an operator that does not record data keys yet: nothing to tell the age by
+    period_text = str((spec.get("encryption") or {}).get("rotationPeriod") or "720h")
+    try:
+        period = parse_duration(period_text)
+    except ValueError:
+        return None  # the API server's schema refuses such a period; the operator reports the spec
+    due = first_seen + period
+    if due >= settings.now:
+        return None
+    return Finding(
+        "data-key-rotation-overdue",
+        Severity.MEDIUM,
+        ref,
+        f"data key {key.get('dataKeyId')} has encrypted the artifact since at least "
+        f"{key.get('dataKeyFirstSeen')} ({_days(settings.now - first_seen)}), longer than the "
+        f"rotationPeriod {period_text}; key rotations re-wrap it but never replace it",
+        "whoever holds a copy of the data key (a loader's memory dump, a decrypted copy on a laptop) "
+        "decrypts every stored copy of the artifact for as long as the data key is in use",
+        "re-encrypt the artifact under a fresh data key (samd reencrypt ARTIFACT --key KEY), upload it "
+        "and restart the model's pods; status.key.dataKeyId changes when the operator next reads the "
+        "artifact (at once if spec.artifact changes); see the playbook's leaked-data-key runbook",
+    )
 
 
 def signer_certificate_findings(snapshot: Snapshot, settings: AuditSettings) -> Iterator[Finding]:

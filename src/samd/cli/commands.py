@@ -1359,6 +1359,7 @@ def _describe_header(target: str, header: dict[str, Any]) -> str:
         f"{target}: SAMD encrypted artifact (format version {header['format_version']})",
         f"  cipher:       {header['cipher']}, {header['segment_size']}-byte segments",
         f"  key:          {key['provider']} {key['id']} version {key['version']}",
+        f"  data key id:  {key['data_key_id']} (kept by rewrap, new after reencrypt)",
     ]
     lines.extend(f"  {name}: {value}" for name, value in sorted(attributes.items()))
     lines.append("  (read without a key: the header is authenticated only when the artifact is decrypted)")

@@ -55,6 +55,7 @@ _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 _SEGMENTS_DOMAIN = b"samd-envelope/v1 segments\x00"
 _HEADER_MAC_INFO = b"samd-envelope/v1 header-mac"
 _DEK_CONTEXT_DOMAIN = b"samd-envelope/v1 dek\x00"
+_DATA_KEY_ID_DOMAIN = b"samd-envelope/v1 data-key-id\x00"
 _JSON_FIELDS = frozenset({"attributes", "cipher", "key", "nonce_prefix", "salt", "segment_size"})
 _KEY_FIELDS = frozenset({"id", "provider", "version", "wrapped"})
 
@@ -96,6 +97,17 @@ class Header:
         """The first bytes of the body (Tink's stream header) this header commits to."""
         return bytes([STREAM_HEADER_SIZE]) + self.salt + self.nonce_prefix
 
+    @property
+    def data_key_id(self) -> str:
+        """Which data key encrypts the artifact, without revealing anything about it.
+
+        A hash of the salt and nonce prefix: every encryption draws them together with a fresh data
+        key, a rewrap keeps all three and `samd reencrypt` replaces all three. So the id changes exactly
+        when the data key does. It is trustworthy once the artifact is opened with its key (the data
+        key is bound to the salt and nonce prefix), like everything else in the header.
+        """
+        return hashlib.sha256(_DATA_KEY_ID_DOMAIN + self.salt + self.nonce_prefix).hexdigest()[:32]
+
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready view for `samd inspect` and logs."""
         return {
@@ -107,6 +119,7 @@ class Header:
                 "id": self.key_id,
                 "version": self.key_version,
                 "wrapped_key_sha256": hashlib.sha256(self.wrapped_key).hexdigest(),
+                "data_key_id": self.data_key_id,
             },
             "attributes": dict(self.attributes),
             "header_size": self.size,
