@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +266,18 @@ class ServerProcess:
             except ValueError:
                 continue
         return records
+
+    def wait_for_records(
+        self, matches: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The log records that match, once there is one: the server's output is read by a thread, so
+        a line written just before an answer may not have been read when the answer arrives."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [record for record in self.log_records() if matches(record)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.process.poll() is None:
