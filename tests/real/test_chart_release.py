@@ -88,13 +88,8 @@ def test_the_chart_runs_the_operator_and_webhook_from_the_image_and_they_survive
         for pod in pods.values():
             assert pod.spec.node_name == node.name
             assert all(c.ready for c in pod.status.container_statuses)
-    # The operator in its pod talks to the API server (kopf logged in and started).
-    operator_pod = next(iter(before["samd-operator"]))
-    eventually(
-        lambda: "Activity 'configure' succeeded" in kubectl("logs", "-n", release, operator_pod),
-        30,
-        "the operator to start",
-    )
+    # The operator replicas elect one leader, which talks to the API server (kopf logged in and started).
+    operator_pod = wait_for_leader(core, release, exclude=None)
     # The API server calls the webhook pods over TLS through their Service.
     assert_the_api_server_calls_the_webhook(core, release)
 
@@ -107,7 +102,26 @@ def test_the_chart_runs_the_operator_and_webhook_from_the_image_and_they_survive
         120,
         "new operator and webhook pods to be ready",
     )
+    # The standby (or the new pod) took over from the deleted leader.
+    wait_for_leader(core, release, exclude=operator_pod)
     assert_the_api_server_calls_the_webhook(core, release)
+
+
+def wait_for_leader(core: client.CoreV1Api, namespace: str, *, exclude: str | None) -> str:
+    """The operator pod (other than `exclude`) whose kopf started: the one holding the Lease."""
+    started: list[str] = []
+
+    def led() -> bool:
+        started[:] = [
+            pod
+            for pod in ready_pods(core, namespace, "samd-operator")
+            if pod != exclude and "Activity 'configure' succeeded" in kubectl("logs", "-n", namespace, pod)
+        ]
+        return len(started) == 1
+
+    # Lease duration plus two retry periods (docs/operator.md), with room for the pod to start.
+    eventually(led, 60, "one operator replica to lead and start")
+    return started[0]
 
 
 def decisions(namespace: str, pods: list[str]) -> float:
