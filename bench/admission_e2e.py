@@ -204,7 +204,9 @@ def webhook(case: str, api: client.ApiClient, kubeconfig: Path, work: Path) -> I
         subprocess.run(
             [sys.executable, "-m", "samd.webhook", "--write-dev-certificates", str(tls)], check=True, cwd="/"
         )
-    port = _free_port()
+    from tests.support.webhook import free_port  # noqa: PLC0415 - test support, like the cluster's
+
+    port = free_port()
     certificate = ["--cert", str(tls / "tls.crt"), "--key", str(tls / "tls.key")]
     if case == "noop":
         port_file = work / "noop.port"
@@ -230,14 +232,6 @@ def webhook(case: str, api: client.ApiClient, kubeconfig: Path, work: Path) -> I
             wait_https(f"https://127.0.0.1:{port}/readyz", tls / "ca.crt", process, "SAMD's webhook")
         with registered(api, f"https://127.0.0.1:{port}/validate", tls / "ca.crt"):
             yield process.pid
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the load ---------------------------------------------------------------------------------------

@@ -259,13 +259,13 @@ def measure(settings: Settings) -> Results:
         as_fetched,
         client_context,
         fraud_data,
-        free_port,
         mlserver_env,
         serve_argv,
         sign_directory,
         train_fraud_model,
         write_model_tls,
     )
+    from tests.support.webhook import free_port  # noqa: PLC0415
     from tests.unit.test_builders_example import fraud_detection  # noqa: PLC0415
 
     load_average = os.getloadavg()[0]

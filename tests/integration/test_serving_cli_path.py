@@ -38,13 +38,13 @@ from tests.support.serving import (
     V2Client,
     client_context,
     fraud_data,
-    free_port,
     running,
     sign_directory,
     train_fraud_model,
     write_secret,
 )
 from tests.support.softhsm import SoftHSMToken
+from tests.support.webhook import free_port
 from tests.unit.test_builders_example import fraud_detection
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,6 @@ from tests.support.serving import (
     as_fetched,
     client_context,
     fraud_data,
-    free_port,
     mlserver,
     serve_argv,
     sign_directory,
@@ -30,6 +29,7 @@ from tests.support.serving import (
     write_mlserver_sklearn_model,
     write_model_tls,
 )
+from tests.support.webhook import free_port
 from tests.unit.test_builders_example import fraud_detection
 
 pytestmark = pytest.mark.integration

@@ -39,6 +39,7 @@ from samd.operator.builders.context import ModelContext
 from samd.operator.builders.serving import client_organization
 from samd.signing import Signer, sign_model
 from tests.support.signing import write_key_pair
+from tests.support.webhook import free_port
 
 FEATURES = 8
 SAMD = Path(sys.executable).parent / "samd"
@@ -375,12 +376,6 @@ def serve_argv(
 
 
 # --- MLServer: a third-party V2 server -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_mlserver_sklearn_model(model_dir: Path, name: str = "fraud-detection") -> Path:
