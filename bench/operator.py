@@ -499,7 +499,7 @@ def samd_target(kubeconfig: Path, artifacts: Any) -> Target:
             "SAMD_ALLOW_LOCAL_FILES": "true",
             "SAMD_LOCAL_FILE_ROOTS": str(Path(artifacts.artifact).parent),
         },
-        cwd=Path("/"),  # never the repository root, whose operator/ folder is not the stdlib module
+        cwd=Path("/"),
         resource=(GROUP, VERSION, PLURAL),
         body=body,
         is_ready=secure_model_ready,

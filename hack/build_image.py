@@ -252,9 +252,9 @@ def _base_excluded(rel: str) -> bool:
 
 
 def source_files() -> list[Path]:
-    """What `pip wheel .` reads: pyproject, README and every file of the package (symlinks followed)."""
+    """What `pip wheel .` reads: pyproject, README and every file of the package."""
     files = [REPO / "pyproject.toml", REPO / "README.md"]
-    for folder, dirs, names in os.walk(REPO / "src", followlinks=True):
+    for folder, dirs, names in os.walk(REPO / "src"):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.endswith(".egg-info"))
         files += [Path(folder) / n for n in sorted(names) if not n.endswith((".pyc", ".pyo"))]
     return files

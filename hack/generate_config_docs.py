@@ -34,7 +34,7 @@ default shown here.
 """
 
 # Variables the webhook reads beside its parser: the images the operator may run the loader from
-# (webhook/decide.py, LoaderImages.from_env).
+# (src/samd/webhook/decide.py, LoaderImages.from_env).
 WEBHOOK_LOADER_VARIABLES = (
     (
         "SAMD_WEBHOOK_LOADER_IMAGES",
@@ -81,12 +81,12 @@ def operator_section() -> str:
     election = leader.ElectionConfig()
     return (
         "## Operator (`python -m samd.operator`)\n\n"
-        "Read once at start-up into a typed object (`operator/config.py`).\n\n"
+        "Read once at start-up into a typed object (`src/samd/operator/config.py`).\n\n"
         + _table(
             "| variable | default | meaning |",
             ((f"`{v.name}`", _code(v.default), v.meaning) for v in variables()),
         )
-        + "\n### Leader election (`operator/leader.py`)\n\n"
+        + "\n### Leader election (`src/samd/operator/leader.py`)\n\n"
         + "A standby takes over a leader that stopped renewing (killed, or cut off from the API server) "
         + f"within `SAMD_LEADER_LEASE_DURATION` + twice `SAMD_LEADER_RETRY_PERIOD` ({election.takeover_bound:g} s "
         + "with the defaults), then lists the SecureModels and resumes them ([operator.md](operator.md#high-availability)).\n\n"
@@ -104,7 +104,7 @@ def webhook_section() -> str:
 
     return (
         "## Webhook (`python -m samd.webhook`)\n\n"
-        "Each flag's default comes from its variable (`webhook/config.py`).\n\n"
+        "Each flag's default comes from its variable (`src/samd/webhook/config.py`).\n\n"
         + _table("| flag | variable | default | meaning |", _parser_rows(build_parser({})))
         + "\n"
         + _table(
@@ -127,7 +127,7 @@ def serve_section() -> str:
         rows.append((f"`{param.opts[-1]}`", _code(default), (param.help or "-") + required))
     return (
         "## Model server (`samd serve`, the model pod's container)\n\n"
-        "Flags only, set by the operator from the SecureModel (`operator/builders/serving.py`); no variables.\n\n"
+        "Flags only, set by the operator from the SecureModel (`src/samd/operator/builders/serving.py`); no variables.\n\n"
         + _table("| flag | default | meaning |", rows)
     )
 

@@ -55,7 +55,7 @@ def variables_read_by(folder: Path) -> set[str]:
 @pytest.mark.parametrize("folder", ["operator", "webhook"])
 def test_every_variable_the_code_reads_is_documented(folder: str) -> None:
     documented = set(re.findall(r"`(SAMD_[A-Z0-9_]+)`", CONFIGURATION.read_text()))
-    read = variables_read_by(REPO / folder)
+    read = variables_read_by(REPO / "src" / "samd" / folder)
     assert read, "the scan found no variables at all"
     assert read - documented == set(), "add them to the code's variables() (then hack/generate-config-docs)"
 

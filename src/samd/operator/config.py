@@ -30,7 +30,7 @@ class MetricsScraper:
 
 DEFAULT_SCRAPER = MetricsScraper("monitoring", (("app.kubernetes.io/name", "prometheus"),))
 # The chart's operator pods carry this label: the operator reads the model servers' metrics itself
-# to compare them with the policies' incident thresholds (operator/incidents.py).
+# to compare them with the policies' incident thresholds (src/samd/operator/incidents.py).
 OPERATOR_POD_LABELS = (("app.kubernetes.io/name", "samd-operator"),)
 
 

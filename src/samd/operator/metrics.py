@@ -46,7 +46,7 @@ RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 READY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 CONDITION_TYPES = frozenset(kind.value for kind in ConditionType)
 STATUSES = ("True", "False", "Unknown")
-# The loader's exit codes as reasons (docs/cli.md#exit-codes); operator/incidents.py maps them.
+# The loader's exit codes as reasons (docs/cli.md#exit-codes); src/samd/operator/incidents.py maps them.
 LOADER_FAILURE_REASONS = ("usage", "verification", "integrity", "key_provider", "storage", "other")
 
 
