@@ -35,7 +35,8 @@ segment twice. Reads larger than this go straight into the caller's buffer."""
 
 
 class Body(Protocol):
-    """An open response body; `readinto` raises `StorageError` (transient when worth resuming)."""
+    """An open response body; `readinto` raises `StorageError` (`TransientStorageError` when worth
+    resuming)."""
 
     def readinto(self, buffer: memoryview, /) -> int: ...
 
@@ -65,7 +66,8 @@ class RangeSource(Protocol):
         ...
 
     def open(self, offset: int) -> OpenedBody:
-        """Open the object at ``offset``; raise `StorageError` (transient when worth retrying)."""
+        """Open the object at ``offset``; raise `StorageError` (`TransientStorageError` when worth
+        retrying here; a final error may still be ``transient``, meaning "try again later")."""
         ...
 
 
@@ -102,9 +104,7 @@ class ResumingReader(io.RawIOBase):
             body = self._body or self._open_at_offset()
             try:
                 count = body.readinto(view)
-            except StorageError as error:
-                if not error.transient:
-                    raise
+            except TransientStorageError as error:
                 self._connection_lost(error)
                 continue
             if not count:
@@ -175,9 +175,7 @@ class ResumingReader(io.RawIOBase):
         while True:
             try:
                 opened = self._source.open(self._offset)
-            except StorageError as error:
-                if not error.transient:
-                    raise
+            except TransientStorageError as error:  # not a final error a client already retried
                 self._record_failure(error)
                 continue
             if opened.start != self._offset or (
