@@ -49,7 +49,7 @@ def run_storage(options: argparse.Namespace) -> bool:
     return report(
         options,
         "storage",
-        "S3 storage: SAMD's transfers against boto3's",
+        "S3 storage: uploads, downloads and a broken connection",
         rows,
         lambda command: storage.section(rows, settings, command),
     )

@@ -200,7 +200,7 @@ def s3_error(error: Exception, *, action: str, uri: str) -> StorageError:
         # BotoConnectionError covers endpoint connection failures and connect/read timeouts.
         return TransientStorageError(
             f"cannot {action} {uri}: connection failed ({error})",
-            hint="check that the S3 endpoint is reachable; set it with --endpoint-url or AWS_ENDPOINT_URL",
+            hint="check that the S3 endpoint is reachable; set it with AWS_ENDPOINT_URL (spec.artifact.endpoint for a SecureModel)",
         )
     return StorageError(f"cannot {action} {uri}: {error}")
 

@@ -5,11 +5,13 @@ announced) resumes with a range request from the offset already delivered, pinne
 object version (S3 If-Match on the ETag, HTTP If-Range), so the bytes before and after the break
 always come from one object.
 
-Why a reader of our own, measured (256 MiB from the local S3-compatible test server, best of 3,
-2-core machine, 2026-12-03): this reader 579 MB/s, botocore's plain `get_object` stream 664 MB/s,
-s3transfer's `download_fileobj` (4 threads, ranged GETs) 39 MB/s. Neither library resumes a broken
-stream from the delivered offset pinned to one object version, which a multi-GiB model download
-needs; the cost against the plain stream is within the run-to-run spread (0.40-0.62 s for it).
+Why a reader of our own, measured (docs/benchmarks.md, "S3 storage", `python -m bench storage`):
+with the connection cut half-way through a 128 MiB object, this reader fetched 1.00x the object
+(it resumed at the break), s3transfer's `download_fileobj` 1.50x (it starts the broken GET again
+from its first byte), and botocore's plain `get_object` stream failed (its standard retry mode
+retries requests, not a body already being read). Unbroken, it reads as fast as botocore's plain
+stream (0.94x-1.46x of it in four runs on a shared 2-core machine, 2026-12-03), while s3transfer's
+ranged download ran at 0.14x-0.27x of it against the same server.
 """
 
 from __future__ import annotations
