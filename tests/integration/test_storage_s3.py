@@ -8,6 +8,7 @@ the requests, so retry behaviour is asserted on the wire.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import uuid
@@ -26,6 +27,7 @@ from samd.storage import (
     open_artifact,
     put_artifact,
 )
+from samd.storage.guard import AddressPolicy, AllowedEndpoint, IPAddress
 from tests.support.moto_server import MotoServer
 from tests.support.s3_proxy import Fault, S3Proxy, query_matches, running_proxy
 
@@ -333,6 +335,29 @@ def test_an_object_overwritten_mid_download_is_not_spliced(s3: S3Client, bucket:
     ):
         reader.read()
     assert not raised.value.transient
+
+
+def test_the_address_guard_checks_every_request_of_a_multipart_upload(
+    s3: S3Client, bucket: str, proxy: S3Proxy
+) -> None:
+    resolved: list[str] = []
+
+    def resolver(host: str, port: int) -> list[IPAddress]:
+        resolved.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    policy = AddressPolicy(allowed=(AllowedEndpoint(host="localhost", allow_http=True),), resolver=resolver)
+    endpoint = proxy.endpoint.replace("127.0.0.1", "localhost")
+    put_artifact(
+        f"s3://{bucket}/big.samd",
+        io.BytesIO(BIG),
+        endpoint_url=endpoint,
+        part_size=PART,
+        address_policy=policy,
+    )
+    assert s3.get_object(Bucket=bucket, Key="big.samd")["Body"].read() == BIG
+    assert len(proxy.seen) == 5  # start, three parts, complete
+    assert resolved == ["localhost"] * len(proxy.seen)  # each one checked before it was sent
 
 
 # --- nothing half-written -----------------------------------------------------------------------

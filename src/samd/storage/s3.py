@@ -400,7 +400,7 @@ def put_s3(
     config.max_in_memory_upload_chunks = settings.concurrency + 1
     try:
         client.upload_fileobj(
-            _SourceReader(src, uri),  # type: ignore[arg-type]  # read() is all s3transfer needs
+            _SourceReader(src, uri, part_size=part_size),  # type: ignore[arg-type]  # read() is all s3transfer needs
             location.bucket,
             location.key,
             ExtraArgs=extra,
@@ -414,13 +414,27 @@ def put_s3(
 
 class _SourceReader:
     """``src`` as s3transfer sees it: read-only and not seekable (so it is read once, part by part,
-    whatever ``src`` is), with read errors named as SAMD's."""
+    whatever ``src`` is), with read errors named as SAMD's, and refused before it outgrows S3's
+    10,000 parts (which S3 would refuse only at part 10,001, with a less helpful message)."""
 
-    def __init__(self, src: BinaryIO, uri: str) -> None:
+    def __init__(self, src: BinaryIO, uri: str, *, part_size: int) -> None:
         self._src = src
         self._uri = uri
+        self._part_size = part_size
+        self._read = 0
 
     def read(self, size: int = -1) -> bytes:
+        data = self._read_fully(size)
+        self._read += len(data)
+        if self._read > self._part_size * MAX_PARTS:
+            raise StorageError(
+                f"cannot write {self._uri}: the data needs more than {MAX_PARTS} parts of "
+                f"{self._part_size} bytes",
+                hint="use a larger part size",
+            )
+        return data
+
+    def _read_fully(self, size: int) -> bytes:
         chunks: list[bytes] = []
         remaining = size
         try:
