@@ -141,8 +141,9 @@ def make_s3_client(
     """A client for ``endpoint_url`` (else the environment's endpoint, else AWS).
 
     Every request is tried at most ``max_attempts`` times (the first one included) by botocore's
-    standard retry mode. With an ``address_policy``, an ``endpoint_url`` given here (a user's, not the environment's) is
-    checked as a string at once, and every request the client sends is checked against it.
+    standard retry mode. With an ``address_policy``, an ``endpoint_url`` given here (a user's, not
+    the environment's) is checked as a string at once, and every request the client sends is
+    checked against it.
     """
     guarded = address_policy is not None and endpoint_url is not None
     if guarded:
@@ -200,7 +201,8 @@ def s3_error(error: Exception, *, action: str, uri: str) -> StorageError:
         # BotoConnectionError covers endpoint connection failures and connect/read timeouts.
         return TransientStorageError(
             f"cannot {action} {uri}: connection failed ({error})",
-            hint="check that the S3 endpoint is reachable; set it with AWS_ENDPOINT_URL (spec.artifact.endpoint for a SecureModel)",
+            hint="check that the S3 endpoint is reachable; set it with AWS_ENDPOINT_URL "
+            "(spec.artifact.endpoint for a SecureModel)",
         )
     return StorageError(f"cannot {action} {uri}: {error}")
 
@@ -400,7 +402,8 @@ def put_s3(
     config.max_in_memory_upload_chunks = settings.concurrency + 1
     try:
         client.upload_fileobj(
-            _SourceReader(src, uri, part_size=part_size),  # type: ignore[arg-type]  # read() is all s3transfer needs
+            # read() is all s3transfer needs of it
+            _SourceReader(src, uri, part_size=part_size),  # type: ignore[arg-type]
             location.bucket,
             location.key,
             ExtraArgs=extra,
