@@ -382,8 +382,9 @@ def put_s3(
     (billed) in the bucket. Each part carries a CRC32 checksum that S3 verifies on arrival.
     ``src`` is read part by part (it may be a pipe): memory stays bounded by
     ``part_size * (concurrency + 1)``. ``size_hint`` (when the source size is known) grows the part
-    size so that the object fits in S3's 10,000 parts. ``progress`` gets byte counts as parts go
-    out; a part sent again after a failure counts back first (a negative count).
+    size so that the object fits in S3's 10,000 parts. ``progress`` gets byte counts as data goes
+    out; they add up to the object's size however often parts are resent (a count is negative when
+    s3transfer rewinds a part to send it again).
     """
     settings = settings or UploadSettings()
     extra: dict[str, str] = {**normalize_sse(sse, kms_key_id), "ChecksumAlgorithm": CHECKSUM_ALGORITHM}
