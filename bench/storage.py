@@ -48,9 +48,10 @@ requests, not a body already being read, so a plain `get_object` stream fails th
 shown). The machine is shared: the load row says how busy it was.
 
 What it decided (docs/storage.md): uploads are s3transfer's. SAMD's former multipart upload
-measured 1.16x of `upload_fileobj` here (2026-12-03), inside the spread that `put_artifact`, now
-the same library code, shows against it from run to run on this shared machine (0.80x-1.18x), so
-speed does not argue for it. Downloads stay SAMD's resuming reader, for the cut rows."""
+measured 0.94x and 1.16x of `upload_fileobj` in two runs here (2026-12-03), inside the spread that
+`put_artifact`, now the same library code, shows against it from run to run on this shared machine
+(0.80x-1.18x in four runs), so speed does not argue for it. Downloads stay SAMD's resuming reader,
+for the cut rows."""
 
 
 def _best(repeat: int, *actions: Callable[[], None]) -> list[float]:

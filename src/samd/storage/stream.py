@@ -10,8 +10,8 @@ with the connection cut half-way through a 128 MiB object, this reader fetched 1
 (it resumed at the break), s3transfer's `download_fileobj` 1.50x (it starts the broken GET again
 from its first byte), and botocore's plain `get_object` stream failed (its standard retry mode
 retries requests, not a body already being read). Unbroken, it reads as fast as botocore's plain
-stream (0.94x-1.46x of it in four runs on a shared 2-core machine, 2026-12-03), while s3transfer's
-ranged download ran at 0.14x-0.27x of it against the same server.
+stream (0.90x-1.46x of it in six runs on a shared 2-core machine, 2026-12-03), while s3transfer's
+ranged download ran at 0.13x-0.27x of it against the same server.
 """
 
 from __future__ import annotations
