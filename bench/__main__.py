@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import admission, admission_e2e, artifact, serving
+from bench import admission, admission_e2e, artifact, serving, storage
 from bench import operator as operator_suite
 from bench.report import Row, text_table, write_section
 
@@ -38,6 +38,20 @@ def run_artifact(options: argparse.Namespace) -> bool:
         "Artifact core: encrypt and fetch",
         rows,
         lambda command: artifact.section(rows, settings, command),
+    )
+
+
+def run_storage(options: argparse.Namespace) -> bool:
+    settings = storage.Settings(
+        size_mib=artifact.parse_size(options.storage_size), repeat=min(options.repeat, 3)
+    )
+    rows = storage.run(settings)
+    return report(
+        options,
+        "storage",
+        "S3 storage: uploads, downloads and a broken connection",
+        rows,
+        lambda command: storage.section(rows, settings, command),
     )
 
 
@@ -107,6 +121,7 @@ SUITES: dict[str, Callable[[argparse.Namespace], bool]] = {
     "admission": run_admission,
     "admission-e2e": run_admission_e2e,
     "serving": run_serving,
+    "storage": run_storage,
 }
 
 
@@ -117,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small-size", default="64M", help="the small model, to show memory is constant")
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure; the best is kept")
     parser.add_argument("--keep", action="store_true", help="keep the artifacts in the scratch directory")
+    parser.add_argument(
+        "--storage-size", default="128M", help="object size for the storage suite (default 128M)"
+    )
     parser.add_argument("--models", default="100,1000", help="SecureModel counts for the operator suite")
     parser.add_argument(
         "--operator-timeout", type=float, default=600.0, help="seconds to wait for each batch to be ready"

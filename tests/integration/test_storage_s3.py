@@ -1,23 +1,18 @@
 """S3 storage against the real local AWS-compatible server (moto in server mode).
 
 Failures S3 produces under load (SlowDown, 5xx, connections cut mid-body) are injected by a
-small HTTP proxy between the client and the server; it also counts the requests, so retry
-behaviour is asserted on the wire.
+small HTTP proxy between the client and the server (tests/support/s3_proxy.py); it also records
+the requests, so retry behaviour is asserted on the wire.
 """
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import io
+import ipaddress
 import json
 import os
-import sys
-import threading
-import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -32,7 +27,9 @@ from samd.storage import (
     open_artifact,
     put_artifact,
 )
+from samd.storage.guard import AddressPolicy, AllowedEndpoint, IPAddress
 from tests.support.moto_server import MotoServer
+from tests.support.s3_proxy import Fault, S3Proxy, query_matches, running_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -40,146 +37,6 @@ FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
 PART = 5 << 20  # S3's smallest part size
 BIG = os.urandom(2 * PART + 123_456)  # three parts
 SMALL = os.urandom(200_000)
-
-
-# --- a fault-injecting proxy --------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    """Applies to the next ``times`` requests with this method whose query has ``query``."""
-
-    method: str
-    times: int = 1
-    query: str | None = None
-    status: int | None = None
-    code: str = "SlowDown"
-    truncate_after: int | None = None
-    before_cut: Callable[[], object] | None = None
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-
-
-def query_matches(query: str, selector: str | None) -> bool:
-    """Whether the query string has the parameter ``name`` (or ``name=value``) of ``selector``."""
-    if selector is None:
-        return True
-    name, _, value = selector.partition("=")
-    parameters = urllib.parse.parse_qs(query, keep_blank_values=True)
-    return name in parameters and (not value or value in parameters[name])
-
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade"}
-
-
-class ProxyHandler(http.server.BaseHTTPRequestHandler):
-    server: S3Proxy
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._proxy()
-
-    def do_PUT(self) -> None:
-        self._proxy()
-
-    def do_POST(self) -> None:
-        self._proxy()
-
-    def do_DELETE(self) -> None:
-        self._proxy()
-
-    def do_HEAD(self) -> None:
-        self._proxy()
-
-    def _proxy(self) -> None:
-        assert "chunked" not in self.headers.get("Transfer-Encoding", ""), "the proxy expects sized bodies"
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        path, _, query = self.path.partition("?")
-        with self.server.lock:
-            self.server.seen.append(Seen(self.command, path, query, dict(self.headers.items())))
-            fault = next(
-                (
-                    f
-                    for f in self.server.faults
-                    if f.times > 0 and f.method == self.command and query_matches(query, f.query)
-                ),
-                None,
-            )
-            if fault is not None:
-                fault.times -= 1
-        if fault is not None and fault.status is not None:
-            self._error(fault.status, fault.code)
-            return
-        upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=30)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            payload = response.read()
-            self.send_response(response.status)
-            for name, value in response.getheaders():
-                if name.lower() not in _HOP_BY_HOP:
-                    self.send_header(name, value)
-            length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(payload))
-            self.send_header("Content-Length", length or "0")
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if fault is not None and fault.truncate_after is not None:
-                self.wfile.write(payload[: fault.truncate_after])
-                self.wfile.flush()
-                if fault.before_cut is not None:
-                    fault.before_cut()
-                self.close_connection = True
-                return
-            self.wfile.write(payload)
-        finally:
-            upstream.close()
-
-    def _error(self, status: int, code: str) -> None:
-        body = (
-            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-            f"<Message>injected by the test proxy</Message><RequestId>test</RequestId></Error>"
-        ).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-
-class S3Proxy(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), ProxyHandler)
-        self.upstream = urllib.parse.urlsplit(upstream)
-        self.faults: list[Fault] = []
-        self.seen: list[Seen] = []
-        self.errors: list[BaseException | None] = []
-        self.lock = threading.Lock()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        error = sys.exc_info()[1]
-        if not isinstance(error, OSError):  # a client hanging up is expected; anything else is a bug
-            self.errors.append(error)
-
-    def count(self, method: str, query: str | None = None) -> int:
-        return sum(1 for seen in self.seen if seen.method == method and query_matches(seen.query, query))
 
 
 @pytest.fixture(autouse=True)
@@ -191,15 +48,8 @@ def no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def proxy(aws_env: MotoServer) -> Iterator[S3Proxy]:
-    server = S3Proxy(aws_env.endpoint)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running_proxy(aws_env.endpoint) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
     assert server.errors == [], f"the test proxy itself failed: {server.errors}"
 
 
@@ -383,24 +233,76 @@ def test_throttling_and_server_errors_are_retried(
     assert proxy.count("GET") == 3
 
 
-def test_persistent_throttling_gives_up_with_a_transient_error(bucket: str, proxy: S3Proxy) -> None:
-    proxy.faults.append(Fault("PUT", times=100, status=503, code="SlowDown"))
-    uri = f"s3://{bucket}/m.samd"
-    with pytest.raises(StorageError, match=r"SlowDown.*gave up after 4 attempts") as raised:
-        put_artifact(uri, io.BytesIO(SMALL), endpoint_url=proxy.endpoint, retry=FAST)
+def test_a_read_that_keeps_failing_is_tried_max_attempts_times_in_all(bucket: str, proxy: S3Proxy) -> None:
+    proxy.faults.append(Fault("GET", times=100, status=500, code="InternalError"))
+    with (
+        pytest.raises(StorageError, match=r"InternalError .*\(gave up after 4 attempts\)") as raised,
+        open_artifact(f"s3://{bucket}/m.samd", endpoint_url=proxy.endpoint, retry=FAST),
+    ):
+        pass
     assert raised.value.transient
-    assert uri in raised.value.message
+    assert proxy.count("GET") == FAST.max_attempts  # botocore's retries, not multiplied by the reader's
+
+
+def test_persistent_server_errors_give_up_with_a_transient_error_naming_the_object(
+    bucket: str, proxy: S3Proxy
+) -> None:
+    proxy.faults.append(Fault("PUT", times=100, status=500, code="InternalError"))
+    uri = f"s3://{bucket}/m.samd"
+    with pytest.raises(StorageError) as raised:
+        put_artifact(uri, io.BytesIO(SMALL), endpoint_url=proxy.endpoint, retry=FAST)
+    assert raised.value.message == (
+        f"cannot write {uri}: InternalError (injected by the test proxy) (gave up after 4 attempts)"
+    )
+    assert raised.value.transient  # worth trying again later
     assert proxy.count("PUT") == FAST.max_attempts
 
 
-def test_a_failed_part_is_retried_alone(s3: S3Client, bucket: str, proxy: S3Proxy) -> None:
-    proxy.faults.append(Fault("PUT", query="partNumber=2", status=503, code="SlowDown"))
+def test_an_upload_goes_through_transient_errors_on_its_parts(
+    s3: S3Client, bucket: str, proxy: S3Proxy
+) -> None:
+    proxy.faults += [
+        Fault("PUT", query="partNumber=2", status=503, code="SlowDown"),
+        Fault("PUT", query="partNumber=3", status=500, code="InternalError"),
+        Fault("POST", query="uploadId", status=503, code="ServiceUnavailable"),  # the completion
+    ]
+    reported: list[int] = []
     put_artifact(
-        f"s3://{bucket}/big.samd", io.BytesIO(BIG), endpoint_url=proxy.endpoint, part_size=PART, retry=FAST
+        f"s3://{bucket}/big.samd",
+        io.BytesIO(BIG),
+        endpoint_url=proxy.endpoint,
+        part_size=PART,
+        retry=FAST,
+        progress=reported.append,
     )
-    assert [proxy.count("PUT", f"partNumber={n}") for n in (1, 2, 3)] == [1, 2, 1]
-    assert proxy.count("POST", "uploads") == 1  # one multipart upload, not a restart
     assert s3.get_object(Bucket=bucket, Key="big.samd")["Body"].read() == BIG
+    assert [proxy.count("PUT", f"partNumber={n}") for n in (1, 2, 3)] == [1, 2, 2]  # each part alone
+    assert proxy.count("POST", "uploads") == 1  # one multipart upload, not a restart
+    assert sum(reported) == len(BIG)  # a progress bar ends at 100 %, however often parts were resent
+
+
+def test_a_part_that_keeps_failing_aborts_the_upload_with_a_clear_error(
+    s3: S3Client, bucket: str, proxy: S3Proxy
+) -> None:
+    proxy.faults.append(Fault("PUT", times=100, query="partNumber=2", status=503, code="ServiceUnavailable"))
+    uri = f"s3://{bucket}/big.samd"
+    with pytest.raises(StorageError) as raised:
+        put_artifact(uri, io.BytesIO(BIG), endpoint_url=proxy.endpoint, part_size=PART, retry=FAST)
+    assert raised.value.message == (
+        f"cannot write {uri}: ServiceUnavailable (injected by the test proxy) (gave up after 4 attempts)"
+    )
+    assert raised.value.transient
+    assert proxy.count("PUT", "partNumber=2") == FAST.max_attempts
+    assert proxy.count("DELETE", "uploadId") == 1  # the abort
+    assert keys(s3, bucket) == []
+    assert pending_uploads(s3, bucket) == []
+
+
+def test_every_part_carries_a_checksum_the_server_verifies(bucket: str, proxy: S3Proxy) -> None:
+    put_artifact(f"s3://{bucket}/big.samd", io.BytesIO(BIG), endpoint_url=proxy.endpoint, part_size=PART)
+    parts = [seen for seen in proxy.seen if seen.method == "PUT" and query_matches(seen.query, "partNumber")]
+    assert len(parts) == 3
+    assert all("x-amz-checksum-crc32" in {name.lower() for name in part.headers} for part in parts)
 
 
 def test_a_download_cut_mid_body_resumes_from_where_it_stopped(
@@ -433,6 +335,29 @@ def test_an_object_overwritten_mid_download_is_not_spliced(s3: S3Client, bucket:
     ):
         reader.read()
     assert not raised.value.transient
+
+
+def test_the_address_guard_checks_every_request_of_a_multipart_upload(
+    s3: S3Client, bucket: str, proxy: S3Proxy
+) -> None:
+    resolved: list[str] = []
+
+    def resolver(host: str, port: int) -> list[IPAddress]:
+        resolved.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    policy = AddressPolicy(allowed=(AllowedEndpoint(host="localhost", allow_http=True),), resolver=resolver)
+    endpoint = proxy.endpoint.replace("127.0.0.1", "localhost")
+    put_artifact(
+        f"s3://{bucket}/big.samd",
+        io.BytesIO(BIG),
+        endpoint_url=endpoint,
+        part_size=PART,
+        address_policy=policy,
+    )
+    assert s3.get_object(Bucket=bucket, Key="big.samd")["Body"].read() == BIG
+    assert len(proxy.seen) == 5  # start, three parts, complete
+    assert resolved == ["localhost"] * len(proxy.seen)  # each one checked before it was sent
 
 
 # --- nothing half-written -----------------------------------------------------------------------

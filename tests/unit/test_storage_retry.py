@@ -196,6 +196,26 @@ def test_a_download_that_drips_and_breaks_forever_stops_at_the_resume_limit() ->
     assert len(source.opened_at) == FAST.max_stream_resumes + 1
 
 
+class GivenUpSource(ScriptedSource):
+    """Its client already retried: opening after the break fails with a final (but transient) error."""
+
+    def open(self, offset: int) -> OpenedBody:
+        if offset:
+            self.opened_at.append(offset)
+            raise StorageError(
+                "cannot read s3://bucket-x/model.samd: SlowDown (gave up after 5 attempts)", transient=True
+            )
+        return super().open(offset)
+
+
+def test_an_open_its_client_already_retried_is_not_retried_again() -> None:
+    source = GivenUpSource(DATA, breaks=[Break(at_open=0, after=100)])
+    with pytest.raises(StorageError, match=r"gave up after 5 attempts\)$") as raised:
+        read_all(source)
+    assert raised.value.transient  # the caller may try again later
+    assert source.opened_at == [0, 100]  # one resume attempt: the client's retries are not multiplied
+
+
 def test_a_resume_that_returns_other_bytes_is_refused() -> None:
     source = ScriptedSource(DATA, breaks=[Break(at_open=0, after=100)], shift_start_on_resume=50)
     with pytest.raises(StorageError, match="got bytes from 150") as raised:

@@ -1,4 +1,11 @@
-"""Verifying OMS signatures: the bundle alone, a model on disk, or digests computed elsewhere."""
+"""Verifying OMS signatures: the bundle alone, a model on disk, or digests computed elsewhere.
+
+The signature itself is checked by the model_signing library. What is hand-written is the check of
+digests computed elsewhere (`check_files_against_manifest`), for the loader, which hashes while it
+decrypts instead of letting model_signing read the files again. Measured (docs/benchmarks.md,
+"Artifact core", `make bench`): `samd fetch` 1 GiB in 0.95 s, against 2.25 s for Tink's decryption
+followed by model_signing's own verification (1.11 s of it model_signing re-hashing).
+"""
 
 from __future__ import annotations
 

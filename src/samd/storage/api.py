@@ -70,7 +70,11 @@ def open_artifact(
         from samd.storage.s3 import make_s3_client, open_s3  # noqa: PLC0415 - see the imports
 
         client = make_s3_client(
-            endpoint_url=endpoint_url, region=region, timeout=timeout, address_policy=address_policy
+            endpoint_url=endpoint_url,
+            region=region,
+            timeout=timeout,
+            address_policy=address_policy,
+            max_attempts=policy.max_attempts,
         )
         reader = open_s3(location, client=client, policy=policy, buffer_size=buffer_size)
     else:
@@ -103,8 +107,10 @@ def put_artifact(
     """Write everything ``src`` yields to ``uri``, all or nothing.
 
     Local files are written atomically (temporary file, fsync, rename). S3 objects are uploaded
-    in one request or, past ``part_size``, as a multipart upload (aborted on failure, so no
-    partial object appears), with optional server-side encryption: ``sse`` is ``AES256``
+    by boto3's managed transfer: in one request or, past ``part_size``, as a multipart upload of
+    ``concurrency`` parts at once (aborted on failure, so no partial object appears; each request
+    tried at most ``retry.max_attempts`` times by botocore's standard retry mode), with optional
+    server-side encryption: ``sse`` is ``AES256``
     (``SSE-S3``) or ``aws:kms`` (``SSE-KMS``, with an optional ``kms_key_id``). ``progress`` is
     called with the number of bytes each time a chunk is stored. HTTPS is read only.
     ``address_policy`` and ``field`` are as for `open_artifact`.
@@ -136,7 +142,11 @@ def put_artifact(
     normalize_sse(sse, kms_key_id)  # reject bad options before any connection is made
     settings = UploadSettings(part_size=part_size, concurrency=concurrency)
     client = make_s3_client(
-        endpoint_url=endpoint_url, region=region, timeout=timeout, address_policy=address_policy
+        endpoint_url=endpoint_url,
+        region=region,
+        timeout=timeout,
+        address_policy=address_policy,
+        max_attempts=(retry or DEFAULT_RETRY).max_attempts,
     )
     put_s3(
         location,
@@ -145,7 +155,6 @@ def put_artifact(
         sse=sse,
         kms_key_id=kms_key_id,
         progress=progress,
-        policy=retry or DEFAULT_RETRY,
         settings=settings,
         size_hint=_remaining_size(src),
     )
@@ -170,8 +179,10 @@ def artifact_size(
     if isinstance(location, S3Location):
         from samd.storage.s3 import make_s3_client, s3_size  # noqa: PLC0415
 
-        client = make_s3_client(endpoint_url=endpoint_url, region=region, timeout=timeout)
-        return s3_size(location, client=client, policy=policy)
+        client = make_s3_client(
+            endpoint_url=endpoint_url, region=region, timeout=timeout, max_attempts=policy.max_attempts
+        )
+        return s3_size(location, client=client)
     from samd.storage.https import HttpClient, https_size  # noqa: PLC0415
 
     http = HttpClient(ca_bundle=ca_bundle, allow_http=allow_http, timeout=timeout)

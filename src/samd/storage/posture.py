@@ -110,12 +110,16 @@ def check_bucket_posture(
 
     policy = retry or DEFAULT_RETRY
     s3 = client or make_s3_client(
-        endpoint_url=endpoint_url, region=region, timeout=timeout, address_policy=address_policy
+        endpoint_url=endpoint_url,
+        region=region,
+        timeout=timeout,
+        address_policy=address_policy,
+        max_attempts=policy.max_attempts,
     )
     bucket = location.bucket
     target = f"s3://{bucket}"
     try:
-        call_s3(lambda: s3.head_bucket(Bucket=bucket), policy=policy, action="check", uri=target)
+        call_s3(lambda: s3.head_bucket(Bucket=bucket), client=s3, action="check", uri=target)
     except StorageError as error:
         if _error_code(error) in ("404", "NoSuchBucket"):
             raise StorageError(
@@ -127,7 +131,7 @@ def check_bucket_posture(
     def observe(operation: Callable[[], Any], absent_code: str | None) -> Any:
         """The response; None when the setting is absent; `_Unreadable` when it may not be read."""
         try:
-            return call_s3(operation, policy=policy, action="check", uri=target)
+            return call_s3(operation, client=s3, action="check", uri=target)
         except StorageError as error:
             code = _error_code(error)
             if error.transient or code is None:
@@ -186,7 +190,7 @@ def check_bucket_posture(
     policy_public: bool | None
     answer = observe(lambda: s3.get_bucket_policy_status(Bucket=bucket), "NoSuchBucketPolicy")
     if isinstance(answer, _Unreadable):
-        policy_public = _policy_public_from_document(s3, bucket, policy)
+        policy_public = _policy_public_from_document(s3, bucket)
     else:
         policy_public = bool(answer.get("PolicyStatus", {}).get("IsPublic")) if answer is not None else False
     if policy_public:
@@ -231,14 +235,14 @@ def check_bucket_posture(
     )
 
 
-def _policy_public_from_document(s3: S3Client, bucket: str, policy: RetryPolicy) -> bool | None:
+def _policy_public_from_document(s3: S3Client, bucket: str) -> bool | None:
     """When GetBucketPolicyStatus is unavailable: public if an Allow statement names any principal
     without conditions. None when the policy cannot be read either."""
     from samd.storage.s3 import call_s3  # noqa: PLC0415
 
     try:
         response = call_s3(
-            lambda: s3.get_bucket_policy(Bucket=bucket), policy=policy, action="check", uri=f"s3://{bucket}"
+            lambda: s3.get_bucket_policy(Bucket=bucket), client=s3, action="check", uri=f"s3://{bucket}"
         )
     except StorageError as error:
         if _error_code(error) == "NoSuchBucketPolicy":

@@ -1,4 +1,5 @@
-"""Retries with exponential backoff and full jitter, for transient storage failures only.
+"""Retries with exponential backoff and full jitter, for transient storage failures only: HTTPS
+requests and resumed downloads (S3 requests are retried by botocore's standard retry mode).
 
 A failure is transient when trying again can help: a lost connection, a timeout, a 5xx answer,
 throttling. Everything else (not found, access denied, bad input) fails at once.
@@ -37,6 +38,8 @@ class RetryPolicy:
     ``max_attempts`` bounds the attempts of one request (the first one included), and the
     consecutive failed attempts of a download that makes no progress. ``max_stream_resumes``
     bounds how often one download may resume after its connection broke off, progress or not.
+    For S3 only ``max_attempts`` applies to requests: botocore's standard retry mode sends them,
+    with its own backoff; the delays here pace HTTPS requests and the resumes of any download.
     """
 
     max_attempts: int = 5

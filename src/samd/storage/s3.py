@@ -1,8 +1,14 @@
 """S3 and S3-compatible object storage through boto3.
 
-botocore's own retries are switched off: every request goes through `call_with_retries`, so one
-policy (bounded attempts, exponential backoff with jitter, transient errors only) applies to
-every backend, and multipart uploads retry one part, never the whole object.
+Retries are botocore's `standard` retry mode: transient failures only (throttling, 5xx, lost
+connections, timeouts), exponential backoff with jitter, bounded attempts and a client-wide retry
+quota, for every S3 request SAMD sends. Uploads are boto3's managed transfer (s3transfer): one PUT
+when the data fits in a part, else a multipart upload whose parts go up in parallel and are retried
+one by one, and which is aborted when anything fails.
+
+What stays hand-written is the download (`S3ObjectSource` with `samd.storage.stream.ResumingReader`):
+botocore's retries cover requests, not a body already being read, and s3transfer's download starts a
+broken range again from its first byte; measured in docs/benchmarks.md, "S3 storage".
 """
 
 from __future__ import annotations
@@ -15,14 +21,13 @@ import math
 import os
 import re
 import urllib.parse
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import boto3
 import urllib3.exceptions
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -42,13 +47,12 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from samd.errors import StorageError, UsageError
 from samd.storage.defaults import NETWORK_TIMEOUT, S3_CONCURRENCY, S3_PART_SIZE
 from samd.storage.guard import AddressPolicy, check_endpoint, guard_boto_client
-from samd.storage.retry import DEFAULT_RETRY, RetryPolicy, TransientStorageError, call_with_retries
+from samd.storage.retry import DEFAULT_RETRY, RetryPolicy, TransientStorageError, gave_up
 from samd.storage.stream import DEFAULT_BUFFER_SIZE, ArtifactReader, OpenedBody, ResumingReader
 from samd.storage.uri import S3Location
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 logger = logging.getLogger(__name__)
 
@@ -132,20 +136,24 @@ def make_s3_client(
     timeout: float = DEFAULT_TIMEOUT,
     address_policy: AddressPolicy | None = None,
     endpoint_field: str = "the S3 endpoint",
+    max_attempts: int = DEFAULT_RETRY.max_attempts,
 ) -> S3Client:
     """A client for ``endpoint_url`` (else the environment's endpoint, else AWS).
 
-    With an ``address_policy``, an ``endpoint_url`` given here (a user's, not the environment's) is
-    checked as a string at once, and every request the client sends is checked against it.
+    Every request is tried at most ``max_attempts`` times (the first one included) by botocore's
+    standard retry mode. With an ``address_policy``, an ``endpoint_url`` given here (a user's, not
+    the environment's) is checked as a string at once, and every request the client sends is
+    checked against it.
     """
     guarded = address_policy is not None and endpoint_url is not None
     if guarded:
         assert address_policy is not None  # noqa: S101 - for mypy
         assert endpoint_url is not None  # noqa: S101
         check_endpoint(endpoint_url, address_policy, field=endpoint_field)
+    if max_attempts < 1:
+        raise UsageError(f"max_attempts must be at least 1, not {max_attempts}")
     config = Config(
-        # One retry policy for all backends: ours (see module docstring).
-        retries={"mode": "standard", "total_max_attempts": 1},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=timeout,
         read_timeout=timeout,
         max_pool_connections=DEFAULT_CONCURRENCY * 2,
@@ -193,7 +201,8 @@ def s3_error(error: Exception, *, action: str, uri: str) -> StorageError:
         # BotoConnectionError covers endpoint connection failures and connect/read timeouts.
         return TransientStorageError(
             f"cannot {action} {uri}: connection failed ({error})",
-            hint="check that the S3 endpoint is reachable; set it with --endpoint-url or AWS_ENDPOINT_URL",
+            hint="check that the S3 endpoint is reachable; set it with AWS_ENDPOINT_URL "
+            "(spec.artifact.endpoint for a SecureModel)",
         )
     return StorageError(f"cannot {action} {uri}: {error}")
 
@@ -232,14 +241,36 @@ def _client_error(error: ClientError, *, action: str, uri: str) -> StorageError:
     return StorageError(f"cannot {action} {uri}: {code or status} ({message})")
 
 
-def call_s3(operation: Callable[[], Any], *, policy: RetryPolicy, action: str, uri: str) -> Any:
-    def attempt() -> Any:
-        try:
-            return operation()
-        except (ClientError, BotoCoreError, urllib3.exceptions.HTTPError, OSError) as error:
-            raise s3_error(error, action=action, uri=uri) from error
+def final_s3_error(error: Exception, *, action: str, uri: str, client: S3Client) -> StorageError:
+    """`s3_error` for a request botocore has already retried: a transient cause says how often it
+    was tried and stays ``transient`` for the caller, but is not retried again here."""
+    translated = s3_error(error, action=action, uri=uri)
+    if not translated.transient:
+        return translated
+    attempts = _attempts(error, client)
+    return gave_up(translated, attempts) if attempts > 1 else _final(translated)
 
-    return call_with_retries(attempt, policy=policy, action=f"{action} {uri}")
+
+def _attempts(error: Exception, client: S3Client) -> int:
+    if isinstance(error, ClientError):
+        retried = error.response.get("ResponseMetadata", {}).get("RetryAttempts")
+        if isinstance(retried, int):
+            return retried + 1
+    retries = getattr(client.meta.config, "retries", None) or {}  # not in the type stubs
+    configured = retries.get("total_max_attempts")
+    return int(configured) if isinstance(configured, int) else 1
+
+
+def _final(error: StorageError) -> StorageError:
+    return StorageError(error.message, hint=error.hint, transient=True)
+
+
+def call_s3(operation: Callable[[], Any], *, client: S3Client, action: str, uri: str) -> Any:
+    """One S3 request through ``client`` (which retries it); failures become `StorageError`."""
+    try:
+        return operation()
+    except (ClientError, BotoCoreError, urllib3.exceptions.HTTPError, OSError) as error:
+        raise final_s3_error(error, action=action, uri=uri, client=client) from error
 
 
 class _S3Body:
@@ -280,10 +311,9 @@ class S3ObjectSource:
             arguments["Range"] = f"bytes={offset}-"
             if self._etag is not None:
                 arguments["IfMatch"] = self._etag
-        try:
-            response = self._client.get_object(**arguments)
-        except (ClientError, BotoCoreError, urllib3.exceptions.HTTPError, OSError) as error:
-            raise s3_error(error, action="read", uri=uri) from error
+        response = call_s3(
+            lambda: self._client.get_object(**arguments), client=self._client, action="read", uri=uri
+        )
         body = response["Body"]
         if not offset:
             self._etag = response.get("ETag")
@@ -309,10 +339,10 @@ def open_s3(
     return ArtifactReader(raw, uri=str(location), size=raw.total_size, buffer_size=buffer_size)
 
 
-def s3_size(location: S3Location, *, client: S3Client, policy: RetryPolicy = DEFAULT_RETRY) -> int:
+def s3_size(location: S3Location, *, client: S3Client) -> int:
     response = call_s3(
         lambda: client.head_object(Bucket=location.bucket, Key=location.key),
-        policy=policy,
+        client=client,
         action="look up",
         uri=str(location),
     )
@@ -341,172 +371,89 @@ def put_s3(
     sse: str | None = None,
     kms_key_id: str | None = None,
     progress: Callable[[int], None] | None = None,
-    policy: RetryPolicy = DEFAULT_RETRY,
     settings: UploadSettings | None = None,
     size_hint: int | None = None,
 ) -> None:
-    """Upload ``src``: one PUT when it fits in a part, else a multipart upload.
+    """Upload ``src`` with boto3's managed transfer: one PUT when it fits in a part, else a
+    multipart upload of ``settings.concurrency`` parts at once.
 
-    Measured against s3transfer (256 MiB to the local S3-compatible test server, 8 MiB parts, 4 at
-    once, best of 3, 2026-12-03): this 124 MB/s, s3transfer's `upload_fileobj` 122 MB/s. Speed does
-    not argue for this code; what it adds is the per-part retry with SAMD's error messages and the
-    tests that pin it (tests/integration/test_storage_s3.py).
-
-    Memory is bounded by ``part_size * (concurrency + 1)``. Each part is retried on its own. If
-    anything fails, the multipart upload is aborted: no object appears and no parts are left
-    behind (billed) in the bucket. ``size_hint`` (when the source size is known) grows the part
-    size so that the object fits in S3's 10,000 parts.
+    Every request (each part on its own) is retried by the client; when the upload fails anyway,
+    s3transfer aborts the multipart upload, so no object appears and no parts are left behind
+    (billed) in the bucket. Each part carries a CRC32 checksum that S3 verifies on arrival.
+    ``src`` is read part by part (it may be a pipe): memory stays bounded by
+    ``part_size * (concurrency + 1)``. ``size_hint`` (when the source size is known) grows the part
+    size so that the object fits in S3's 10,000 parts. ``progress`` gets byte counts as data goes
+    out; they add up to the object's size however often parts are resent (a count is negative when
+    s3transfer rewinds a part to send it again).
     """
     settings = settings or UploadSettings()
-    extra = normalize_sse(sse, kms_key_id)
+    extra: dict[str, str] = {**normalize_sse(sse, kms_key_id), "ChecksumAlgorithm": CHECKSUM_ALGORITHM}
     uri = str(location)
     part_size = settings.part_size
     if size_hint is not None and size_hint > part_size * MAX_PARTS:
         part_size = min(MAX_PART_SIZE, math.ceil(size_hint / MAX_PARTS))
-    first = _read_part(src, part_size, uri)
-    if len(first) < part_size:
-        call_s3(
-            lambda: client.put_object(Bucket=location.bucket, Key=location.key, Body=first, **extra),  # type: ignore[arg-type]
-            policy=policy,
-            action="write",
-            uri=uri,
-        )
-        if progress is not None:
-            progress(len(first))
-        logger.debug("uploaded %s in one request (%d bytes)", uri, len(first))
-        return
-    created = call_s3(
-        lambda: client.create_multipart_upload(
-            Bucket=location.bucket,
-            Key=location.key,
-            ChecksumAlgorithm=CHECKSUM_ALGORITHM,
-            **extra,  # type: ignore[arg-type]
-        ),
-        policy=policy,
-        action="start a multipart upload of",
-        uri=uri,
+    config = TransferConfig(
+        multipart_threshold=part_size,
+        multipart_chunksize=part_size,
+        max_concurrency=settings.concurrency,
+        # The classic transfer sends every request through this client, so its address guard and
+        # retry mode apply; the CRT one (chosen automatically on some hosts) has its own HTTP stack.
+        preferred_transfer_client="classic",
     )
-    upload_id: str = created["UploadId"]
+    config.max_in_memory_upload_chunks = settings.concurrency + 1
     try:
-        parts = _upload_parts(
-            location, src, first, upload_id, client=client, part_size=part_size, settings=settings,
-            policy=policy, progress=progress,
-        )  # fmt: skip
-        call_s3(
-            lambda: client.complete_multipart_upload(
-                Bucket=location.bucket,
-                Key=location.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            ),
-            policy=policy,
-            action="complete the multipart upload of",
-            uri=uri,
+        client.upload_fileobj(
+            # read() is all s3transfer needs of it
+            _SourceReader(src, uri, part_size=part_size),  # type: ignore[arg-type]
+            location.bucket,
+            location.key,
+            ExtraArgs=extra,
+            Callback=progress,
+            Config=config,
         )
-    except BaseException:
-        _abort(client, location, upload_id, policy)
-        raise
-    logger.debug("uploaded %s in %d parts", uri, len(parts))
+    except (ClientError, BotoCoreError, urllib3.exceptions.HTTPError, OSError) as error:
+        raise final_s3_error(error, action="write", uri=uri, client=client) from error
+    logger.debug("uploaded %s", uri)
 
 
-def _upload_parts(
-    location: S3Location,
-    src: BinaryIO,
-    first: bytes,
-    upload_id: str,
-    *,
-    client: S3Client,
-    part_size: int,
-    settings: UploadSettings,
-    policy: RetryPolicy,
-    progress: Callable[[int], None] | None,
-) -> list[CompletedPartTypeDef]:
-    uri = str(location)
+class _SourceReader:
+    """``src`` as s3transfer sees it: read-only and not seekable (so it is read once, part by part,
+    whatever ``src`` is), with read errors named as SAMD's, and refused before it outgrows S3's
+    10,000 parts (which S3 would refuse only at part 10,001, with a less helpful message)."""
 
-    def upload(number: int, data: bytes) -> CompletedPartTypeDef:
-        response = call_s3(
-            lambda: client.upload_part(
-                Bucket=location.bucket,
-                Key=location.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumAlgorithm=CHECKSUM_ALGORITHM,
-            ),
-            policy=policy,
-            action=f"upload part {number} of",
-            uri=uri,
-        )
-        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": response["ETag"]}
-        if "ChecksumCRC32" in response:
-            part["ChecksumCRC32"] = response["ChecksumCRC32"]
-        return part
+    def __init__(self, src: BinaryIO, uri: str, *, part_size: int) -> None:
+        self._src = src
+        self._uri = uri
+        self._part_size = part_size
+        self._read = 0
 
-    parts: list[CompletedPartTypeDef] = []
-    in_flight: deque[tuple[Future[CompletedPartTypeDef], int]] = deque()
+    def read(self, size: int = -1) -> bytes:
+        data = self._read_fully(size)
+        self._read += len(data)
+        if self._read > self._part_size * MAX_PARTS:
+            raise StorageError(
+                f"cannot write {self._uri}: the data needs more than {MAX_PARTS} parts of "
+                f"{self._part_size} bytes",
+                hint="use a larger part size",
+            )
+        return data
 
-    def finish_oldest() -> None:
-        future, length = in_flight.popleft()
-        parts.append(future.result())
-        if progress is not None:
-            progress(length)
-
-    with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="samd-s3-part") as pool:
+    def _read_fully(self, size: int) -> bytes:
+        chunks: list[bytes] = []
+        remaining = size
         try:
-            number, data = 1, first
-            while data:
-                if number > MAX_PARTS:
-                    raise StorageError(
-                        f"cannot write {uri}: the data needs more than {MAX_PARTS} parts of {part_size} bytes",
-                        hint="use a larger part size",
-                    )
-                in_flight.append((pool.submit(upload, number, data), len(data)))
-                while len(in_flight) >= settings.concurrency:
-                    finish_oldest()
-                number += 1
-                data = _read_part(src, part_size, uri)
-            while in_flight:
-                finish_oldest()
-        except BaseException:
-            for future, _ in in_flight:
-                future.cancel()
-            raise
-    return parts
-
-
-def _read_part(src: BinaryIO, size: int, uri: str) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    try:
-        while remaining:
-            chunk = src.read(remaining)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except OSError as error:
-        raise StorageError(f"reading the data to write to {uri} failed: {error.strerror or error}") from error
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _abort(client: S3Client, location: S3Location, upload_id: str, policy: RetryPolicy) -> None:
-    try:
-        call_s3(
-            lambda: client.abort_multipart_upload(
-                Bucket=location.bucket, Key=location.key, UploadId=upload_id
-            ),
-            policy=policy,
-            action="abort the multipart upload of",
-            uri=str(location),
-        )
-    except StorageError as error:
-        logger.error(  # the upload's own error is what propagates, so no traceback here
-            "could not abort multipart upload %s of %s (%s): its parts stay in the bucket until "
-            "a lifecycle rule (AbortIncompleteMultipartUpload) removes them",
-            upload_id,
-            location,
-            error,
-        )
+            while remaining:  # a pipe may return less than asked before its end
+                chunk = self._src.read(remaining)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if remaining > 0:
+                    remaining -= len(chunk)
+        except OSError as error:
+            raise StorageError(
+                f"reading the data to write to {self._uri} failed: {error.strerror or error}"
+            ) from error
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,11 +5,13 @@ announced) resumes with a range request from the offset already delivered, pinne
 object version (S3 If-Match on the ETag, HTTP If-Range), so the bytes before and after the break
 always come from one object.
 
-Why a reader of our own, measured (256 MiB from the local S3-compatible test server, best of 3,
-2-core machine, 2026-12-03): this reader 579 MB/s, botocore's plain `get_object` stream 664 MB/s,
-s3transfer's `download_fileobj` (4 threads, ranged GETs) 39 MB/s. Neither library resumes a broken
-stream from the delivered offset pinned to one object version, which a multi-GiB model download
-needs; the cost against the plain stream is within the run-to-run spread (0.40-0.62 s for it).
+Why a reader of our own, measured (docs/benchmarks.md, "S3 storage", `python -m bench storage`):
+with the connection cut half-way through a 128 MiB object, this reader fetched 1.00x the object
+(it resumed at the break), s3transfer's `download_fileobj` 1.50x (it starts the broken GET again
+from its first byte), and botocore's plain `get_object` stream failed (its standard retry mode
+retries requests, not a body already being read). Unbroken, it reads as fast as botocore's plain
+stream (0.90x-1.46x of it in six runs on a shared 2-core machine, 2026-12-03), while s3transfer's
+ranged download ran at 0.13x-0.27x of it against the same server.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ segment twice. Reads larger than this go straight into the caller's buffer."""
 
 
 class Body(Protocol):
-    """An open response body; `readinto` raises `StorageError` (transient when worth resuming)."""
+    """An open response body; `readinto` raises `StorageError` (`TransientStorageError` when worth
+    resuming)."""
 
     def readinto(self, buffer: memoryview, /) -> int: ...
 
@@ -65,7 +68,8 @@ class RangeSource(Protocol):
         ...
 
     def open(self, offset: int) -> OpenedBody:
-        """Open the object at ``offset``; raise `StorageError` (transient when worth retrying)."""
+        """Open the object at ``offset``; raise `StorageError` (`TransientStorageError` when worth
+        retrying here; a final error may still be ``transient``, meaning "try again later")."""
         ...
 
 
@@ -102,9 +106,7 @@ class ResumingReader(io.RawIOBase):
             body = self._body or self._open_at_offset()
             try:
                 count = body.readinto(view)
-            except StorageError as error:
-                if not error.transient:
-                    raise
+            except TransientStorageError as error:
                 self._connection_lost(error)
                 continue
             if not count:
@@ -175,9 +177,7 @@ class ResumingReader(io.RawIOBase):
         while True:
             try:
                 opened = self._source.open(self._offset)
-            except StorageError as error:
-                if not error.transient:
-                    raise
+            except TransientStorageError as error:  # not a final error a client already retried
                 self._record_failure(error)
                 continue
             if opened.start != self._offset or (
