@@ -29,7 +29,7 @@ from tests.support.certmanager import (
     ca_cluster_issuer,
     delete_ca_cluster_issuer,
 )
-from tests.support.chart import CHART, helm_run
+from tests.support.chart import CHART, helm_run, one, render, template
 from tests.support.cluster import Cluster, scratch_namespace
 from tests.support.crds import install_crds
 from tests.support.scenario import Scenario, eventually
@@ -246,3 +246,43 @@ def test_the_chart_webhook_ca_bundle_is_injected_by_the_cainjector(
         finally:
             helm_run("uninstall", name, "-n", namespace, "--wait", kubeconfig=cluster.kubeconfig)
             install_crds(k8s)  # hand the CRDs back to the other tests' plain install
+
+
+# --- the chart's setting --------------------------------------------------------------------------------
+
+
+def operator_env(*values: str) -> dict[str, str]:
+    documents = render("samd", "samd-system", *values)
+    [container] = one(documents, "Deployment", "samd-operator")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_the_charts_issuer_reaches_the_operator_and_its_rbac_allows_certificates() -> None:
+    assert operator_env()["SAMD_CERT_ISSUER"] == ""  # the operator's own CA by default
+    named = ("--set", "certificates.issuerRef.name=platform-ca")
+    assert operator_env(*named)["SAMD_CERT_ISSUER"] == "ClusterIssuer/platform-ca"
+    external = (
+        "--set", "certificates.issuerRef.name=pca", "--set", "certificates.issuerRef.kind=Issuer",
+        "--set", "certificates.issuerRef.group=awspca.cert-manager.io",
+    )  # fmt: skip
+    assert operator_env(*external)["SAMD_CERT_ISSUER"] == "Issuer.awspca.cert-manager.io/pca"
+    rules = one(render("samd", "samd-system"), "ClusterRole", "samd-operator")["rules"]
+    [rule] = [r for r in rules if r["apiGroups"] == ["cert-manager.io"]]
+    assert rule["resources"] == ["certificates"]
+    assert {"create", "patch", "delete", "list"} <= set(rule["verbs"])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            ("--set", "certificates.issuerRef.kind=Secret"),
+            "at '/certificates/issuerRef/kind': value must be one of",
+        ),
+        (("--set", "certificates.issuerRef.name=Platform CA"), "at '/certificates/issuerRef/name'"),
+    ],
+)
+def test_a_wrong_issuer_value_fails_the_install_naming_it(values: tuple[str, ...], message: str) -> None:
+    rendered = template("samd", "samd-system", *values)
+    assert rendered.returncode != 0
+    assert message in rendered.stderr
