@@ -91,7 +91,7 @@ def issuer(cert_manager: CertManager, k8s: client.ApiClient) -> Iterator[tuple[s
         delete_ca_cluster_issuer(k8s, name)
 
 
-def test_a_policys_issuer_issues_the_model_certificates_and_the_operator_ca_takes_back_over(
+def test_a_policys_issuer_issues_the_model_certificates_and_switching_works_both_ways(
     scenario: Scenario, issuer: tuple[str, x509.Certificate], k8s: client.ApiClient, tmp_path: Path
 ) -> None:
     issuer_name, ca = issuer
@@ -183,6 +183,17 @@ def test_a_policys_issuer_issues_the_model_certificates_and_the_operator_ca_take
     assert "cert-manager" not in ready["message"]
     scenario.wait_condition(MODEL, "Ready", "True", timeout=60)
     assert "issuer" not in scenario.model(MODEL)["status"]["certificates"]
+
+    # And to the issuer again, from Secrets the operator CA filled: cert-manager re-issues into them.
+    scenario.patch_policy({"certificateIssuer": {"kind": "ClusterIssuer", "name": issuer_name}})
+
+    def issuer_issued() -> bool:
+        data = data_of(scenario.core.read_namespaced_secret(f"{MODEL}-tls", ns))
+        return certificate(data).issuer == ca.subject
+
+    eventually(issuer_issued, 60, "cert-manager to issue the server certificate again")
+    ready = scenario.wait_condition(MODEL, "CertificatesReady", "True", timeout=60)
+    assert f"cert-manager ClusterIssuer/{issuer_name}" in ready["message"]
 
 
 def test_two_policies_naming_different_issuers_stop_certificates_and_say_which(
