@@ -113,6 +113,24 @@ def test_a_policys_issuer_issues_the_model_certificates_and_switching_works_both
         assert [ref["uid"] for ref in obj["metadata"]["ownerReferences"]] == [uid]
         assert obj["spec"]["issuerRef"]["name"] == issuer_name
 
+    # A hand edit that points a Certificate at another issuer is undone by the next reconcile.
+    custom = client.CustomObjectsApi(k8s)
+    custom.patch_namespaced_custom_object(
+        "cert-manager.io", "v1", ns, "certificates", f"{MODEL}-tls",
+        {"spec": {"issuerRef": {"name": "someone-elses-issuer"}}},
+    )  # fmt: skip
+    scenario.custom.patch_namespaced_custom_object(
+        "samd.dev", "v1alpha1", ns, "securemodels", MODEL,
+        {"metadata": {"annotations": {"samd.dev/reconcile": "after a hand edit"}}},
+    )  # fmt: skip
+
+    def restored() -> bool:
+        obj = custom.get_namespaced_custom_object("cert-manager.io", "v1", ns, "certificates", f"{MODEL}-tls")
+        return bool(obj["spec"]["issuerRef"]["name"] == issuer_name)
+
+    eventually(restored, 30, "the operator to restore the Certificate's issuer")
+    scenario.wait_condition(MODEL, "CertificatesReady", "True", timeout=60)
+
     server_secret = scenario.core.read_namespaced_secret(f"{MODEL}-tls", ns)
     server = certificate(data_of(server_secret))
     server.verify_directly_issued_by(ca)  # cert-manager's CA signed it, not the operator's

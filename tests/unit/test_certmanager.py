@@ -276,6 +276,25 @@ def test_back_to_the_operator_ca_without_cert_manager_is_not_an_error() -> None:
     kube = Kube(NoCertManager(), AppliedCache(datetime.timedelta(hours=1)))  # type: ignore[arg-type]
     manager = CertManagerCertificates(kube, OperatorConfig())
     run = run_for({"certificates": {"issuer": "ClusterIssuer/platform-ca"}})
-    asyncio.run(manager.release(run, fraud_detection()))
+    assert asyncio.run(manager.release(run, fraud_detection()))
     assert not run.temporary
     assert not run.outcome.events
+
+
+class ForbiddenCertificates:
+    """An API server where the operator may not list Certificates (its RBAC lacks them)."""
+
+    def list(self, *_: Any, **__: Any) -> AsyncIterator[Any]:
+        raise ApiError(status=Status(code=403, message='cannot list resource "certificates"'))
+
+
+def test_the_operator_ca_waits_while_an_issuers_certificates_cannot_be_removed() -> None:
+    """Both would write the same Secrets: the operator CA issues only once cert-manager's are gone."""
+    kube = Kube(ForbiddenCertificates(), AppliedCache(datetime.timedelta(hours=1)))  # type: ignore[arg-type]
+    manager = CertManagerCertificates(kube, OperatorConfig())
+    run = run_for({"certificates": {"issuer": "ClusterIssuer/platform-ca"}})
+    assert not asyncio.run(manager.release(run, fraud_detection()))
+    condition = run.conditions[ConditionType.CERTIFICATES_READY]
+    assert (condition.status, condition.reason) == (None, "CertManagerUnreachable")
+    assert "cannot list" in condition.message
+    assert run.temporary

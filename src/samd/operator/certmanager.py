@@ -57,6 +57,11 @@ def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
     return {str(ref.get("uid")) for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}
 
 
+def _generation(obj: Mapping[str, Any]) -> int | None:
+    generation = (obj.get("metadata") or {}).get("generation")
+    return int(generation) if generation is not None else None
+
+
 def _api_missing(error: Exception) -> bool:
     # The API wrapper maps a 404 on a list to a PermanentError; a namespace's list is never 404
     # unless the API server has no such resource, i.e. cert-manager's CRDs are not installed.
@@ -84,26 +89,33 @@ class CertManagerCertificates:
         )
         return {str(obj["metadata"]["name"]): obj for obj in listed if context.uid in _owner_uids(obj)}
 
-    async def release(self, run: _Run, context: ModelContext) -> None:
+    async def release(self, run: _Run, context: ModelContext) -> bool:
         """Back to the operator CA: delete the Certificates an issuer had, so that cert-manager stops
-        writing the Secrets the operator is about to issue into (only when the status says one did)."""
+        writing the Secrets the operator is about to issue into (only when the status says one did).
+
+        False when they could not be deleted yet: the operator CA must not issue meanwhile (the two
+        would overwrite each other), CertificatesReady says why and the reconcile is retried.
+        """
         if not (run.model.status.get("certificates") or {}).get("issuer"):
-            return
+            return True
         try:
             existing = await self._certificates_of(context)
             for name in sorted(existing):
                 await self.kube.delete(CERTIFICATE_API_VERSION, CERTIFICATE_KIND, name, context.namespace)
         except (kopf.TemporaryError, kopf.PermanentError) as error:
             if _api_missing(error):
-                return  # cert-manager was removed: no Certificate is left to write the Secrets
-            run.temporary.append(f"removing the model's cert-manager Certificates: {error}")
-            return
+                return True  # cert-manager was removed: no Certificate is left to write the Secrets
+            message = f"removing the model's cert-manager Certificates before the operator CA issues: {error}"
+            run.set(C.CERTIFICATES_READY, None, "CertManagerUnreachable", f"{message}; retrying")
+            run.temporary.append(message)
+            return False
         if existing:
             run.event(
                 "CertificateIssuerChanged",
                 "certificates are issued by the operator CA again; removed Certificate "
                 + ", ".join(sorted(existing)),
             )
+        return True
 
     async def ensure(
         self,
@@ -150,6 +162,12 @@ class CertManagerCertificates:
                 run.taken.append(f"Secret {name}")
                 run.apply_failed(manifest, kopf.PermanentError(refusal))
                 continue
+            listed = existing.get(name)
+            applied = self.kube.last_applied(CERTIFICATE_KIND, context.namespace, name)
+            if listed is not None and applied is not None and applied.generation != _generation(listed):
+                # Certificates are not watched: a spec someone else changed (another issuerRef) is
+                # seen here, and applied again rather than taken for the operator's own.
+                self.kube.forget(CERTIFICATE_KIND, context.namespace, name)
             try:
                 stored = await self.kube.apply(manifest)
             except (kopf.TemporaryError, kopf.PermanentError) as error:

@@ -488,11 +488,12 @@ class Reconciler:
         )
         assert self._cert_manager is not None  # noqa: S101 - set in __post_init__
         issuer = self._cert_manager.choose(covering)  # None: the operator CA (certmanager.py)
-        if issuer is None:
-            await self._cert_manager.release(run, context)
-            certificates = {**await self._certificates(run, context, owned), "issuer": None}
-        else:
+        if issuer is not None:
             certificates = await self._cert_manager.ensure(run, context, owned, issuer)
+        elif await self._cert_manager.release(run, context):
+            certificates = {**await self._certificates(run, context, owned), "issuer": None}
+        else:  # an issuer's Certificates are still there: retried
+            certificates = dict(model.status.get("certificates") or {})
         serving = await self._apply_owned(run, context, covering, owned)
         for kind, message in run.apply_failures.items():
             run.set(kind, False, "ApplyFailed", message)
