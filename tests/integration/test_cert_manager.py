@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,16 @@ def certificates_in(k8s: client.ApiClient, namespace: str) -> list[dict[str, Any
     return list(listed["items"])
 
 
+def certificates_ready(scenario: Scenario, says: Callable[[str], bool]) -> None:
+    """Wait for CertificatesReady=True with a message `says` accepts (not the one written before)."""
+
+    def check() -> bool:
+        condition = scenario.condition(MODEL, "CertificatesReady") or {}
+        return condition.get("status") == "True" and says(str(condition.get("message")))
+
+    eventually(check, 60, "CertificatesReady=True from the new issuer")
+
+
 @pytest.fixture
 def issuer(cert_manager: CertManager, k8s: client.ApiClient) -> Iterator[tuple[str, x509.Certificate]]:
     """A CA ClusterIssuer of this test's own, and its CA certificate once cert-manager issued it."""
@@ -113,24 +123,6 @@ def test_a_policys_issuer_issues_the_model_certificates_and_switching_works_both
         assert [ref["uid"] for ref in obj["metadata"]["ownerReferences"]] == [uid]
         assert obj["spec"]["issuerRef"]["name"] == issuer_name
 
-    # A hand edit that points a Certificate at another issuer is undone by the next reconcile.
-    custom = client.CustomObjectsApi(k8s)
-    custom.patch_namespaced_custom_object(
-        "cert-manager.io", "v1", ns, "certificates", f"{MODEL}-tls",
-        {"spec": {"issuerRef": {"name": "someone-elses-issuer"}}},
-    )  # fmt: skip
-    scenario.custom.patch_namespaced_custom_object(
-        "samd.dev", "v1alpha1", ns, "securemodels", MODEL,
-        {"metadata": {"annotations": {"samd.dev/reconcile": "after a hand edit"}}},
-    )  # fmt: skip
-
-    def restored() -> bool:
-        obj = custom.get_namespaced_custom_object("cert-manager.io", "v1", ns, "certificates", f"{MODEL}-tls")
-        return bool(obj["spec"]["issuerRef"]["name"] == issuer_name)
-
-    eventually(restored, 30, "the operator to restore the Certificate's issuer")
-    scenario.wait_condition(MODEL, "CertificatesReady", "True", timeout=60)
-
     server_secret = scenario.core.read_namespaced_secret(f"{MODEL}-tls", ns)
     server = certificate(data_of(server_secret))
     server.verify_directly_issued_by(ca)  # cert-manager's CA signed it, not the operator's
@@ -162,6 +154,23 @@ def test_a_policys_issuer_issues_the_model_certificates_and_switching_works_both
     assert status["issuer"] == f"ClusterIssuer/{issuer_name}"
     assert status["clients"] == [CLIENT]
     assert status["serverNotAfter"] == server.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # A hand edit that points a Certificate at another issuer is undone by the next reconcile.
+    custom = client.CustomObjectsApi(k8s)
+    custom.patch_namespaced_custom_object(
+        "cert-manager.io", "v1", ns, "certificates", f"{MODEL}-tls",
+        {"spec": {"issuerRef": {"name": "someone-elses-issuer"}}},
+    )  # fmt: skip
+    scenario.custom.patch_namespaced_custom_object(
+        "samd.dev", "v1alpha1", ns, "securemodels", MODEL,
+        {"metadata": {"annotations": {"samd.dev/reconcile": "after a hand edit"}}},
+    )  # fmt: skip
+
+    def restored() -> bool:
+        obj = custom.get_namespaced_custom_object("cert-manager.io", "v1", ns, "certificates", f"{MODEL}-tls")
+        return bool(obj["spec"]["issuerRef"]["name"] == issuer_name)
+
+    eventually(restored, 30, "the operator to restore the Certificate's issuer")
 
     # A real model server with the issued Secrets, as the pod mounts them: the issued client
     # certificate is served, a client without one is refused at the handshake.
@@ -197,8 +206,7 @@ def test_a_policys_issuer_issues_the_model_certificates_and_switching_works_both
         return not certificates_in(k8s, ns) and issuer_cn == "samd-operator-ca"
 
     eventually(operator_issued, 60, "the operator CA to issue the server certificate again")
-    ready = scenario.wait_condition(MODEL, "CertificatesReady", "True", timeout=60)
-    assert "cert-manager" not in ready["message"]
+    certificates_ready(scenario, lambda message: "cert-manager" not in message)
     scenario.wait_condition(MODEL, "Ready", "True", timeout=60)
     assert "issuer" not in scenario.model(MODEL)["status"]["certificates"]
 
@@ -210,8 +218,7 @@ def test_a_policys_issuer_issues_the_model_certificates_and_switching_works_both
         return certificate(data).issuer == ca.subject
 
     eventually(issuer_issued, 60, "cert-manager to issue the server certificate again")
-    ready = scenario.wait_condition(MODEL, "CertificatesReady", "True", timeout=60)
-    assert f"cert-manager ClusterIssuer/{issuer_name}" in ready["message"]
+    certificates_ready(scenario, lambda message: f"cert-manager ClusterIssuer/{issuer_name}" in message)
 
 
 def test_two_policies_naming_different_issuers_stop_certificates_and_say_which(

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # reconcile.py imports this module
 create_namespaced_resource("cert-manager.io", "v1", CERTIFICATE_KIND, "certificates")
 
 C = ConditionType
+CERT_MANAGER_ANNOTATION_PREFIX = "cert-manager.io/"
 Choice = ChosenIssuer | IssuerConflict | None
 
 
@@ -102,6 +103,7 @@ class CertManagerCertificates:
             existing = await self._certificates_of(context)
             for name in sorted(existing):
                 await self.kube.delete(CERTIFICATE_API_VERSION, CERTIFICATE_KIND, name, context.namespace)
+                await self._forget_issuer(context, name)
         except (kopf.TemporaryError, kopf.PermanentError) as error:
             if _api_missing(error):
                 return True  # cert-manager was removed: no Certificate is left to write the Secrets
@@ -116,6 +118,21 @@ class CertManagerCertificates:
                 + ", ".join(sorted(existing)),
             )
         return True
+
+    async def _forget_issuer(self, context: ModelContext, secret_name: str) -> None:
+        """Remove cert-manager's annotations from a Secret the operator CA is taking back.
+
+        cert-manager decides whether a Secret needs issuing from them (issuer name, kind, group),
+        not from who signed its certificate: left in place, they would make a later switch back to
+        that issuer keep the operator CA's certificates as if cert-manager had issued them.
+        """
+        secret = await self.kube.get("v1", "Secret", secret_name, context.namespace)
+        annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+        stale = {key: None for key in annotations if key.startswith(CERT_MANAGER_ANNOTATION_PREFIX)}
+        if stale:
+            await self.kube.patch_merge(
+                "v1", "Secret", secret_name, context.namespace, {"metadata": {"annotations": stale}}
+            )
 
     async def ensure(
         self,
