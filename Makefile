@@ -33,6 +33,10 @@ deps: $(INSTALLED) $(SYSTEM_DEPS) ## Install Python and Debian dependencies (ide
 control-plane: ## Build (once, cached outside the repo) the control-plane binaries
 	hack/build-control-plane >/dev/null
 
+.PHONY: cert-manager
+cert-manager: ## Build (once, cached outside the repo) cert-manager's controller and cainjector for the tests
+	hack/build-cert-manager >/dev/null
+
 NODE_DEPS := .local/.node-deps
 
 $(NODE_DEPS): hack/install-node-deps
@@ -64,7 +68,7 @@ unit: deps ## Unit tests (no cluster)
 	$(BIN)/pytest -m unit
 
 .PHONY: integration
-integration: deps control-plane ## Integration tests against the real local control plane
+integration: deps control-plane cert-manager ## Integration tests against the real local control plane
 	$(BIN)/pytest -m integration
 
 .PHONY: real
@@ -73,7 +77,7 @@ real: deps control-plane node-deps node ## The real tier: pods on a real node, f
 
 # The real tier runs in a session of its own: it runs its own operator (see tests/real/conftest.py).
 .PHONY: test
-test: deps control-plane node-deps node lint typecheck ## Everything CI runs: lint, types, unit, integration and real tests
+test: deps control-plane cert-manager node-deps node lint typecheck ## Everything CI runs: lint, types, unit, integration and real tests
 	$(BIN)/pytest -m "unit or integration"
 	$(BIN)/pytest -m real
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient
 
+from tests.support.certmanager import CertManager, cert_manager_fixture
 from tests.support.cluster import Cluster, local_control_plane, scratch_namespace
 from tests.support.moto_server import MotoServer, run_moto_server
 from tests.support.operator import OperatorProcess
@@ -84,3 +85,11 @@ def scenario(operator: OperatorProcess, k8s: ApiClient, namespace: str, tmp_path
 def webhook(cluster: Cluster, k8s: ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The real admission webhook, registered with the API server, for the tests of one module."""
     yield from webhook_fixture(cluster, k8s, tmp_path_factory.mktemp("webhook"))
+
+
+@pytest.fixture(scope="session")
+def cert_manager(
+    cluster: Cluster, k8s: ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CertManager]:
+    """A real cert-manager controller and cainjector (hack/build-cert-manager) for this session."""
+    yield from cert_manager_fixture(cluster, k8s, tmp_path_factory.mktemp("cert-manager"))

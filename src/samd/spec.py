@@ -348,6 +348,27 @@ class PolicyEventSink(_Camel):
     types: tuple[EventTypeName, ...] = ()  # empty: every type
 
 
+CERT_MANAGER_GROUP = "cert-manager.io"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class CertificateIssuerRef(_Camel):
+    """A cert-manager issuer that signs the model certificates instead of the operator's own CA.
+
+    Chosen by a cluster admin only (the chart, or a ModelTrustPolicy), never by a SecureModel: a
+    model's author naming the issuer would get certificates from any issuer the operator may use.
+    A namespaced `Issuer` is looked up in the model's namespace.
+    """
+
+    kind: Literal["ClusterIssuer", "Issuer"]
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    group: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)] = CERT_MANAGER_GROUP
+
+    def __str__(self) -> str:
+        group = "" if self.group == CERT_MANAGER_GROUP else f".{self.group}"
+        return f"{self.kind}{group}/{self.name}"
+
+
 class ModelTrustPolicySpec(_Camel):
     namespace_selector: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["enforce", "warn"] = "enforce"
@@ -362,6 +383,8 @@ class ModelTrustPolicySpec(_Camel):
     allow_local_files: bool | None = None  # unset: false; development only (see SAMD_ALLOW_LOCAL_FILES)
     responses: Responses = Field(default_factory=Responses)
     event_sinks: Annotated[tuple[PolicyEventSink, ...], Field(max_length=8)] = ()
+    # Overrides the chart's issuer (SAMD_CERT_ISSUER) for the covered namespaces.
+    certificate_issuer: CertificateIssuerRef | None = None
 
 
 def _describe(error: ValidationError, kind: str) -> str:

@@ -66,3 +66,12 @@ securityContext: {{- toYaml $values.podSecurityContext | nindent 2 }}
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{- /* SAMD_CERT_ISSUER: KIND[.GROUP]/NAME of certificates.issuerRef; empty: the operator's own CA. */ -}}
+{{- define "samd.certificateIssuer" -}}
+{{- with .Values.certificates.issuerRef -}}
+{{- if .name -}}
+{{- .kind -}}{{- if ne .group "cert-manager.io" -}}.{{ .group }}{{- end -}}/{{ .name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

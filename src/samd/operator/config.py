@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from samd.spec import parse_duration
+from pydantic import ValidationError
+
+from samd.spec import CertificateIssuerRef, parse_duration
 from samd.storage.guard import AddressPolicy, parse_networks
 
 
@@ -57,6 +59,8 @@ class OperatorConfig:
     metrics_port: int | None = 9090  # SAMD_METRICS_PORT: Prometheus /metrics; "off" for none, 0 any free port
     # SAMD_METRICS_SCRAPER_NAMESPACE / _POD_LABELS: who may reach the model pods' metrics port.
     metrics_scrapers: tuple[MetricsScraper, ...] = (DEFAULT_SCRAPER,)
+    # SAMD_CERT_ISSUER: a cert-manager issuer for the model certificates; None: the operator's own CA.
+    certificate_issuer: CertificateIssuerRef | None = None
 
     def address_policy(self) -> AddressPolicy:
         """The operator's own part of the address rules; covering policies add their allowances."""
@@ -104,6 +108,7 @@ class OperatorConfig:
             cluster_networks=tuple(str(n) for n in parse_networks(env.get("SAMD_CLUSTER_CIDRS", ""))),
             metrics_port=_port(env, "SAMD_METRICS_PORT", defaults.metrics_port),
             metrics_scrapers=_scrapers(env, defaults.metrics_scrapers),
+            certificate_issuer=parse_issuer(env.get("SAMD_CERT_ISSUER", "")),
         )
 
 
@@ -161,6 +166,14 @@ def variables() -> tuple[Variable, ...]:
             "SAMD_CERT_RENEW_BEFORE",
             show_default(d.renew_before),
             "how long before expiry a certificate is renewed",
+        ),
+        Variable(
+            "SAMD_CERT_ISSUER",
+            "empty",
+            "`KIND[.GROUP]/NAME` (`ClusterIssuer/samd-ca`, `Issuer/samd-ca`): cert-manager issues the model "
+            "certificates instead of the operator CA; a namespaced `Issuer` is looked up in each model's "
+            "namespace, a ModelTrustPolicy's `certificateIssuer` overrides it (docs/operator.md); empty: the "
+            "operator CA",
         ),
         Variable(
             "SAMD_MODEL_VOLUME_SIZE",
@@ -258,6 +271,28 @@ def _scrapers(env: Mapping[str, str], default: tuple[MetricsScraper, ...]) -> tu
             raise ValueError(f"SAMD_METRICS_SCRAPER_POD_LABELS: {item!r} is not key=value")
         labels.append((key.strip(), value.strip()))
     return (MetricsScraper(namespace, tuple(labels)),)
+
+
+def parse_issuer(text: str) -> CertificateIssuerRef | None:
+    """SAMD_CERT_ISSUER: `KIND[.GROUP]/NAME`, as `kubectl get KIND.GROUP/NAME` names an object; empty: None."""
+    text = text.strip()
+    if not text:
+        return None
+    kind_group, slash, name = text.partition("/")
+    kind, _, group = kind_group.partition(".")
+    if not slash or not kind or not name:
+        raise ValueError(
+            f"SAMD_CERT_ISSUER={text!r}: write KIND/NAME, e.g. ClusterIssuer/samd-ca or Issuer/samd-ca "
+            "(KIND.GROUP/NAME for an issuer outside cert-manager.io)"
+        )
+    fields = {"kind": kind, "name": name, **({"group": group} if group else {})}
+    try:
+        return CertificateIssuerRef.model_validate(fields)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise ValueError(
+            f"SAMD_CERT_ISSUER={text!r}: {problems} (KIND is ClusterIssuer or Issuer, NAME an object name)"
+        ) from None
 
 
 def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:

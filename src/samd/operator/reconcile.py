@@ -37,6 +37,7 @@ from samd.operator.builders.certificates import (
 from samd.operator.builders.context import BuilderSettings, ModelContext
 from samd.operator.builders.names import client_secret_name, serving_name, tls_secret_name
 from samd.operator.builders.serving import build_signature_config_map
+from samd.operator.certmanager import CertManagerCertificates
 from samd.operator.conditions import Condition, ConditionType, merge_conditions, ready_condition
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
@@ -153,6 +154,7 @@ CONDITION_OF_KIND = {
     "RoleBinding": ConditionType.ACCESS_CONTROLLED,
     "NetworkPolicy": ConditionType.NETWORK_ISOLATED,
     "Secret": ConditionType.CERTIFICATES_READY,
+    "Certificate": ConditionType.CERTIFICATES_READY,
 }
 
 
@@ -316,8 +318,10 @@ class Reconciler:
     _ca: CertificateAuthority | None = None
     _ca_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _slots: asyncio.Semaphore | None = None
+    _cert_manager: CertManagerCertificates | None = None
 
     def __post_init__(self) -> None:
+        self._cert_manager = CertManagerCertificates(self.kube, self.config)
         # At most `workers` reconciles talk to the API server at once; more only queue up inside it
         # and time out.
         self._slots = asyncio.Semaphore(max(1, self.config.workers))
@@ -482,7 +486,14 @@ class Reconciler:
             manifest_digest=verification.get("manifestDigest") if run.conditions[C.VERIFIED].status else None,
             settings=builder_settings(self.config),
         )
-        certificates = await self._certificates(run, context, owned)
+        assert self._cert_manager is not None  # noqa: S101 - set in __post_init__
+        issuer = self._cert_manager.choose(covering)  # None: the operator CA (certmanager.py)
+        if issuer is not None:
+            certificates = await self._cert_manager.ensure(run, context, owned, issuer)
+        elif await self._cert_manager.release(run, context):
+            certificates = {**await self._certificates(run, context, owned), "issuer": None}
+        else:  # an issuer's Certificates are still there: retried
+            certificates = dict(model.status.get("certificates") or {})
         serving = await self._apply_owned(run, context, covering, owned)
         for kind, message in run.apply_failures.items():
             run.set(kind, False, "ApplyFailed", message)
