@@ -38,16 +38,10 @@ from samd.operator.config import OperatorConfig
 from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
 from samd.operator.metrics import OperatorMetrics, start_metrics_server
-from samd.operator.reconcile import (
-    Change,
-    ModelObject,
-    OwnedRef,
-    Reconciler,
-    Rollout,
-    due_at,
-    owning_model,
-    quarantine_pending,
-)
+from samd.operator.reconcile import Reconciler, due_at
+from samd.operator.steps.owned import Change
+from samd.operator.steps.quarantine import quarantine_pending
+from samd.operator.steps.shared import ModelObject, OwnedRef, Rollout, owning_model
 from samd.policy import TrustPolicy, applicable_policies
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
