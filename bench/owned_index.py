@@ -187,7 +187,7 @@ def write_objects(
         context = ModelContext(
             name=name,
             namespace=namespace,
-            uid=model["metadata"]["uid"],
+            uid=model["metadata"]["uid"],  # type: ignore[index]
             spec=parse_secure_model(body["spec"]),
             manifest_digest=artifacts.manifest_digest(),
             settings=settings,
@@ -235,18 +235,31 @@ def processed(path: Path) -> tuple[int, float]:
     return int(data["processed"]), float(data["baseline_rss_mb"])
 
 
-def wait_processed(progress: dict[str, Path], at_least: int, timeout: float) -> float:
+def snapshot(pid: int) -> dict[str, float]:
+    rss, peak = rss_mb(pid)
+    return {"rss_mb": rss, "peak_rss_mb": peak, "cpu_s": process_cpu_seconds(pid)}
+
+
+def wait_processed(
+    progress: dict[str, Path], children: dict[str, subprocess.Popen[bytes]], at_least: int, timeout: float
+) -> dict[str, dict[str, float]]:
+    """Each follower's figures when it has processed `at_least` objects (seconds since the wait began,
+    RSS, CPU); one that has not within `timeout` is reported as it stands then, `complete` 0."""
     started = time.monotonic()
-    while any(processed(path)[0] < at_least for path in progress.values()):
-        if time.monotonic() - started > timeout:
-            counts = {mode: processed(path)[0] for mode, path in progress.items()}
-            raise TimeoutError(f"waiting for {at_least} objects processed: {counts}")
+    done: dict[str, dict[str, float]] = {}
+    while len(done) < len(progress):
+        elapsed = time.monotonic() - started
+        for mode, path in progress.items():
+            count = processed(path)[0]
+            if mode not in done and (count >= at_least or elapsed > timeout):
+                done[mode] = {"seconds": elapsed, "processed": count, "complete": float(count >= at_least)}
+                done[mode].update(snapshot(children[mode].pid))
         time.sleep(0.2)
-    return time.monotonic() - started
+    return done
 
 
 def measure(
-    count: int, kubeconfig: Path, api: Any, artifacts: Any, work: Path
+    count: int, kubeconfig: Path, api: Any, artifacts: Any, work: Path, *, timeout: float, touch_up_to: int
 ) -> dict[str, dict[str, float]]:
     from kubernetes import client  # noqa: PLC0415
 
@@ -269,31 +282,31 @@ def measure(
         )
         for mode, path in progress.items()
     }
-    results: dict[str, dict[str, float]] = {mode: {} for mode in children}
+    results: dict[str, dict[str, float]] = {mode: {"objects": len(paths)} for mode in children}
     try:
-        wait_processed(progress, len(paths), timeout=600)
-        time.sleep(2)  # let each settle after its last event
-        for mode, child in children.items():
-            rss, _ = rss_mb(child.pid)
+        for mode, figures in wait_processed(progress, children, len(paths), timeout=timeout).items():
             results[mode].update(
-                objects=len(paths),
                 baseline_rss_mb=processed(progress[mode])[1],
-                listed_rss_mb=rss,
-                listed_cpu_s=process_cpu_seconds(child.pid),
+                listed_seconds=figures["seconds"],
+                listed_complete=figures["complete"],
+                listed_processed=figures["processed"],
+                listed_rss_mb=figures["rss_mb"],
+                listed_cpu_s=figures["cpu_s"],
             )
-        started = time.monotonic()
-        touch(api, paths, "1")
-        touched = time.monotonic() - started
-        wait_processed(progress, 2 * len(paths), timeout=600)
-        time.sleep(2)
-        for mode, child in children.items():
-            rss, peak = rss_mb(child.pid)
-            results[mode].update(
-                touched_rss_mb=rss,
-                peak_rss_mb=peak,
-                touch_cpu_s=process_cpu_seconds(child.pid) - results[mode]["listed_cpu_s"],
-                touch_seconds=touched,
-            )
+        if count <= touch_up_to and all(figures["listed_complete"] for figures in results.values()):
+            time.sleep(2)  # let each settle after its last event
+            before = {mode: process_cpu_seconds(child.pid) for mode, child in children.items()}
+            started = time.monotonic()
+            touch(api, paths, "1")
+            touched = time.monotonic() - started
+            for mode, figures in wait_processed(progress, children, 2 * len(paths), timeout=timeout).items():
+                results[mode].update(
+                    touch_seconds=touched,
+                    touch_complete=figures["complete"],
+                    touched_rss_mb=figures["rss_mb"],
+                    peak_rss_mb=figures["peak_rss_mb"],
+                    touch_cpu_s=figures["cpu_s"] - before[mode],
+                )
     finally:
         for child in children.values():
             child.terminate()
@@ -305,6 +318,10 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="300,1000", help="numbers of models, comma-separated")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds each phase may take")
+    parser.add_argument(
+        "--touch-up-to", type=int, default=1000, help="touch every object only up to this many models"
+    )
     parser.add_argument("--follow", choices=["reflector", "kopf"], help=argparse.SUPPRESS)
     parser.add_argument("--progress", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -326,7 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         artifacts = make_model(Path(scratch) / "model")
         all_results = {}
         for count in (int(c) for c in options.counts.split(",")):
-            all_results[count] = results = measure(count, cluster.kubeconfig, api, artifacts, Path(scratch))
+            all_results[count] = results = measure(
+                count,
+                cluster.kubeconfig,
+                api,
+                artifacts,
+                Path(scratch),
+                timeout=options.timeout,
+                touch_up_to=options.touch_up_to,
+            )
             for mode, figures in results.items():
                 print(json.dumps({"models": count, "follower": mode, **figures}), flush=True)
         print(json.dumps(all_results, indent=1))
