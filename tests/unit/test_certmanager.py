@@ -25,11 +25,11 @@ from samd.operator.builders.certmanager import (
     go_duration,
     server_certificate,
 )
-from samd.operator.certmanager import CertManagerCertificates
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig, parse_issuer, variables
 from samd.operator.kube import AppliedCache, Kube
-from samd.operator.reconcile import ModelObject, Outcome, _Run
+from samd.operator.steps.certmanager import CertManagerCertificates
+from samd.operator.steps.shared import ModelObject, Outcome, Run
 from samd.policy import TrustPolicy
 from samd.spec import CertificateIssuerRef, SpecError, parse_trust_policy
 from tests.unit.test_builders_example import NOW, UID, fraud_detection
@@ -248,12 +248,12 @@ class NoCertManager:
         raise ApiError(status=Status(code=404, message="the server could not find the requested resource"))
 
 
-def run_for(status: dict[str, Any] | None = None) -> _Run:
+def run_for(status: dict[str, Any] | None = None) -> Run:
     ctx = fraud_detection()
     model = ModelObject(
         name=ctx.name, namespace=ctx.namespace, uid=UID, generation=1, spec={}, status=status or {}
     )
-    return _Run(model=model, spec=ctx.spec, now=NOW, outcome=Outcome(status={}))
+    return Run(model=model, spec=ctx.spec, now=NOW, outcome=Outcome(status={}))
 
 
 def test_an_issuer_without_cert_manager_says_to_install_it_and_retries() -> None:

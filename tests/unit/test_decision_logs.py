@@ -21,7 +21,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from samd.logs import JsonFormatter, decision_fields
 from samd.operator.incidents import record_outcome_events
-from samd.operator.reconcile import Event
+from samd.operator.steps.shared import Event
 from samd.serving.metrics import ServingMetrics
 from samd.serving.protocol import RefusedError
 from samd.serving.server import FrontEnd, Provenance

@@ -13,7 +13,8 @@ import pytest
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import AppliedCache, Kube
-from samd.operator.reconcile import Change, Reconciler
+from samd.operator.reconcile import Reconciler
+from samd.operator.steps.owned import Change
 
 pytestmark = pytest.mark.unit
 

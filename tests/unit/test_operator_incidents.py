@@ -19,7 +19,8 @@ from samd.operator.incidents import (
     read_metrics,
     security_event,
 )
-from samd.operator.reconcile import Event, Quarantine, quarantine_pending
+from samd.operator.steps.quarantine import Quarantine, quarantine_pending
+from samd.operator.steps.shared import Event
 from samd.policy import TrustPolicy
 from samd.spec import parse_trust_policy
 from tests.unit.test_events import (

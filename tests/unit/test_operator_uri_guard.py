@@ -18,7 +18,8 @@ import pytest
 
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
-from samd.operator.reconcile import ModelObject, Outcome, Reconciler
+from samd.operator.reconcile import Reconciler
+from samd.operator.steps.shared import ModelObject, Outcome
 from samd.policy import TrustPolicy
 from samd.spec import parse_trust_policy
 from tests.support.models import MODEL_VERSION, ModelArtifacts, make_model

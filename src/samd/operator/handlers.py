@@ -26,7 +26,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 import kopf
@@ -38,17 +38,12 @@ from samd.operator.config import OperatorConfig
 from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
 from samd.operator.metrics import OperatorMetrics, start_metrics_server
-from samd.operator.reconcile import (
-    Change,
-    ModelObject,
-    OwnedRef,
-    Reconciler,
-    Rollout,
-    due_at,
-    owning_model,
-    quarantine_pending,
-)
+from samd.operator.reconcile import Reconciler, due_at
+from samd.operator.steps.owned import Change
+from samd.operator.steps.quarantine import quarantine_pending
+from samd.operator.steps.shared import ModelObject, OwnedRef, Rollout, owning_model
 from samd.policy import TrustPolicy, applicable_policies
+from samd.reflector import Listing, Reflector, stepped_backoff
 from samd.spec import API_VERSION, SpecError, parse_trust_policy
 
 log = logging.getLogger(__name__)
@@ -298,7 +293,8 @@ ModelKey = tuple[str, str]  # (namespace, SecureModel name)
 
 
 class OwnedObjects:
-    """The objects SecureModels own, followed by one label-selected list-and-watch per kind.
+    """The objects SecureModels own, followed by one label-selected list-and-watch per kind
+    (`samd.reflector`, the same as the webhook's).
 
     Keeps an `OwnedRef` per object, indexed by owning model. When someone else modifies or deletes
     an owned object, its model is re-queued (a change the operator made itself, or a status update
@@ -310,13 +306,31 @@ class OwnedObjects:
         self.kube = kube
         self.reconciler = reconciler
         self.listed = asyncio.Event()  # set once every kind has been listed
-        self._kind_listed = {kind: asyncio.Event() for _, kind in OWNED_KINDS}
+        self.reflectors = [self._reflector(api_version, kind) for api_version, kind in OWNED_KINDS]
         self._objects: dict[ObjectKey, tuple[ModelKey, OwnedRef, str | None]] = {}
         self._by_model: dict[ModelKey, dict[ObjectKey, OwnedRef]] = {}
         # Re-queues run beside the watches, a few at a time, so that a burst of changes (a thousand
         # Deployments becoming available) does not hold up the events behind it.
         self._requeues: set[asyncio.Task[None]] = set()
         self._requeue_slots = asyncio.Semaphore(REQUEUES_AT_ONCE)
+
+    def _reflector(self, api_version: str, kind: str) -> Reflector:
+        async def list_objects() -> Listing:
+            return await self.kube.list_everywhere(api_version, kind, OWNED_LABELS)
+
+        def watch_from(version: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            return self.kube.watch_everywhere(api_version, kind, OWNED_LABELS, version)
+
+        return Reflector(
+            kind,
+            list_objects=list_objects,
+            watch_from=watch_from,
+            on_listed=lambda items: self._relisted(kind, items),
+            on_event=self._changed,
+            # No periodic re-list: at a thousand models it would read some 15,000 objects each time.
+            resync_period=None,
+            backoff=stepped_backoff(RELIST_BACKOFF),
+        )
 
     def of(self, namespace: str, model: str) -> list[OwnedRef]:
         return list(self._by_model.get((namespace, model), {}).values())
@@ -327,32 +341,17 @@ class OwnedObjects:
 
     async def follow(self) -> None:
         """Run the watches (until cancelled); `listed` is set once each kind has been listed."""
-        kinds = [asyncio.create_task(self._follow(*kind), name=f"watch {kind[1]}") for kind in OWNED_KINDS]
+        kinds = [
+            asyncio.create_task(reflector.run(), name=f"watch {reflector.name}")
+            for reflector in self.reflectors
+        ]
         try:
-            await asyncio.gather(*(listed.wait() for listed in self._kind_listed.values()))
+            await asyncio.gather(*(reflector.listed.wait() for reflector in self.reflectors))
             self.listed.set()
             await asyncio.gather(*kinds)
         finally:
             for task in [*kinds, *self._requeues]:
                 task.cancel()
-
-    async def _follow(self, api_version: str, kind: str) -> None:
-        failures = 0
-        while True:
-            try:
-                items, version = await self.kube.list_everywhere(api_version, kind, OWNED_LABELS)
-                self._relisted(kind, items)
-                self._kind_listed[kind].set()
-                failures = 0
-                async for change, obj in self.kube.watch_everywhere(api_version, kind, OWNED_LABELS, version):
-                    self._changed(change, obj)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the watch must outlive any one failure
-                delay = RELIST_BACKOFF[min(failures, len(RELIST_BACKOFF) - 1)]
-                failures += 1
-                log.warning("watching %s failed, listing again in %.0f s: %s", kind, delay, error)
-                await asyncio.sleep(delay)
 
     def _remember(self, obj: Mapping[str, Any]) -> ModelKey | None:
         meta = obj.get("metadata") or {}

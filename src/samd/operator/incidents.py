@@ -31,7 +31,7 @@ from samd.operator.builders.serving import FETCH_CONTAINER
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
 from samd.operator.metrics import OperatorMetrics
-from samd.operator.reconcile import Event
+from samd.operator.steps.shared import Event
 from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED, TrustPolicy
 from samd.spec import API_VERSION, PolicyEventSink
 from samd.storage.guard import policy_allowances

@@ -8,11 +8,12 @@ current by a list+watch of four kinds (the informer pattern):
 - Namespaces (their labels decide which policies cover them);
 - ConfigMaps labelled ``samd.dev/signature=true``: the signature bundles the operator fetched.
 
-Each kind is listed, then watched from the list's resourceVersion. A watch that fails (410 Gone
-when the version is too old, a dropped connection, an API error) is started again from a fresh
-list, after a backoff for errors other than 410, so that no change missed meanwhile is kept
-wrong; the stale state keeps serving in the meantime. `ready` becomes True once every kind has
-been listed once.
+Each kind is followed by a `samd.reflector.Reflector` (the same list+watch as the operator's
+owned-object index): listed, then watched from the list's resourceVersion. A watch that fails (410
+Gone when the version is too old, a dropped connection, an API error) or runs for `resync_period`
+is started again from a fresh list, after a backoff for errors other than 410, so that no change
+missed meanwhile is kept wrong; the stale state keeps serving in the meantime. `ready` becomes True
+once every kind has been listed once, and stays True when a watch fails.
 
 ``WatchedState.from_objects`` builds the same state from plain objects without a cluster (unit
 tests, benchmarks).
@@ -27,12 +28,12 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from lightkube import ALL_NS, ApiError, AsyncClient
+from lightkube import ALL_NS, AsyncClient
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 
@@ -40,6 +41,7 @@ from samd.errors import SamdError
 from samd.operator.builders.names import client_secret_name, signature_config_map_name, tls_secret_name
 from samd.operator.builders.serving import SIGNATURE_FILE, SIGNATURE_LABEL
 from samd.policy import TrustPolicy
+from samd.reflector import Listing, Reflector, exponential_backoff
 from samd.spec import GROUP, VERSION, SecureModelSpec, parse_secure_model, parse_trust_policy
 
 log = logging.getLogger(__name__)
@@ -489,7 +491,7 @@ class WatchedState:
         """Start listing and watching every kind with `client` (in the running event loop)."""
         if self._reflectors:
             raise RuntimeError("the watches are already running")
-        self._reflectors = {kind: Reflector(self, kind, client) for kind in Kind}
+        self._reflectors = {kind: _reflector(self, kind, client) for kind in Kind}
         for reflector in self._reflectors.values():
             reflector.start()
 
@@ -524,95 +526,33 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return result
 
 
-def _is_gone(error: BaseException) -> bool:
-    return isinstance(error, ApiError) and error.status.code == 410
+def _scope(kind: Kind) -> dict[str, Any]:
+    scope: dict[str, Any] = {}
+    if kind in _NAMESPACED:
+        scope["namespace"] = ALL_NS
+    if kind in _LABELS:
+        scope["labels"] = _LABELS[kind]
+    return scope
 
 
-class Reflector:
-    """List then watch one kind into the state; on any watch failure, and every `resync_period`,
-    list again.
+def _reflector(state: WatchedState, kind: Kind, client: AsyncClient) -> Reflector:
+    """The list+watch of `kind` with `client`, into `state`."""
 
-    `lists` counts the lists made (1 after the first sync), `failures` the failures since the last
-    good list (they set the backoff), `resource_version` is the last version seen.
-    """
-
-    def __init__(self, state: WatchedState, kind: Kind, client: AsyncClient) -> None:
-        self.state = state
-        self.kind = kind
-        self.client = client
-        self.lists = 0
-        self.failures = 0
-        self.resource_version: str | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"samd-webhook-watch-{self.kind.value}")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    def _scope(self) -> dict[str, Any]:
-        scope: dict[str, Any] = {}
-        if self.kind in _NAMESPACED:
-            scope["namespace"] = ALL_NS
-        if self.kind in _LABELS:
-            scope["labels"] = _LABELS[self.kind]
-        return scope
-
-    async def _list(self) -> None:
-        listing = self.client.list(_RESOURCES[self.kind], **self._scope())
+    async def list_objects() -> Listing:
+        listing = client.list(_RESOURCES[kind], **_scope(kind))
         objects = [_as_dict(obj) async for obj in listing]
-        self.state.replace(self.kind, objects)
-        self.resource_version = listing.resourceVersion
-        self.lists += 1
-        log.info(
-            "listed %d %s objects at resourceVersion %s",
-            len(objects),
-            self.kind.value,
-            self.resource_version,
-            extra={"kind": self.kind.value, "objects": len(objects), "lists": self.lists},
-        )
+        return objects, listing.resourceVersion
 
-    async def _watch(self) -> None:
-        watch = self.client.watch(
-            _RESOURCES[self.kind], resource_version=self.resource_version, **self._scope()
-        )
-        async for event, obj in watch:
-            self.state.apply(self.kind, event, _as_dict(obj))
-            version = obj.metadata.resourceVersion if obj.metadata is not None else None
-            if version:
-                self.resource_version = version
+    async def watch_from(version: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        async for event, obj in client.watch(_RESOURCES[kind], resource_version=version, **_scope(kind)):
+            yield event, _as_dict(obj)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._list()
-                self.failures = 0
-                async with asyncio.timeout(self.state.resync_period):
-                    await self._watch()
-            except asyncio.CancelledError:
-                raise
-            except TimeoutError:
-                log.debug("resyncing %s", self.kind.value, extra={"kind": self.kind.value})
-                continue
-            except Exception as error:  # every failure leads to a fresh list: never a silent gap
-                if _is_gone(error):
-                    log.info(
-                        "watch of %s expired (410 Gone): listing again",
-                        self.kind.value,
-                        extra={"kind": self.kind.value},
-                    )
-                    continue
-                self.failures += 1
-                delay = min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (self.failures - 1))
-                log.warning(
-                    "watch of %s failed (%s); listing again in %.1f s",
-                    self.kind.value,
-                    error,
-                    delay,
-                    extra={"kind": self.kind.value, "failures": self.failures},
-                )
-                await asyncio.sleep(delay)
+    return Reflector(
+        kind.value,
+        list_objects=list_objects,
+        watch_from=watch_from,
+        on_listed=lambda objects: state.replace(kind, objects),
+        on_event=lambda event, obj: state.apply(kind, event, obj),
+        resync_period=state.resync_period,
+        backoff=exponential_backoff(INITIAL_BACKOFF, MAX_BACKOFF),
+    )

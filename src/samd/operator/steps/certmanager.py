@@ -13,9 +13,8 @@ that belongs to someone else is never handed to cert-manager to overwrite.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 from lightkube.generic_resource import create_namespaced_resource
@@ -37,10 +36,8 @@ from samd.operator.builders.names import model_label_value, tls_secret_name
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
+from samd.operator.steps.shared import OwnedRef, Run, iso
 from samd.policy import TrustPolicy
-
-if TYPE_CHECKING:  # reconcile.py imports this module
-    from samd.operator.reconcile import OwnedRef, _Run
 
 # Registers the kind with the API wrapper's client (it knows only the built-in kinds and SAMD's own).
 create_namespaced_resource("cert-manager.io", "v1", CERTIFICATE_KIND, "certificates")
@@ -48,10 +45,6 @@ create_namespaced_resource("cert-manager.io", "v1", CERTIFICATE_KIND, "certifica
 C = ConditionType
 CERT_MANAGER_ANNOTATION_PREFIX = "cert-manager.io/"
 Choice = ChosenIssuer | IssuerConflict | None
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
@@ -90,7 +83,7 @@ class CertManagerCertificates:
         )
         return {str(obj["metadata"]["name"]): obj for obj in listed if context.uid in _owner_uids(obj)}
 
-    async def release(self, run: _Run, context: ModelContext) -> bool:
+    async def release(self, run: Run, context: ModelContext) -> bool:
         """Back to the operator CA: delete the Certificates an issuer had, so that cert-manager stops
         writing the Secrets the operator is about to issue into (only when the status says one did).
 
@@ -136,7 +129,7 @@ class CertManagerCertificates:
 
     async def ensure(
         self,
-        run: _Run,
+        run: Run,
         context: ModelContext,
         owned: Sequence[OwnedRef],
         choice: ChosenIssuer | IssuerConflict,
@@ -205,9 +198,7 @@ class CertManagerCertificates:
             if (state := states.get(str(manifest["metadata"]["name"]))) is not None and state.ready
         ]
         status: dict[str, Any] = {
-            "serverNotAfter": _iso(server.not_after)
-            if server and server.ready and server.not_after
-            else None,
+            "serverNotAfter": iso(server.not_after) if server and server.ready and server.not_after else None,
             "clients": ready_clients,
             "issuer": str(issuer),
         }
