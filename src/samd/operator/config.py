@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from samd.operator.shard import NamespaceSelector, parse_selector
 from samd.spec import parse_duration
 from samd.storage.guard import AddressPolicy, parse_networks
 
@@ -57,6 +58,8 @@ class OperatorConfig:
     metrics_port: int | None = 9090  # SAMD_METRICS_PORT: Prometheus /metrics; "off" for none, 0 any free port
     # SAMD_METRICS_SCRAPER_NAMESPACE / _POD_LABELS: who may reach the model pods' metrics port.
     metrics_scrapers: tuple[MetricsScraper, ...] = (DEFAULT_SCRAPER,)
+    # SAMD_NAMESPACE_SELECTOR: the namespaces this instance reconciles (sharding, docs/scaling.md).
+    namespace_selector: NamespaceSelector = field(default_factory=NamespaceSelector)
 
     def address_policy(self) -> AddressPolicy:
         """The operator's own part of the address rules; covering policies add their allowances."""
@@ -104,6 +107,7 @@ class OperatorConfig:
             cluster_networks=tuple(str(n) for n in parse_networks(env.get("SAMD_CLUSTER_CIDRS", ""))),
             metrics_port=_port(env, "SAMD_METRICS_PORT", defaults.metrics_port),
             metrics_scrapers=_scrapers(env, defaults.metrics_scrapers),
+            namespace_selector=parse_selector(env.get("SAMD_NAMESPACE_SELECTOR", "")),
         )
 
 
@@ -228,6 +232,14 @@ def variables() -> tuple[Variable, ...]:
             show_default(d.local_file_roots),
             "with `SAMD_ALLOW_LOCAL_FILES`: only files under these directories (`:`-separated; symlinks are "
             "resolved first); empty allows any file the operator can read",
+        ),
+        Variable(
+            "SAMD_NAMESPACE_SELECTOR",
+            "empty",
+            "label selector of the namespaces whose SecureModels this instance reconciles, in `kubectl -l` "
+            "syntax (`samd.dev/shard=a`, `samd.dev/shard notin (a,b)`, `!samd.dev/shard`); empty: every "
+            "namespace. Instances with disjoint selectors share a cluster, each with its own Lease "
+            "(docs/scaling.md)",
         ),
         Variable(
             "SAMD_CLUSTER_CIDRS",
