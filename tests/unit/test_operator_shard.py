@@ -191,3 +191,17 @@ def test_a_namespace_that_joins_the_shard_has_its_models_requeued_and_one_that_l
     asyncio.run(follow_shard(memo, "moving", indexes({"moving": {"shard": "c"}}, models)))
     assert len(memo.kube.patches) == 2  # leaving writes nothing
     assert memo.reconciler.dropped == [("moving", "m1"), ("moving", "m2")]
+
+
+def test_changes_to_another_shards_owned_objects_requeue_nothing() -> None:
+    from samd.operator.handlers import OwnedObjects  # noqa: PLC0415
+
+    async def scenario() -> list[tuple[str, str | None, str]]:
+        kube = RecordingKube()
+        owned = OwnedObjects(kube, Forgetful(), lambda namespace: namespace == "mine")  # type: ignore[arg-type]
+        owned._requeue(("theirs", "m"), "ConfigMap/m-trust deleted")
+        owned._requeue(("mine", "m"), "ConfigMap/m-trust deleted")
+        await asyncio.sleep(0.05)
+        return kube.patches
+
+    assert asyncio.run(scenario()) == [("SecureModel", "mine", "m")]
