@@ -69,6 +69,20 @@ def run_operator(options: argparse.Namespace) -> bool:
     )
 
 
+def run_object_set(options: argparse.Namespace) -> bool:
+    settings = operator_suite.Settings(
+        counts=operator_suite.parse_counts(options.object_set_models), timeout=options.operator_timeout
+    )
+    rows = operator_suite.run_object_set(settings, options.object_set_rounds)
+    return report(
+        options,
+        "object-set",
+        "Operator: object-set candidates, measured side by side",
+        rows,
+        lambda command: operator_suite.object_set_section(rows, command),
+    )
+
+
 def run_admission(options: argparse.Namespace) -> bool:
     settings = admission.Settings(
         duration=options.admission_seconds,
@@ -118,6 +132,7 @@ def run_serving(options: argparse.Namespace) -> bool:
 SUITES: dict[str, Callable[[argparse.Namespace], bool]] = {
     "artifact": run_artifact,
     "operator": run_operator,
+    "object-set": run_object_set,
     "admission": run_admission,
     "admission-e2e": run_admission_e2e,
     "serving": run_serving,
@@ -136,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--storage-size", default="128M", help="object size for the storage suite (default 128M)"
     )
     parser.add_argument("--models", default="100,1000", help="SecureModel counts for the operator suite")
+    parser.add_argument(
+        "--object-set-models", default="150", help="SecureModel count for the object-set suite (A/B)"
+    )
+    parser.add_argument(
+        "--object-set-rounds", type=int, default=2, help="turns of each variant in the object-set suite"
+    )
     parser.add_argument(
         "--operator-timeout", type=float, default=600.0, help="seconds to wait for each batch to be ready"
     )

@@ -8,10 +8,12 @@ whole cluster. For each N, each measurement in a fresh namespace of its own:
    trivial objects (`noops.bench.samd.dev`) and the time until every one has its status set;
 2. the control plane alone, no operator: N one-replica Deployments, until every one is available
    (each SecureModel has such a Deployment, so this is a floor under SAMD's time);
-3. SAMD's objects alone, no operator: for each of N models, the bench writes what the operator would
+3. SAMD's hardened Deployment alone (with its ServiceAccount), no operator: what its pod template
+   costs beside a plain Deployment's;
+4. SAMD's objects alone, no operator: for each of N models, the bench writes what the operator would
    (the SecureModel, the objects its builders give, server-side applied, and two status writes),
    until every Deployment is available: a floor under SAMD's time for this object set;
-4. SAMD: a ModelTrustPolicy with the signer's key and the key Secret are in place; N SecureModels
+5. SAMD: a ModelTrustPolicy with the signer's key and the key Secret are in place; N SecureModels
    that all point at one signed and encrypted model (file://, one replica each, so the fake node
    holds them) are created at once, and the time until every one is Ready (verified, key checked,
    certificates issued, RBAC, NetworkPolicy, Deployment available on the fake node) is taken.
@@ -26,6 +28,7 @@ just before it is stopped. The namespace is deleted, and gone, before the next m
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import os
 import signal
@@ -53,9 +56,17 @@ OPERATOR_NAMESPACE = "samd-system"
 EXAMPLE = REPO / "examples" / "fraud-detection"
 KEY_SECRET = "bench-model-key"  # noqa: S105 - a Secret's name
 
-TARGET_SECONDS_1000 = 120.0
-TARGET_RATE_VS_NOOP = 0.5
-TARGET_PEAK_RSS_MB = 250.0
+# The targets, as ratios to references measured in the same run (absolute CPU times differ by a
+# factor of two between runs of these shared machines).
+TARGET_TIME_VS_OBJECTS = 1.10  # SAMD's time to all Ready over SAMD's objects alone
+TARGET_OPERATOR_CPU_VS_OBJECTS = (
+    0.12  # operator CPU per model over control-plane CPU per model, objects alone
+)
+TARGET_REQUESTS_VS_OBJECTS = 1.05  # API requests per model over the objects-alone count
+TARGET_OBJECTS_CPU_VS_DEPLOYMENT = (
+    3.0  # objects alone, control-plane CPU per model, over a plain Deployment's
+)
+TARGET_PEAK_RSS_MB = 150.0  # at 1,000 models
 CREATE_THREADS = 8
 MB = 1e6
 
@@ -78,6 +89,8 @@ class Measurement:
     cpu_seconds: float  # the operator process's user + system time while the clock ran
     control_plane_cpu_seconds: float  # etcd, API server, controllers, scheduler and KWOK, same window
     api_requests: float  # requests the API server answered in the same window (watches excluded)
+    # The same requests by "VERB resource[/subresource]", for what a model costs in requests.
+    requests_by_kind: dict[str, float] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -167,17 +180,33 @@ def control_plane_cpu_seconds() -> float:
     return total
 
 
-def api_requests_so_far(api: client.ApiClient) -> float:
-    """Requests the API server has answered since it started, from its metrics (watches excluded)."""
+def api_requests_so_far(api: client.ApiClient) -> dict[str, float]:
+    """Requests the API server has answered since it started, from its metrics (watches excluded),
+    by "VERB resource[/subresource]"."""
     response = api.call_api(
         *api.param_serialize(method="GET", resource_path="/metrics", auth_settings=["BearerToken"])
     )
     body: bytes = response.read() or b""  # type: ignore[no-untyped-call]
-    total = 0.0
+    counts: dict[str, float] = {}
     for line in body.decode().splitlines():
-        if line.startswith("apiserver_request_total{") and 'verb="WATCH"' not in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        if not line.startswith("apiserver_request_total{") or 'verb="WATCH"' in line:
+            continue
+        labels_text, value = line[len("apiserver_request_total{") :].rsplit("} ", 1)
+        labels = dict(
+            (key, raw.strip('"')) for key, _, raw in (item.partition("=") for item in labels_text.split('",'))
+        )
+        resource = labels.get("resource", "") or "(other)"
+        if labels.get("subresource"):
+            resource += f"/{labels['subresource']}"
+        kind = f"{labels.get('verb', '?')} {resource}"
+        counts[kind] = counts.get(kind, 0.0) + float(value)
+    return counts
+
+
+def requests_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {
+        kind: after[kind] - before.get(kind, 0.0) for kind in after if after[kind] > before.get(kind, 0.0)
+    }
 
 
 # --- watching readiness ------------------------------------------------------------------------------
@@ -383,7 +412,8 @@ def measure(api: client.ApiClient, target: Target, count: int, settings: Setting
                 ready = len(readiness.ready) if readiness.all_ready_at is None else count
                 cpu = process.cpu_seconds() - cpu_before
                 control_plane_cpu = control_plane_cpu_seconds() - control_plane_before
-                requests = api_requests_so_far(api) - requests_before
+                requests_by_kind = requests_between(requests_before, api_requests_so_far(api))
+                requests = sum(requests_by_kind.values())
             finally:
                 readiness.stop()
             peak = process.peak_rss_mb()
@@ -399,6 +429,7 @@ def measure(api: client.ApiClient, target: Target, count: int, settings: Setting
         cpu,
         control_plane_cpu,
         requests,
+        requests_by_kind,
     )
     log(
         f"{target.label}, {count}: {result.ready}/{count} ready in {result.seconds:.1f} s "
@@ -511,7 +542,39 @@ def samd_target(kubeconfig: Path, artifacts: Any) -> Target:
 OBJECTS_ALONE = "SAMD's objects alone"
 
 
-def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Target:
+def server_side_apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
+    """Apply one manifest as the operator does (server-side apply, its field manager, forced)."""
+    group_version, kind = manifest["apiVersion"], manifest["kind"]
+    plural = f"{kind.lower()}s" if not kind.endswith("y") else f"{kind[:-1].lower()}ies"
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    meta = manifest["metadata"]
+    response = api.call_api(
+        *api.param_serialize(
+            method="PATCH",
+            resource_path=f"{root}/namespaces/{meta['namespace']}/{plural}/{meta['name']}",
+            query_params=[("fieldManager", "samd-operator"), ("force", "true")],
+            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+            body=manifest,
+            auth_settings=["BearerToken"],
+        )
+    )
+    response.read()  # type: ignore[no-untyped-call]
+    if response.status >= 300:
+        raise RuntimeError(
+            f"applying {kind} {meta['name']}: {response.status} {(response.data or b'')[:300]!r}"
+        )
+
+
+Manifests = list[dict[str, Any]]
+
+
+def samd_objects_target(
+    samd: Target,
+    artifacts: Any,
+    public_key_pem: str,
+    reshape: Callable[[Manifests], Manifests] | None = None,
+    label: str = OBJECTS_ALONE,
+) -> Target:
     """What the control plane alone takes for what SAMD writes: no operator, the bench writes it.
 
     For each model: the SecureModel, every object the operator would apply for it (built by the
@@ -560,27 +623,6 @@ def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Ta
             }
         }
 
-    def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
-        group_version, kind = manifest["apiVersion"], manifest["kind"]
-        plural = f"{kind.lower()}s" if not kind.endswith("y") else f"{kind[:-1].lower()}ies"
-        root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-        meta = manifest["metadata"]
-        response = api.call_api(
-            *api.param_serialize(
-                method="PATCH",
-                resource_path=f"{root}/namespaces/{meta['namespace']}/{plural}/{meta['name']}",
-                query_params=[("fieldManager", "samd-operator"), ("force", "true")],
-                header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-                body=manifest,
-                auth_settings=["BearerToken"],
-            )
-        )
-        response.read()  # type: ignore[no-untyped-call]
-        if response.status >= 300:
-            raise RuntimeError(
-                f"applying {kind} {meta['name']}: {response.status} {(response.data or b'')[:300]!r}"
-            )
-
     def create(api: client.ApiClient, namespace: str, names: Sequence[str]) -> None:
         custom = client.CustomObjectsApi(api)
 
@@ -597,8 +639,9 @@ def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Ta
                 issue_client_certificate(authority, ctx, c.name, now) for c in spec.serving.clients
             ]
             owned = build_owned_objects(ctx, now, signers)
-            for manifest in [build_signature_config_map(ctx, bundle), *certificates, *owned]:
-                apply(api, manifest)
+            manifests = [build_signature_config_map(ctx, bundle), *certificates, *owned]
+            for manifest in reshape(manifests) if reshape is not None else manifests:
+                server_side_apply(api, manifest)
             for serving in (False, True):
                 custom.patch_namespaced_custom_object_status(
                     GROUP, VERSION, namespace, PLURAL, name, status(serving)
@@ -608,7 +651,7 @@ def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Ta
             list(pool.map(one, names))
 
     return Target(
-        label=OBJECTS_ALONE,
+        label=label,
         argv=[],
         env={},
         cwd=REPO,
@@ -617,6 +660,166 @@ def samd_objects_target(samd: Target, artifacts: Any, public_key_pem: str) -> Ta
         is_ready=deployment_available,
         prepare=samd.prepare,
         namespace_labels=samd.namespace_labels,
+        create=create,
+    )
+
+
+# --- the object-set candidates (A/B) ---------------------------------------------------------------
+
+# Fields every container repeats from the pod's securityContext, where the pod's own already apply.
+POD_LEVEL_DUPLICATES = ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile", "privileged")
+
+
+def with_candidates(manifests: Manifests) -> Manifests:
+    """The issue's three object-set candidates applied to one model's objects, as the bench writes
+    them: each time-bound grant a subject of the reviewer or deployer binding instead of a binding of
+    its own; the trust ConfigMap's data in the signature ConfigMap (one ConfigMap); containers without
+    the securityContext fields the pod already sets (a slimmer pod template)."""
+    reshaped = [dict(manifest) for manifest in manifests]
+    grants = [m for m in reshaped if m["kind"] == "RoleBinding" and "-grant-" in m["metadata"]["name"]]
+    trust = [m for m in reshaped if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("-trust")]
+    kept = [m for m in reshaped if not any(m is other for other in grants + trust)]
+    for manifest in kept:
+        if manifest["kind"] == "RoleBinding":
+            role = manifest["roleRef"]["name"]
+            extra = [s for g in grants if g["roleRef"]["name"] == role for s in g["subjects"]]
+            manifest["subjects"] = [*manifest["subjects"], *extra]
+        if manifest["kind"] == "ConfigMap" and manifest["metadata"]["name"].endswith("-signature"):
+            manifest["data"] = {
+                **(manifest.get("data") or {}),
+                **{k: v for t in trust for k, v in t["data"].items()},
+            }
+        if manifest["kind"] == "Deployment":
+            template = copy.deepcopy(manifest["spec"]["template"])
+            pod = template["spec"]
+            signature = f"{manifest['metadata']['name']}-signature"
+            for volume in pod.get("volumes", []):
+                if volume.get("configMap", {}).get("name", "").endswith("-trust"):
+                    volume["configMap"] = {**volume["configMap"], "name": signature}
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                for key in POD_LEVEL_DUPLICATES:
+                    container.get("securityContext", {}).pop(key, None)
+            manifest["spec"] = {**manifest["spec"], "template": template}
+    return kept
+
+
+CANDIDATES = "objects alone, with the candidates"
+
+
+def run_object_set(settings: Settings, rounds: int) -> list[Row]:
+    """SAMD's objects alone as built today and with the candidates, taking turns `rounds` times."""
+    from tests.support.cluster import local_control_plane  # noqa: PLC0415
+    from tests.support.crds import install_crds  # noqa: PLC0415
+    from tests.support.models import make_model  # noqa: PLC0415
+
+    settings.work.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[Measurement]] = {OBJECTS_ALONE: [], CANDIDATES: []}
+    with local_control_plane() as cluster, tempfile.TemporaryDirectory(prefix="samd-bench-model-") as scratch:
+        api = cluster.api_client()
+        install_crds(api)
+        ensure_namespace(api, OPERATOR_NAMESPACE)
+        artifacts = make_model(Path(scratch) / "model")
+        samd = samd_target(cluster.kubeconfig, artifacts)
+        today = samd_objects_target(samd, artifacts, artifacts.public_key_pem)
+        slimmer = samd_objects_target(samd, artifacts, artifacts.public_key_pem, with_candidates, CANDIDATES)
+        count = settings.counts[-1]
+        for _ in range(rounds):
+            for target in (today, slimmer):
+                runs[target.label].append(measure(api, target, count, settings))
+    return object_set_rows(runs, count)
+
+
+def object_set_rows(runs: dict[str, list[Measurement]], count: int) -> list[Row]:
+    def cpu(m: Measurement) -> float:
+        return _per_model_ms(m.control_plane_cpu_seconds, count)
+
+    today, slimmer = runs[OBJECTS_ALONE], runs[CANDIDATES]
+    best_today, best_slimmer = min(map(cpu, today)), min(map(cpu, slimmer))
+    return [
+        Row(
+            f"control-plane CPU per model, {count} models, each run",
+            "candidates: " + ", ".join(f"{cpu(m):.0f} ms" for m in slimmer),
+            "today: " + ", ".join(f"{cpu(m):.0f} ms" for m in today),
+            f"{_ratio(best_slimmer, best_today):.2f}x (best runs)",
+        ),
+        Row(
+            f"API requests per model, {count} models",
+            f"{min(m.api_requests for m in slimmer) / count:.1f}",
+            f"{min(m.api_requests for m in today) / count:.1f} today",
+        ),
+        Row(
+            f"time until every Deployment is available, {count} models",
+            ", ".join(f"{m.seconds:.1f} s" for m in slimmer),
+            "today: " + ", ".join(f"{m.seconds:.1f} s" for m in today),
+        ),
+    ]
+
+
+OBJECT_SET_NOTES = """\
+How: the operator suite's "SAMD's objects alone" measurement (no operator; the bench writes the
+SecureModel, every object the operator's builders give, server-side applied, and two status writes,
+until every Deployment is available), once with the objects as built today and once with the three
+candidates the issue lists applied to them by the bench (`bench.operator.with_candidates`): each
+time-bound grant a subject of the reviewer or deployer RoleBinding instead of a RoleBinding of its
+own, the trust ConfigMap's data in the signature ConfigMap (the pod mounts that one), and containers
+without the securityContext fields that the pod's own securityContext already sets. The two take
+turns in one control plane; the machine is shared, so the best run of each is compared."""
+
+
+def object_set_section(rows: Sequence[Row], command: str) -> str:
+    from bench.report import markdown_table, run_stamp  # noqa: PLC0415
+
+    return f"{run_stamp(command)}\n\n{markdown_table(rows)}\n\n{OBJECT_SET_NOTES}\n"
+
+
+SAMD_DEPLOYMENT_ALONE = "SAMD's Deployment alone"  # with the ServiceAccount its pods run as
+
+
+def samd_deployment_target(samd: Target, artifacts: Any) -> Target:
+    """The hardened serving Deployment alone, one replica, as the operator builds it: what its pod
+    template costs the control plane beside a plain Deployment's, without the model's other objects.
+
+    Its ServiceAccount comes with it (the API server refuses pods that name a missing one). The
+    bench server-side applies both without their owner reference (no SecureModel exists here, and
+    the garbage collector would delete objects whose owner is missing).
+    """
+    from samd.operator.builders.context import ModelContext  # noqa: PLC0415
+    from samd.operator.builders.serving import build_deployment, build_service_account  # noqa: PLC0415
+    from samd.operator.config import OperatorConfig  # noqa: PLC0415
+    from samd.operator.reconcile import builder_settings  # noqa: PLC0415
+    from samd.spec import parse_secure_model  # noqa: PLC0415
+
+    spec = parse_secure_model(samd.body("", "")["spec"])
+    settings = builder_settings(OperatorConfig(namespace=OPERATOR_NAMESPACE))
+    digest = artifacts.manifest_digest()
+
+    def create(api: client.ApiClient, namespace: str, names: Sequence[str]) -> None:
+        def one(name: str) -> None:
+            ctx = ModelContext(
+                name=name,
+                namespace=namespace,
+                uid=str(uuid.uuid4()),
+                spec=spec,
+                manifest_digest=digest,
+                settings=settings,
+            )
+            deployment = build_deployment(ctx)
+            assert deployment is not None
+            for manifest in (build_service_account(ctx), deployment):
+                del manifest["metadata"]["ownerReferences"]
+                server_side_apply(api, manifest)
+
+        with ThreadPoolExecutor(CREATE_THREADS) as pool:
+            list(pool.map(one, names))
+
+    return Target(
+        label=SAMD_DEPLOYMENT_ALONE,
+        argv=[],
+        env={},
+        cwd=REPO,
+        resource=("apps", "v1", "deployments"),
+        body=samd.body,
+        is_ready=deployment_available,
         create=create,
     )
 
@@ -687,7 +890,8 @@ def run(settings: Settings) -> list[Row]:
         with trust_policy(api, samd.namespace_labels["samd.dev/trust"], artifacts.public_key_pem):
             for count in settings.counts:
                 objects_alone = samd_objects_target(samd, artifacts, artifacts.public_key_pem)
-                for target in (noop, deployments_target(), objects_alone, samd):
+                deployment_alone = samd_deployment_target(samd, artifacts)
+                for target in (noop, deployments_target(), deployment_alone, objects_alone, samd):
                     measurements[(target.label, count)] = measure(api, target, count, settings)
     return build_rows(measurements, settings)
 
@@ -701,97 +905,203 @@ def _time(m: Measurement) -> str:
     return f"{m.ready}/{m.count} ready after {m.seconds:.0f} s"
 
 
+def _per_model_ms(cpu_seconds: float, count: int) -> float:
+    return cpu_seconds / count * 1000
+
+
+def _ratio(value: float, reference: float) -> float:
+    return value / reference if reference else float("inf")
+
+
+# Requests the issue names as new per-model costs since the last measurement, each a sum of
+# "VERB resource" counts: the GET of every object before its first apply (the operator never takes
+# over an object it did not create; Secrets also count the key and certificate reads), the
+# protected namespace label, the incident loop's pod LIST per namespace, the leader Lease.
+NAMED_COSTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "GETs of owned kinds (no-takeover check)",
+        tuple(
+            f"GET {kind}"
+            for kind in (
+                "configmaps",
+                "secrets",
+                "roles",
+                "rolebindings",
+                "serviceaccounts",
+                "networkpolicies",
+                "services",
+                "deployments",
+                "poddisruptionbudgets",
+            )
+        ),
+    ),
+    ("protected-namespace label", ("PATCH namespaces",)),
+    ("incident loop's pod LIST", ("LIST pods",)),
+    ("leader Lease", ("GET leases", "PUT leases")),
+)
+
+
+def _request_difference(samd: Measurement, objects: Measurement, count: int) -> str:
+    kinds = set(samd.requests_by_kind) | set(objects.requests_by_kind)
+    extra = {
+        kind: (samd.requests_by_kind.get(kind, 0.0) - objects.requests_by_kind.get(kind, 0.0)) / count
+        for kind in kinds
+    }
+    shown = sorted((item for item in extra.items() if abs(item[1]) >= 0.05), key=lambda item: -abs(item[1]))
+    return "; ".join(f"{kind} {value:+.2f}" for kind, value in shown[:10]) or "none above 0.05"
+
+
+def _named_costs(samd: Measurement, count: int) -> str:
+    parts = []
+    for meaning, kinds in NAMED_COSTS:
+        total = sum(samd.requests_by_kind.get(kind, 0.0) for kind in kinds)
+        parts.append(f"{meaning} {total / count:.3f}")
+    return "; ".join(parts)
+
+
 def build_rows(measurements: dict[tuple[str, int], Measurement], settings: Settings) -> list[Row]:
     rows: list[Row] = []
     for count in settings.counts:
         samd, noop = measurements[("samd operator", count)], measurements[("no-op kopf", count)]
-        alone = measurements[(CONTROL_PLANE_ALONE, count)]
+        plain = measurements[(CONTROL_PLANE_ALONE, count)]
+        deployment = measurements[(SAMD_DEPLOYMENT_ALONE, count)]
         objects = measurements[(OBJECTS_ALONE, count)]
-        ratio = samd.rate / noop.rate if noop.rate else 0.0
+        judged = count == 1000  # the issue's targets are set at 1,000 models
+        time_ratio = _ratio(samd.seconds, objects.seconds)
         rows.append(
             Row(
                 f"{count} SecureModels applied at once until all Ready",
                 _time(samd),
-                f"{_time(noop)} no-op kopf",
-                f"{ratio:.2f}x rate",
-                f">= {TARGET_RATE_VS_NOOP}x rate",
-                samd.complete and ratio >= TARGET_RATE_VS_NOOP,
+                f"{_time(objects)} SAMD's objects alone",
+                f"{time_ratio:.2f}x",
+                f"<= {TARGET_TIME_VS_OBJECTS:.2f}x" if judged else "",
+                samd.complete and objects.complete and time_ratio <= TARGET_TIME_VS_OBJECTS
+                if judged
+                else None,
             )
         )
         rows.append(
             Row(
-                f"control plane alone: {count} one-replica Deployments until available",
-                _time(alone),
-                f"SAMD {_time(samd)}",
-                f"SAMD takes {samd.seconds / alone.seconds:.1f}x" if alone.complete and alone.seconds else "",
+                f"references, {count} objects: no-op kopf / plain one-replica Deployments / "
+                "SAMD's hardened Deployment alone, until ready",
+                f"{_time(noop)} / {_time(plain)} / {_time(deployment)}",
+            )
+        )
+        operator_ms = _per_model_ms(samd.cpu_seconds, count)
+        objects_ms = _per_model_ms(objects.control_plane_cpu_seconds, count)
+        cpu_ratio = _ratio(operator_ms, objects_ms)
+        rows.append(
+            Row(
+                f"operator CPU per model, {count} models",
+                f"{operator_ms:.0f} ms",
+                f"{objects_ms:.0f} ms control-plane CPU per model, objects alone",
+                f"{cpu_ratio:.2f}x",
+                f"<= {TARGET_OPERATOR_CPU_VS_OBJECTS:.2f}x" if judged else "",
+                cpu_ratio <= TARGET_OPERATOR_CPU_VS_OBJECTS if judged else None,
+            )
+        )
+        samd_requests, objects_requests = samd.api_requests / count, objects.api_requests / count
+        request_ratio = _ratio(samd_requests, objects_requests)
+        rows.append(
+            Row(
+                f"API requests per model, {count} models (watches excluded)",
+                f"{samd_requests:.1f}",
+                f"{objects_requests:.1f} objects alone; {plain.api_requests / count:.1f} plain Deployment; "
+                f"{noop.api_requests / count:.1f} no-op kopf",
+                f"{request_ratio:.2f}x",
+                f"<= {TARGET_REQUESTS_VS_OBJECTS:.2f}x" if judged else "",
+                request_ratio <= TARGET_REQUESTS_VS_OBJECTS if judged else None,
             )
         )
         rows.append(
             Row(
-                f"control plane alone: SAMD's objects and status writes for {count} models, "
-                "written by the bench, until every Deployment is available",
-                _time(objects),
-                f"SAMD {_time(samd)}",
-                f"SAMD takes {samd.seconds / objects.seconds:.2f}x"
-                if objects.complete and objects.seconds
-                else "",
+                f"requests per model SAMD makes beyond the objects alone, {count} models",
+                _request_difference(samd, objects, count),
             )
         )
-        if count == 1000:
-            rows.append(
-                Row(
-                    "1000 SecureModels until all Ready",
-                    f"{samd.seconds:.1f} s",
-                    f"{objects.seconds:.1f} s SAMD's objects alone",
-                    "",
-                    f"< {TARGET_SECONDS_1000:.0f} s",
-                    samd.complete and samd.seconds < TARGET_SECONDS_1000,
-                )
+        rows.append(
+            Row(f"named per-model request costs, SAMD run, {count} models", _named_costs(samd, count))
+        )
+        plain_ms = _per_model_ms(plain.control_plane_cpu_seconds, count)
+        set_ratio = _ratio(objects_ms, plain_ms)
+        rows.append(
+            Row(
+                f"control-plane CPU per model for SAMD's objects alone, {count} models",
+                f"{objects_ms:.0f} ms",
+                f"{plain_ms:.0f} ms per plain one-replica Deployment",
+                f"{set_ratio:.2f}x",
+                f"<= {TARGET_OBJECTS_CPU_VS_DEPLOYMENT:.1f}x" if judged else "",
+                set_ratio <= TARGET_OBJECTS_CPU_VS_DEPLOYMENT if judged else None,
             )
+        )
+        deployment_ms = _per_model_ms(deployment.control_plane_cpu_seconds, count)
+        rows.append(
+            Row(
+                f"control-plane CPU per model, SAMD's hardened Deployment alone, {count} models",
+                f"{deployment_ms:.0f} ms",
+                f"{plain_ms:.0f} ms plain Deployment; {objects_ms:.0f} ms whole object set",
+                f"{_ratio(deployment_ms, plain_ms):.2f}x plain",
+            )
+        )
+        samd_cp_ms = _per_model_ms(samd.control_plane_cpu_seconds, count)
+        rows.append(
+            Row(
+                f"control-plane CPU per model with the operator running, {count} models",
+                f"{samd_cp_ms:.0f} ms",
+                f"{objects_ms:.0f} ms objects alone",
+                f"{_ratio(samd_cp_ms, objects_ms):.2f}x",
+            )
+        )
         rows.append(
             Row(
                 f"operator peak RSS, {count} SecureModels",
                 f"{samd.peak_rss_mb:.0f} MB",
                 f"{noop.peak_rss_mb:.0f} MB no-op kopf",
-                f"{samd.peak_rss_mb / noop.peak_rss_mb:.2f}x" if noop.peak_rss_mb else "",
-                f"< {TARGET_PEAK_RSS_MB:.0f} MB" if count == 1000 else "",
-                samd.peak_rss_mb < TARGET_PEAK_RSS_MB if count == 1000 else None,
-            )
-        )
-        rows.append(
-            Row(
-                f"operator CPU time per object, {count} objects",
-                f"{samd.cpu_seconds / count * 1000:.0f} ms",
-                f"{noop.cpu_seconds / count * 1000:.0f} ms no-op kopf",
-                f"{samd.cpu_seconds / noop.cpu_seconds:.1f}x" if noop.cpu_seconds else "",
-            )
-        )
-        rows.append(
-            Row(
-                f"control-plane CPU time per object, {count} objects",
-                f"{samd.control_plane_cpu_seconds / count * 1000:.0f} ms",
-                f"{noop.control_plane_cpu_seconds / count * 1000:.0f} ms no-op kopf; "
-                f"{alone.control_plane_cpu_seconds / count * 1000:.0f} ms per plain Deployment; "
-                f"{objects.control_plane_cpu_seconds / count * 1000:.0f} ms per model's objects alone",
-                f"{samd.control_plane_cpu_seconds / noop.control_plane_cpu_seconds:.1f}x"
-                if noop.control_plane_cpu_seconds
-                else "",
-            )
-        )
-        rows.append(
-            Row(
-                f"API requests per object, {count} objects (watches excluded)",
-                f"{samd.api_requests / count:.1f}",
-                f"{noop.api_requests / count:.1f} no-op kopf; {alone.api_requests / count:.1f} per plain Deployment; "
-                f"{objects.api_requests / count:.1f} per model's objects alone",
-                f"{samd.api_requests / noop.api_requests:.1f}x" if noop.api_requests else "",
+                f"{_ratio(samd.peak_rss_mb, noop.peak_rss_mb):.2f}x",
+                f"< {TARGET_PEAK_RSS_MB:.0f} MB" if judged else "",
+                samd.peak_rss_mb < TARGET_PEAK_RSS_MB if judged else None,
             )
         )
         rows.append(
             Row(
                 f"creating {count} objects (8 client threads), inside the times above",
                 f"{samd.create_seconds:.1f} s",
-                f"{noop.create_seconds:.1f} s no-op kopf",
+                f"{objects.create_seconds:.1f} s objects alone (the bench writes every object)",
+            )
+        )
+    rows.extend(growth_rows(measurements, settings))
+    return rows
+
+
+def growth_rows(measurements: dict[tuple[str, int], Measurement], settings: Settings) -> list[Row]:
+    """Whether time and memory per model stay flat from the smallest to the largest count, and the
+    straight line through the two largest counts carried to 3,000 models."""
+    counts = sorted(settings.counts)
+    if len(counts) < 2:
+        return []
+    low, high = counts[-2], counts[-1]
+    small, large = measurements[("samd operator", low)], measurements[("samd operator", high)]
+    time_low, time_high = small.seconds / low * 1000, large.seconds / high * 1000
+    slope_mb = (large.peak_rss_mb - small.peak_rss_mb) / (high - low)
+    rows = [
+        Row(
+            f"time to Ready per model, {low} and {high} models",
+            f"{time_low:.0f} ms and {time_high:.0f} ms",
+            "",
+            f"{_ratio(time_high, time_low):.2f}x",
+        ),
+        Row(
+            f"operator memory per added model, between {low} and {high} models",
+            f"{slope_mb * 1000:.0f} kB",
+            f"{small.peak_rss_mb:.0f} MB at {low}, {large.peak_rss_mb:.0f} MB at {high}",
+        ),
+    ]
+    if high < 3000:
+        rows.append(
+            Row(
+                "3000 models, extrapolated (straight line through the two largest counts)",
+                f"{time_high * 3000 / 1000:.0f} s to Ready at {time_high:.0f} ms per model; "
+                f"peak RSS {large.peak_rss_mb + slope_mb * (3000 - high):.0f} MB",
             )
         )
     return rows
@@ -805,32 +1115,34 @@ per measurement, N objects are created at once by 8 client threads; the clock ru
 create until a watch sees the last object ready. Ready for SAMD is the `Ready` condition `True` for
 the current generation: the signature verified under a ModelTrustPolicy, the data key unwrapped with
 the key Secret, certificates issued, RBAC, NetworkPolicy, Service and a one-replica Deployment
-available on the fake node. All N SecureModels point at one signed and
-encrypted model (file://), each verified on its own. The reference is a kopf operator with default
-settings whose one on.create handler patches `status.handled` on a `noops.bench.samd.dev` object.
-The rate ratio is SAMD's models per second over the reference's objects per second. A second
-reference, with no operator, is the control plane alone rolling out N one-replica Deployments: a
-floor under SAMD's time that no operator change moves (each SecureModel also has one). A third,
-also with no operator: the bench itself writes, for each model, the SecureModel, every object the
+available on the fake node. All N SecureModels point at one signed and encrypted model (file://),
+each verified on its own.
+
+The targets are ratios to references measured in the same run, because absolute CPU times differ
+by a factor of two between runs of these shared machines. The main reference, "SAMD's objects
+alone", has no operator: the bench itself writes, for each model, the SecureModel, every object the
 operator would apply (built by the operator's builders, server-side applied in its order by 8
 client threads) and the two status writes that take a model to Ready, until every Deployment is
-available: what the control plane needs for SAMD's object set, which only fewer or smaller objects
-would lower; SAMD's time over it is the operator's own overhead. Peak RSS is the kernel's
-high-water mark (VmHWM) of the operator process at the end of the measurement. CPU times are the
-operator's and the control plane's (etcd, API server, controller-manager, scheduler, KWOK) user
-plus system time while the clock ran; the machine is shared, so the times are only comparable
-within one run. API requests are the API server's own count (its metrics) in the same window.
-
-What bounds SAMD here: the control plane and the operator share two CPUs and the run is CPU-bound
-(operator and control-plane CPU add up to about two CPUs for the whole time). The objects-alone row
-is the floor for the object set the issue asks of each model: the SecureModel and its two status
-writes, a ServiceAccount, three Roles, three RoleBindings and one per grant, one NetworkPolicy, two
-ConfigMaps, the server and client certificate Secrets, a Service and a hardened one-replica
-Deployment, whose rollout (ReplicaSet, Pod, their status updates, endpoints) is the largest share
-and costs the control plane about twice what a plain Deployment's does. SAMD's time over that floor
-is the operator's own work: watching, verifying, checking the key, issuing certificates and its
-HTTP requests. The no-op reference handles one small object per item, so its rate is out of reach
-of anything that rolls out a Deployment per item (see the plain Deployments row)."""
+available. It is what the control plane needs for SAMD's object set, which only fewer or smaller
+objects would lower; SAMD's time, requests and the operator's CPU over it are the operator's own
+overhead. Three more references: a kopf operator with default settings whose one on.create handler
+patches `status.handled` on a `noops.bench.samd.dev` object; the control plane alone rolling out N
+plain one-replica Deployments (one container, no volumes); and SAMD's hardened one-replica
+Deployment alone (with the ServiceAccount its pods run as, nothing else), which separates what the
+pod template costs from what the model's other objects cost. Peak RSS is the kernel's high-water
+mark (VmHWM) of the operator process at the end of the measurement. CPU times are the operator's and
+the control plane's (etcd, API server, controller-manager, scheduler, KWOK) user plus system time
+while the clock ran. API requests are the API server's own count (`apiserver_request_total`,
+watches excluded) in the same window, also by verb and resource: the "beyond the objects alone"
+row lists the per-model differences between SAMD's run and the objects-alone run, and the "named
+costs" row the requests that the issue names as new per-model costs (the GET of each owned object
+before its first apply, with which the operator refuses to take over an object it did not create;
+the protected-namespace label PATCH; the incident loop's pod LIST; the leader Lease's reads and
+renewals).
+The growth rows compare the two largest counts; the 3,000-model row, where it is not measured,
+carries the straight line through them (time per model at the largest count; memory: the peak at
+the largest count plus the memory per added model between the two counts).
+"""
 
 
 def section(rows: Sequence[Row], command: str) -> str:

@@ -84,7 +84,7 @@ async def follow_with_reflector(progress: Progress) -> None:
 
     reporter = asyncio.create_task(progress.report())
     async with connect() as kube:
-        owned = Counted(kube, Reconciler(kube=kube, config=OperatorConfig()))
+        owned = Counted(kube, Reconciler(kube=kube, config=OperatorConfig()), holds=lambda _namespace: True)
         await owned.follow()
     reporter.cancel()
 

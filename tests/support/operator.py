@@ -17,6 +17,7 @@ from tests.support.cluster import Cluster
 
 OPERATOR_NAMESPACE = "samd-system"
 LEASE_NAME = "samd-operator"
+SHARD_LABEL = "samd.dev/shard"  # the namespace label the sharding test's operator instances select on
 # Short leader-election timings, so that a test that kills the leader waits seconds, not a quarter
 # minute; the production defaults are 15 s / 10 s / 2 s (docs/operator.md).
 ELECTION_ENV = {

@@ -16,7 +16,13 @@ from kubernetes.client.exceptions import ApiException
 from tests.support.cluster import REPO, Cluster
 from tests.support.crds import install_crds
 from tests.support.models import ModelArtifacts, make_model
-from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess, running_operator
+from tests.support.operator import (
+    LEASE_NAME,
+    OPERATOR_NAMESPACE,
+    SHARD_LABEL,
+    OperatorProcess,
+    running_operator,
+)
 
 GROUP, VERSION = "samd.dev", "v1alpha1"
 EXAMPLE = REPO / "examples" / "fraud-detection"
@@ -48,6 +54,10 @@ def operator_fixture(
         # Read the served models' metrics for the incident thresholds every second (only models
         # that a policy's spec.responses covers are read).
         SAMD_INCIDENT_CHECK_INTERVAL="1s",
+        # The session's operator leaves the namespaces that the sharding test hands to its own two
+        # operator instances (tests/integration/test_operator_shards.py) alone; it keeps its Lease.
+        SAMD_NAMESPACE_SELECTOR=f"!{SHARD_LABEL}",
+        SAMD_LEADER_LEASE=LEASE_NAME,
         # The test models are local files: the development switch, and only under pytest's own
         # temporary directories (a SecureModel naming any other file is refused, as in production).
         SAMD_ALLOW_LOCAL_FILES="true",

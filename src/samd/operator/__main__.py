@@ -133,9 +133,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format, component="operator")
 
     from samd.operator import handlers, policies  # noqa: F401, PLC0415 - importing registers the handlers with kopf
+    from samd.operator.config import OperatorConfig  # noqa: PLC0415
     from samd.operator.leader import ElectionConfig  # noqa: PLC0415
 
-    if not ElectionConfig.from_env().enabled:
+    try:
+        # Read once here so that a bad value stops the process with its message, before any Lease
+        # is taken or any model is touched (kopf would retry a failing start-up handler instead).
+        config = OperatorConfig.from_env()
+        election = ElectionConfig.from_env()
+    except ValueError as error:
+        log.critical("the operator cannot start: %s", error, extra={"event": "bad_configuration"})
+        return 2
+    if not config.namespace_selector.everything:
+        log.info(
+            "this instance reconciles the SecureModels of namespaces matching %s",
+            config.namespace_selector.text(),
+            extra={"namespace_selector": config.namespace_selector.text(), "lease": election.lease_name},
+        )
+    if not election.enabled:
         asyncio.run(run_kopf(args))
         return 0
     return asyncio.run(run_elected(args))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from samd.operator.shard import NamespaceSelector, parse_selector
 from samd.spec import CertificateIssuerRef, parse_duration
 from samd.storage.guard import AddressPolicy, parse_networks
 
@@ -61,6 +62,8 @@ class OperatorConfig:
     metrics_scrapers: tuple[MetricsScraper, ...] = (DEFAULT_SCRAPER,)
     # SAMD_CERT_ISSUER: a cert-manager issuer for the model certificates; None: the operator's own CA.
     certificate_issuer: CertificateIssuerRef | None = None
+    # SAMD_NAMESPACE_SELECTOR: the namespaces this instance reconciles (sharding, docs/scaling.md).
+    namespace_selector: NamespaceSelector = field(default_factory=NamespaceSelector)
 
     def address_policy(self) -> AddressPolicy:
         """The operator's own part of the address rules; covering policies add their allowances."""
@@ -109,6 +112,7 @@ class OperatorConfig:
             metrics_port=_port(env, "SAMD_METRICS_PORT", defaults.metrics_port),
             metrics_scrapers=_scrapers(env, defaults.metrics_scrapers),
             certificate_issuer=parse_issuer(env.get("SAMD_CERT_ISSUER", "")),
+            namespace_selector=parse_selector(env.get("SAMD_NAMESPACE_SELECTOR", "")),
         )
 
 
@@ -241,6 +245,14 @@ def variables() -> tuple[Variable, ...]:
             show_default(d.local_file_roots),
             "with `SAMD_ALLOW_LOCAL_FILES`: only files under these directories (`:`-separated; symlinks are "
             "resolved first); empty allows any file the operator can read",
+        ),
+        Variable(
+            "SAMD_NAMESPACE_SELECTOR",
+            "empty",
+            "label selector of the namespaces whose SecureModels this instance reconciles, in `kubectl -l` "
+            "syntax (`samd.dev/shard=a`, `samd.dev/shard notin (a,b)`, `!samd.dev/shard`); empty: every "
+            "namespace. Instances with disjoint selectors share a cluster, each with its own Lease "
+            "(docs/scaling.md)",
         ),
         Variable(
             "SAMD_CLUSTER_CIDRS",

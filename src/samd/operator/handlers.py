@@ -26,7 +26,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import kopf
@@ -39,6 +39,7 @@ from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_e
 from samd.operator.kube import Kube, connect
 from samd.operator.metrics import OperatorMetrics, start_metrics_server
 from samd.operator.reconcile import Reconciler, due_at
+from samd.operator.shard import NamespaceSelector
 from samd.operator.steps.owned import Change
 from samd.operator.steps.quarantine import quarantine_pending
 from samd.operator.steps.shared import ModelObject, OwnedRef, Rollout, owning_model
@@ -128,9 +129,14 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    memo.config = config
     # kopf's bookkeeping goes to annotations: the status is typed (docs/architecture.md, style rule 10).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.samd.dev")
-    memo.model_diffbase = ModelDiffBaseInMemory(prefix="kopf.samd.dev", key="last-handled-configuration")
+    # Each shard keeps its own: kopf ignores another prefix's annotations, so one instance's record
+    # of a handled policy change never hides the change from the other (docs/scaling.md).
+    prefix = storage_prefix(config.namespace_selector)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    memo.model_diffbase = ModelDiffBaseInMemory(prefix=prefix, key="last-handled-configuration")
     settings.persistence.diffbase_storage = memo.model_diffbase
     # kopf's own "handler succeeded" messages stay in the log; only warnings and errors, and the
     # operator's own events, become Kubernetes Events (two fewer API writes per reconcile).
@@ -142,8 +148,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
-    config = OperatorConfig.from_env()
-    memo.config = config
     memo.kube_context = connect(connections=config.workers * 2 + 8, remember_for=config.reverify_interval / 2)
     memo.kube = await memo.kube_context.__aenter__()
     memo.reconciler = Reconciler(kube=memo.kube, config=config)
@@ -156,7 +160,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Resource handlers get a shallow copy of this memo, so what they must hand to the resync loop
     # goes into a container shared by all the copies, not into an attribute of their own copy.
     memo.shared_indexes = {}
-    memo.owned = OwnedObjects(memo.kube, memo.reconciler)
+    memo.shard_members = {}  # namespace -> whether this instance's selector took it, as last seen
+    memo.owned = OwnedObjects(memo.kube, memo.reconciler, lambda namespace: holds(memo, namespace))
     memo.owned_watch = asyncio.create_task(memo.owned.follow())
     memo.resync = asyncio.create_task(_resync_loop(memo))
     memo.policy_sinks = PolicySinks(memo.kube, config)
@@ -175,7 +180,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         log.info(
             "operator metrics served", extra={"event": "metrics_listening", "metrics_port": metrics_port}
         )
-    log.info("samd-operator started", extra={"namespace": config.namespace})
+    log.info(
+        "samd-operator started",
+        extra={"namespace": config.namespace, "namespace_selector": config.namespace_selector.text() or None},
+    )
 
 
 @kopf.on.cleanup()
@@ -226,12 +234,40 @@ async def secure_models(
     return {(namespace, name): due_at(spec, status, memo.config)}
 
 
+# --- the shard: which namespaces this instance reconciles (SAMD_NAMESPACE_SELECTOR) -----------------
+
+
+def storage_prefix(selector: NamespaceSelector) -> str:
+    """Where kopf keeps its records on objects: one prefix per shard, the historical one without."""
+    return "kopf.samd.dev" if selector.everything else f"{selector.shard_id()}.kopf.samd.dev"
+
+
+def holds(memo: Any, namespace: str, labels_index: kopf.Index[str, dict[str, str]] | None = None) -> bool:
+    """Whether this instance reconciles the models of `namespace`: its labels match the selector.
+
+    A namespace not (or no longer) in the namespace index belongs to no shard: nothing is done there.
+    """
+    selector: NamespaceSelector = memo.config.namespace_selector
+    if selector.everything:
+        return True
+    index = labels_index if labels_index is not None else memo.shared_indexes.get("namespace_labels")
+    if index is None:
+        return False
+    found = list(index.get(namespace, []))
+    return bool(found) and selector.matches(found[0])
+
+
+def in_this_shard(namespace: str | None, memo: Any, **kwargs: Any) -> bool:
+    """kopf's filter for the SecureModel handler (kopf hands filters the indexes too)."""
+    return namespace is not None and holds(memo, namespace, kwargs["namespace_labels"])
+
+
 # --- the SecureModel reconcile handler --------------------------------------------------------------
 
 
-@kopf.on.resume("samd.dev", "v1alpha1", "securemodels")
-@kopf.on.create("samd.dev", "v1alpha1", "securemodels")
-@kopf.on.update("samd.dev", "v1alpha1", "securemodels")
+@kopf.on.resume("samd.dev", "v1alpha1", "securemodels", when=in_this_shard)
+@kopf.on.create("samd.dev", "v1alpha1", "securemodels", when=in_this_shard)
+@kopf.on.update("samd.dev", "v1alpha1", "securemodels", when=in_this_shard)
 async def reconcile_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     trust_policies: kopf.Index[str, TrustPolicy] = kwargs["trust_policies"]
     namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
@@ -302,9 +338,12 @@ class OwnedObjects:
     compared with the index, so that a deletion missed meanwhile still re-queues its model.
     """
 
-    def __init__(self, kube: Kube, reconciler: Reconciler) -> None:
+    def __init__(self, kube: Kube, reconciler: Reconciler, holds: Callable[[str], bool]) -> None:
         self.kube = kube
         self.reconciler = reconciler
+        # The index covers every namespace (a namespace that joins the shard has its objects known
+        # at once), but only models of this instance's shard are re-queued or have status written.
+        self.holds = holds
         self.listed = asyncio.Event()  # set once every kind has been listed
         self.reflectors = [self._reflector(api_version, kind) for api_version, kind in OWNED_KINDS]
         self._objects: dict[ObjectKey, tuple[ModelKey, OwnedRef, str | None]] = {}
@@ -408,18 +447,22 @@ class OwnedObjects:
             if verdict is Change.NONE:
                 return  # new, our own apply, or a status update that changes nothing the model reports
             if verdict is Change.ROLLOUT and owner is not None:
+                if not self.holds(owner[0]):
+                    return  # another shard's model: its own operator updates it
                 self._spawn(self._refresh_serving(owner, str(name)))
                 return
         if owner is not None:
             self._requeue(owner, f"{obj.get('kind')}/{name} {change.lower()}")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the watches (it re-queues or updates a model of this shard)."""
         task = asyncio.create_task(work)
         self._requeues.add(task)
         task.add_done_callback(self._requeues.discard)
 
     def _requeue(self, owner: ModelKey, why: str) -> None:
-        self._spawn(self._request(owner, why))
+        if self.holds(owner[0]):
+            self._spawn(self._request(owner, why))
 
     async def _refresh_serving(self, owner: ModelKey, deployment: str) -> None:
         """A rollout moved: update Serving and Ready alone, or else have the model reconciled."""
@@ -460,6 +503,8 @@ async def policy_changed(name: str, memo: Any, **kwargs: Any) -> None:
     for namespace in list(namespace_labels):
         await sync_protection(memo, namespace, kwargs)
     for namespace, model in list(secure_models):
+        if not holds(memo, namespace, namespace_labels):
+            continue  # another shard's operator sees the same change and re-verifies its own
         await request_reconcile(memo.kube, namespace, model, f"ModelTrustPolicy {name} changed")
 
 
@@ -473,6 +518,8 @@ async def _resync_loop(memo: kopf.Memo) -> None:
             continue
         moment = now()
         for key in list(index):
+            if not holds(memo, key[0]):
+                continue
             for deadline in index[key]:
                 if deadline is not None and deadline <= moment:
                     namespace, name = key
@@ -503,7 +550,8 @@ async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
             return applicable_policies(policies, labels)
 
         try:
-            await watch.check(list(models), covering)
+            # Only this shard's models: each instance lists the pods of its own namespaces.
+            await watch.check([key for key in models if holds(memo, key[0])], covering)
         except Exception:  # the loop must outlive any one failure
             log.exception("the incident check failed; trying again in %s", config.incident_check_interval)
 
@@ -514,6 +562,8 @@ async def _incident_loop(memo: kopf.Memo, watch: IncidentWatch) -> None:
 async def sync_protection(memo: Any, namespace: str, indexes: Mapping[str, Any]) -> None:
     """Give `namespace` the protected label exactly while it holds SecureModels or a policy selects it."""
     labels_index: kopf.Index[str, dict[str, str]] = indexes["namespace_labels"]
+    if not holds(memo, namespace, labels_index):
+        return  # another shard's namespace (or none's): its label is not this instance's to change
     selectors_index: kopf.Index[str, dict[str, Any]] = indexes["policy_selectors"]
     models_index: kopf.Index[Any, Any] = indexes["secure_models"]
     found = list(labels_index.get(namespace, []))
@@ -531,13 +581,44 @@ async def namespace_changed(
 ) -> None:
     """Listed or relabelled: the protected label follows the namespace's labels (and its models)."""
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        memo.shard_members.pop(name, None)
         return
+    await follow_shard(memo, name, kwargs)
     try:
         await sync_protection(memo, name, kwargs)
     except (kopf.TemporaryError, kopf.PermanentError) as error:
         # Event handlers are not retried: the namespace's next event, a policy change or a
         # reconcile of one of its models (which labels first) tries again.
         log.warning("could not update the protected label of namespace %s: %s", name, error)
+
+
+async def follow_shard(memo: Any, namespace: str, indexes: Mapping[str, Any]) -> None:
+    """A namespace whose labels moved it into this shard hands its models over: each is re-queued
+    (its operator so far stops on the same event); one that left has its models forgotten here."""
+    memo.shared_indexes["namespace_labels"] = indexes["namespace_labels"]
+    member = holds(memo, namespace, indexes["namespace_labels"])
+    before = memo.shard_members.get(namespace)
+    memo.shard_members[namespace] = member
+    if before is None or before == member:
+        return  # first seen (start-up resumes its models) or no change of shard
+    models = [key for key in indexes["secure_models"] if key[0] == namespace]
+    log.info(
+        "namespace %s %s this shard",
+        namespace,
+        "joined" if member else "left",
+        extra={"namespace": namespace, "models": len(models), "event": "shard_changed"},
+    )
+    reconciler: Reconciler = memo.reconciler
+    metrics: OperatorMetrics = memo.metrics
+    for _, model in models:
+        if member:
+            try:
+                await request_reconcile(memo.kube, namespace, model, "namespace joined this shard")
+            except (kopf.TemporaryError, kopf.PermanentError) as error:
+                log.warning("could not re-queue %s/%s: %s", namespace, model, error)
+        else:
+            reconciler.drop_model(namespace, model)
+            metrics.forget_model(namespace, model)
 
 
 @kopf.on.event("samd.dev", "v1alpha1", "securemodels", id="keep-index")
@@ -552,6 +633,8 @@ async def expose_index(
     if namespace is None:
         return
     metrics: OperatorMetrics = memo.metrics
+    if event.get("type") != "DELETED" and not holds(memo, namespace, kwargs["namespace_labels"]):
+        return  # another shard's model: its operator counts it, re-queues it and labels its namespace
     if event.get("type") == "DELETED":
         metrics.forget_model(namespace, name)
     else:

@@ -35,6 +35,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
 from samd.operator.config import Variable
+from samd.operator.shard import parse_selector
 from samd.spec import parse_duration
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,17 @@ class ElectionConfig:
         enabled = env.get("SAMD_LEADER_ELECTION", "true").strip().lower()
         if enabled not in ("true", "false"):
             raise ValueError(f"SAMD_LEADER_ELECTION={enabled!r}: write true or false")
+        lease_name = env.get("SAMD_LEADER_LEASE", "").strip()
+        if not lease_name:
+            # Each shard elects its own leader: instances with different selectors in one namespace
+            # get different Leases without naming them (docs/scaling.md).
+            selector = parse_selector(env.get("SAMD_NAMESPACE_SELECTOR", ""))
+            lease_name = defaults.lease_name
+            if not selector.everything:
+                lease_name = f"{defaults.lease_name}-{selector.shard_id()}"
         return cls(
             enabled=enabled == "true",
-            lease_name=env.get("SAMD_LEADER_LEASE", defaults.lease_name),
+            lease_name=lease_name,
             namespace=env.get("SAMD_NAMESPACE", defaults.namespace),
             # The pod's name: a container restarted in the same pod (the old process is gone) takes
             # its Lease back at once instead of waiting it out.
@@ -114,7 +123,12 @@ def variables() -> tuple[Variable, ...]:
             "elect one leader among the operator's replicas through a Lease; `false` runs kopf at once "
             "(one replica only)",
         ),
-        Variable("SAMD_LEADER_LEASE", d.lease_name, "the Lease's name, in `SAMD_NAMESPACE`"),
+        Variable(
+            "SAMD_LEADER_LEASE",
+            d.lease_name,
+            "the Lease's name, in `SAMD_NAMESPACE`; with `SAMD_NAMESPACE_SELECTOR` set, the default is "
+            "`samd-operator-shard-<hash of the selector>`, one Lease per shard",
+        ),
         Variable(
             "SAMD_LEADER_IDENTITY",
             "host name",
