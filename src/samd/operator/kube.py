@@ -174,7 +174,8 @@ class Kube:
                     # Created by our POST (`create_owned`): its fields are held by an Update entry that
                     # an apply never releases, so a field this apply dropped is still there. Make that
                     # entry our Apply entry, then apply again so that the dropped fields go.
-                    await self._adopt_created_fields(resource, manifest, created_entry)
+                    stored = None  # not remembered unless both steps succeed
+                    await self._adopt_created_fields(action, resource, manifest, created_entry)
                     stored = await self._server_side_apply(resource, manifest)
         except ApiError as error:
             raise translate(error, action) from error
@@ -201,10 +202,12 @@ class Kube:
         )
         return _to_dict(obj)
 
-    async def _adopt_created_fields(self, resource: Any, manifest: Mapping[str, Any], entry: int) -> None:
-        """Turn the operator's Update entry in managedFields into its Apply entry (a JSON patch that
-        checks the entry is still the one read; a request that changes managedFields alone is not
-        recorded as another Update)."""
+    async def _adopt_created_fields(
+        self, action: str, resource: Any, manifest: Mapping[str, Any], entry: int
+    ) -> None:
+        """Turn the operator's Update entry in managedFields into its Apply entry: a JSON patch that
+        tests the entry first (a request that changes managedFields alone is not recorded as another
+        Update). If another manager's entry moved it meanwhile, the apply is retried."""
         metadata = manifest["metadata"]
         path = f"/metadata/managedFields/{entry}"
         patch = [
@@ -212,9 +215,21 @@ class Kube:
             {"op": "test", "path": f"{path}/operation", "value": "Update"},
             {"op": "replace", "path": f"{path}/operation", "value": "Apply"},
         ]
-        await self.client.patch(
-            resource, metadata["name"], patch, namespace=metadata.get("namespace"), patch_type=PatchType.JSON
-        )
+        try:
+            await self.client.patch(
+                resource,
+                metadata["name"],
+                patch,
+                namespace=metadata.get("namespace"),
+                patch_type=PatchType.JSON,
+            )
+        except ApiError as error:
+            if error.status.code == 422:  # the test failed: another manager's entry moved it meanwhile
+                raise kopf.TemporaryError(
+                    f"{action}: the object changed while the operator took over the fields it created; retrying",
+                    delay=TRANSPORT_RETRY_DELAY,
+                ) from error
+            raise
 
     def forget(self, kind: str, namespace: str | None, name: str) -> None:
         """Someone else changed or deleted this object: apply it again on the next reconcile."""
