@@ -261,7 +261,8 @@ class Kube:
         """
         key = object_key(manifest)
         resource = _resource(manifest["apiVersion"], manifest["kind"])
-        action = f"creating {manifest['kind']} {manifest['metadata']['name']}"
+        # Reported as an apply: to the user it is the same step, whichever request carries it.
+        action = f"applying {manifest['kind']} {manifest['metadata']['name']}"
         self.applied.begin(key)
         stored: dict[str, Any] | None = None
         try:
