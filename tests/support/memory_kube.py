@@ -1,8 +1,9 @@
 """The operator's API wrapper over objects kept in a dict, for unit tests of the reconcile steps.
 
 `apply` is the wrapper's own (so that it remembers what it applied, as against a real API server);
-the client under it stores each applied object with a new resourceVersion. Reads, deletes, creates
-and status patches go to the same dict and are counted.
+the client under it stores each applied or POSTed object with a new resourceVersion (a POST of a
+name that exists is refused with 409). Reads, deletes, creates and status patches go to the same
+dict and are counted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import datetime
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, cast
+
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
 
 from samd.operator.kube import AppliedCache, Kube
 
@@ -32,6 +36,16 @@ class _Client:
     async def patch(self, resource: Any, name: str, body: dict[str, Any], **_: Any) -> _Stored:
         return _Stored(self.kube.store(body))
 
+    async def create(self, obj: Any) -> _Stored:
+        """A POST: refused with 409 AlreadyExists, as by the API server, when the name is taken."""
+        body = obj.to_dict()
+        meta = body["metadata"]
+        self.kube.calls[f"create {body['kind']}"] += 1
+        if (str(body["kind"]), meta.get("namespace"), str(meta["name"])) in self.kube.objects:
+            message = f"{body['kind']} {meta['name']} already exists"
+            raise ApiError(status=Status(code=409, reason="AlreadyExists", message=message))
+        return _Stored(self.kube.store(body, counted=False))
+
 
 class MemoryKube(Kube):
     def __init__(self) -> None:
@@ -42,9 +56,10 @@ class MemoryKube(Kube):
         self.calls: Counter[str] = Counter()  # "apply Secret", "get Secret", "delete Role", ...
         self._versions = 0
 
-    def store(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    def store(self, manifest: Mapping[str, Any], *, counted: bool = True) -> dict[str, Any]:
         """Store an object as the API server would (someone else's write, or an apply)."""
-        self.calls[f"apply {manifest['kind']}"] += 1
+        if counted:
+            self.calls[f"apply {manifest['kind']}"] += 1
         self._versions += 1
         meta = manifest["metadata"]
         key = (str(manifest["kind"]), meta.get("namespace"), str(meta["name"]))

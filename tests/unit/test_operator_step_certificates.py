@@ -39,11 +39,12 @@ async def test_server_and_client_certificates_are_issued_once_and_not_read_back(
     assert status["clients"] == ["gateway"]
     assert status["serverNotAfter"] is not None
     assert steps.condition(run, "CertificatesReady") == (True, "Issued")
-    assert kube.calls["apply Secret"] == 3  # the CA, the server's, the client's
-    reads = kube.calls["get Secret"]
+    assert kube.calls["apply Secret"] == 1  # the CA
+    assert kube.calls["create Secret"] == 2  # the server's, the client's: one POST each, nothing read
+    assert kube.calls["get Secret"] == 2  # the CA only: read, created, read back as stored
     run = steps.run_of(with_client())
     assert await certificates.ensure(run, steps.context_of(run), secrets(kube)) == status
-    assert (kube.calls["apply Secret"], kube.calls["get Secret"]) == (3, reads)
+    assert (kube.calls["apply Secret"], kube.calls["create Secret"], kube.calls["get Secret"]) == (1, 2, 2)
     assert not run.outcome.events
 
 

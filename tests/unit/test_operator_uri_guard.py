@@ -48,6 +48,9 @@ class MemoryKube(Kube):
         await self.apply(manifest)
         return True
 
+    async def create_owned(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        return await self.apply(manifest)
+
     async def get(
         self, api_version: str, kind: str, name: str, namespace: str | None
     ) -> dict[str, Any] | None:

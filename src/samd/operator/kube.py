@@ -168,16 +168,15 @@ class Kube:
         stored: dict[str, Any] | None = None
         try:
             with _transport_errors(action):
-                obj = await self.client.patch(
-                    resource,
-                    metadata["name"],
-                    dict(manifest),
-                    namespace=metadata.get("namespace"),
-                    patch_type=PatchType.APPLY,
-                    field_manager=FIELD_MANAGER,
-                    force=True,
-                )
-            stored = _to_dict(obj)
+                stored = await self._server_side_apply(resource, manifest)
+                created_entry = _created_entry(stored)
+                if created_entry is not None:
+                    # Created by our POST (`create_owned`): its fields are held by an Update entry that
+                    # an apply never releases, so a field this apply dropped is still there. Make that
+                    # entry our Apply entry, then apply again so that the dropped fields go.
+                    stored = None  # not remembered unless both steps succeed
+                    await self._adopt_created_fields(action, resource, manifest, created_entry)
+                    stored = await self._server_side_apply(resource, manifest)
         except ApiError as error:
             raise translate(error, action) from error
         finally:
@@ -189,6 +188,48 @@ class Kube:
             )
             self.applied.finish(key, entry)
         return stored
+
+    async def _server_side_apply(self, resource: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        metadata = manifest["metadata"]
+        obj = await self.client.patch(
+            resource,
+            metadata["name"],
+            dict(manifest),
+            namespace=metadata.get("namespace"),
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=True,
+        )
+        return _to_dict(obj)
+
+    async def _adopt_created_fields(
+        self, action: str, resource: Any, manifest: Mapping[str, Any], entry: int
+    ) -> None:
+        """Turn the operator's Update entry in managedFields into its Apply entry: a JSON patch that
+        tests the entry first (a request that changes managedFields alone is not recorded as another
+        Update). If another manager's entry moved it meanwhile, the apply is retried."""
+        metadata = manifest["metadata"]
+        path = f"/metadata/managedFields/{entry}"
+        patch = [
+            {"op": "test", "path": f"{path}/manager", "value": FIELD_MANAGER},
+            {"op": "test", "path": f"{path}/operation", "value": "Update"},
+            {"op": "replace", "path": f"{path}/operation", "value": "Apply"},
+        ]
+        try:
+            await self.client.patch(
+                resource,
+                metadata["name"],
+                patch,
+                namespace=metadata.get("namespace"),
+                patch_type=PatchType.JSON,
+            )
+        except ApiError as error:
+            if error.status.code == 422:  # the test failed: another manager's entry moved it meanwhile
+                raise kopf.TemporaryError(
+                    f"{action}: the object changed while the operator took over the fields it created; retrying",
+                    delay=TRANSPORT_RETRY_DELAY,
+                ) from error
+            raise
 
     def forget(self, kind: str, namespace: str | None, name: str) -> None:
         """Someone else changed or deleted this object: apply it again on the next reconcile."""
@@ -211,6 +252,36 @@ class Kube:
                 return False
             raise translate(error, action) from error
         return True
+
+    async def create_owned(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create an object the operator will go on applying: one POST instead of a read and an apply.
+
+        Returns the object as stored, remembered like an apply, or None when an object of that name
+        already exists (409: the caller reads it and decides whether it is ours).
+        """
+        key = object_key(manifest)
+        resource = _resource(manifest["apiVersion"], manifest["kind"])
+        # Reported as an apply: to the user it is the same step, whichever request carries it.
+        action = f"applying {manifest['kind']} {manifest['metadata']['name']}"
+        self.applied.begin(key)
+        stored: dict[str, Any] | None = None
+        try:
+            obj: Any = resource.from_dict(dict(manifest))
+            with _transport_errors(action):
+                stored = _to_dict(await self.client.create(obj))
+        except ApiError as error:
+            if error.status.code == 409:
+                return None
+            raise translate(error, action) from error
+        finally:
+            meta = (stored or {}).get("metadata") or {}
+            entry = (
+                Applied(_digest(manifest), meta.get("resourceVersion"), meta.get("generation"), _now())
+                if stored is not None
+                else None
+            )
+            self.applied.finish(key, entry)
+        return stored
 
     async def get(
         self, api_version: str, kind: str, name: str, namespace: str | None
@@ -310,6 +381,16 @@ class Kube:
                 return False
             raise translate(error, f"patching {what}") from error
         return True
+
+
+def _created_entry(stored: Mapping[str, Any]) -> int | None:
+    """The position of the operator's Update entry in the object's managedFields (left by the POST of
+    `Kube.create_owned`), if it has one."""
+    entries = (stored.get("metadata") or {}).get("managedFields") or []
+    for position, entry in enumerate(entries):
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Update":
+            return position
+    return None
 
 
 def _typed(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:

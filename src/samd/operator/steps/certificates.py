@@ -32,7 +32,7 @@ from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
 from samd.operator.steps.certmanager import CertManagerCertificates
-from samd.operator.steps.owned import taken_by_others
+from samd.operator.steps.owned import apply_unless_taken
 from samd.operator.steps.shared import ModelKey, OwnedRef, Run, iso
 from samd.policy import TrustPolicy
 
@@ -108,12 +108,8 @@ class Certificates:
                     if client is None
                     else issue_client_certificate(authority, context, client, run.now)
                 )
-                taken = await taken_by_others(self.kube, run, context, manifest, owned)
-                if taken is not None:
-                    run.apply_failed(manifest, kopf.PermanentError(taken))
-                    continue
                 try:
-                    await self.kube.apply(manifest)
+                    await apply_unless_taken(self.kube, run, context, manifest, owned)
                 except (kopf.TemporaryError, kopf.PermanentError) as error:
                     run.apply_failed(manifest, error)
                     continue

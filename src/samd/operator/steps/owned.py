@@ -3,7 +3,8 @@ applied with server-side apply, and pruned when the spec no longer asks for them
 
 An object's name comes from the SecureModel's name, which whoever may create a SecureModel chooses;
 a server-side apply would take over any object of that name, so an object is applied only when it
-is this model's or does not exist yet (`taken_by_others`).
+is this model's or does not exist yet (`apply_unless_taken`): one the owned-object index does not
+know is created with a POST, which fails on an existing object, and only then read to decide.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ async def taken_by_others(
 ) -> str | None:
     """Why `manifest` may not be applied, or None when it may.
 
-    It may when it is this model's (its ownerReferences name the model) or does not exist yet: it
-    is read first the one time it is neither in the owned-object index nor applied by this operator.
+    It may when it is this model's (its ownerReferences name the model) or does not exist: it is
+    read when it is neither in the owned-object index nor applied by this operator.
     """
     kind, name, namespace = str(manifest["kind"]), str(manifest["metadata"]["name"]), context.namespace
     if any(ref.kind == kind and ref.name == name and context.uid in ref.owner_uids for ref in owned):
@@ -64,6 +65,36 @@ async def taken_by_others(
         f"{context.name}: the operator never takes over an object it did not create; delete or rename "
         f"that {kind}, or give the SecureModel another name"
     )
+
+
+async def apply_unless_taken(
+    kube: Kube, run: Run, context: ModelContext, manifest: Mapping[str, Any], owned: Sequence[OwnedRef]
+) -> dict[str, Any] | None:
+    """Apply `manifest` unless an object of its name belongs to someone else (then raise
+    kopf.PermanentError saying so, having sent nothing that changes it).
+
+    Returns the object as stored, or None when nothing was sent (applied unchanged before). An
+    object neither in the owned-object index nor applied by this operator is created with a POST: one
+    request when it does not exist; when it does (409), it is read and applied only if it is ours
+    (the index had not seen it yet).
+    """
+    kind, name, namespace = str(manifest["kind"]), str(manifest["metadata"]["name"]), context.namespace
+    ours = any(ref.kind == kind and ref.name == name and context.uid in ref.owner_uids for ref in owned)
+    if kind == "Deployment" and run.taken:
+        taken = await taken_by_others(kube, run, context, manifest, owned)
+        raise kopf.PermanentError(
+            taken
+            or f"the model is not deployed while objects named for it belong to others ({', '.join(run.taken)})"
+        )
+    if ours or kube.last_applied(kind, namespace, name) is not None:
+        return await kube.apply(manifest)
+    created = await kube.create_owned(manifest)
+    if created is not None:
+        return created
+    taken = await taken_by_others(kube, run, context, manifest, owned)
+    if taken is not None:
+        raise kopf.PermanentError(taken)
+    return await kube.apply(manifest)
 
 
 @dataclass(frozen=True)
@@ -107,14 +138,8 @@ class OwnedObjects:
         }
         deployment: dict[str, Any] | None = None
         for manifest in desired:
-            taken = await taken_by_others(self.kube, run, context, manifest, owned)
-            if taken is None and manifest["kind"] == "Deployment" and run.taken:
-                taken = f"the model is not deployed while objects named for it belong to others ({', '.join(run.taken)})"
-            if taken is not None:
-                run.apply_failed(manifest, kopf.PermanentError(taken))
-                continue
             try:
-                stored = await self.kube.apply(manifest)
+                stored = await apply_unless_taken(self.kube, run, context, manifest, owned)
             except (kopf.TemporaryError, kopf.PermanentError) as error:
                 run.apply_failed(manifest, error)
                 continue
