@@ -32,3 +32,10 @@ def test_an_object_only_ever_applied_or_written_by_others_has_none() -> None:
     }
     assert _created_entry(applied) is None
     assert _created_entry({"metadata": {}}) is None
+
+
+def test_the_operator_s_status_write_is_not_the_create_s_entry() -> None:
+    status_write = {**entry(FIELD_MANAGER, "Update"), "subresource": "status"}
+    assert (
+        _created_entry({"metadata": {"managedFields": [entry(FIELD_MANAGER, "Apply"), status_write]}}) is None
+    )

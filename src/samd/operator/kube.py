@@ -388,7 +388,11 @@ def _created_entry(stored: Mapping[str, Any]) -> int | None:
     `Kube.create_owned`), if it has one."""
     entries = (stored.get("metadata") or {}).get("managedFields") or []
     for position, entry in enumerate(entries):
-        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Update":
+        if (
+            entry.get("manager") == FIELD_MANAGER
+            and entry.get("operation") == "Update"
+            and not entry.get("subresource")  # a status write is not the create's entry
+        ):
             return position
     return None
 
