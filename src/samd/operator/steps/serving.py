@@ -24,7 +24,7 @@ from samd.operator.steps.shared import ModelKey, OwnedRef, Rollout, Run, Serving
 C = ConditionType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WrittenStatus:
     """The status the last reconcile wrote, kept so that a rollout alone can update it."""
 
