@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import prometheus_client
@@ -38,6 +38,7 @@ from samd.operator.config import OperatorConfig
 from samd.operator.incidents import IncidentWatch, PolicySinks, record_outcome_events
 from samd.operator.kube import Kube, connect
 from samd.operator.metrics import OperatorMetrics, start_metrics_server
+from samd.operator.packed import Packed
 from samd.operator.reconcile import Reconciler, due_at
 from samd.operator.shard import NamespaceSelector
 from samd.operator.steps.owned import Change
@@ -89,18 +90,20 @@ class ModelDiffBaseInMemory(kopf.AnnotationsDiffBaseStorage):
 
     def __init__(self, *, prefix: str, key: str) -> None:
         super().__init__(prefix=prefix, key=key)
-        self._models: dict[str, kopf.BodyEssence] = {}
+        # Packed: a parsed essence is a tree of several kilobytes per model, read once per event.
+        self._models: dict[str, Packed] = {}
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         if body.get("kind") != "SecureModel":
             return super().fetch(body=body)
-        return self._models.get(str(body.metadata.uid))
+        packed = self._models.get(str(body.metadata.uid))
+        return None if packed is None else cast(kopf.BodyEssence, packed.unpack())
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         if body.get("kind") != "SecureModel":
             super().store(body=body, patch=patch, essence=essence)
         else:
-            self._models[str(body.metadata.uid)] = essence
+            self._models[str(body.metadata.uid)] = Packed(essence)
 
     def forget(self, uid: str) -> None:
         self._models.pop(uid, None)

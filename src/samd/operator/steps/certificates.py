@@ -39,7 +39,7 @@ from samd.policy import TrustPolicy
 C = ConditionType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IssuedCertificate:
     """A certificate this operator issued and stored; its key is not kept."""
 

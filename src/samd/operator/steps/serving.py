@@ -17,18 +17,19 @@ from samd.operator.builders.context import ModelContext
 from samd.operator.builders.names import serving_name
 from samd.operator.conditions import Condition, ConditionType, merge_conditions, ready_condition
 from samd.operator.kube import Kube
+from samd.operator.packed import Packed
 from samd.operator.steps.owned import AppliedObjects
 from samd.operator.steps.shared import ModelKey, OwnedRef, Rollout, Run, ServingView, write_status
 
 C = ConditionType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WrittenStatus:
     """The status the last reconcile wrote, kept so that a rollout alone can update it."""
 
     generation: int
-    status: Mapping[str, Any]
+    status: Packed  # read back only when a rollout alone moves; packed, it is a few hundred bytes
     replicas: int | None  # as the spec asks, when the model is served
 
 
@@ -55,7 +56,7 @@ class ServingStatus:
         self, key: ModelKey, generation: int, status: Mapping[str, Any], replicas: int | None
     ) -> None:
         """The reconcile wrote this status (replicas: as the spec asks, when the model is served)."""
-        self._written[key] = WrittenStatus(generation, status, replicas)
+        self._written[key] = WrittenStatus(generation, Packed(status), replicas)
 
     def rollout_moved(self, key: ModelKey, deployment: Mapping[str, Any]) -> bool:
         """Whether this Deployment's rollout differs from what the model's status reports of it."""
@@ -108,24 +109,25 @@ class ServingStatus:
         view = rollout.view(written.replicas)
         if view == self._views[key]:
             return True
+        written_status = written.status.unpack()
         conditions = {
             ConditionType(c["type"]): Condition.of(c)
-            for c in written.status.get("conditions") or []
+            for c in written_status.get("conditions") or []
             if c.get("type") in {t.value for t in ConditionType}
         }
         conditions[C.SERVING] = serving_condition(view, written.replicas)
         conditions[C.READY] = ready_condition(conditions)
         merged = merge_conditions(
-            written.status.get("conditions") or [],
+            written_status.get("conditions") or [],
             [conditions[C.SERVING], conditions[C.READY]],
             generation=written.generation,
             now=now,
         )
-        serving = {**(written.status.get("serving") or {}), "readyReplicas": view[0]}
+        serving = {**(written_status.get("serving") or {}), "readyReplicas": view[0]}
         patch = {"status": {"conditions": merged, "serving": {"readyReplicas": view[0]}}}
         if not await write_status(self.kube, *key, patch):
             return True  # the model is gone
-        status = {**written.status, "conditions": merged, "serving": serving}
-        self._written[key] = WrittenStatus(written.generation, status, written.replicas)
+        status = {**written_status, "conditions": merged, "serving": serving}
+        self._written[key] = WrittenStatus(written.generation, Packed(status), written.replicas)
         self._views[key] = view
         return True

@@ -48,7 +48,7 @@ class ModelObject:
         return (self.namespace, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rollout:
     """What the Serving condition reads from a Deployment."""
 
@@ -74,7 +74,7 @@ class Rollout:
 ServingView = tuple[int, bool]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OwnedRef:
     """An object that carries the operator's labels and an ownerReference to a SecureModel."""
 
@@ -188,7 +188,7 @@ class Run:
         return keep
 
 
-@dataclass
+@dataclass(slots=True)
 class Cached:
     """A step's answer for one model, valid while its inputs (the fingerprint) stay the same."""
 
