@@ -180,13 +180,7 @@ class Kube:
         except ApiError as error:
             raise translate(error, action) from error
         finally:
-            meta = (stored or {}).get("metadata") or {}
-            entry = (
-                Applied(digest, meta.get("resourceVersion"), meta.get("generation"), _now())
-                if stored is not None
-                else None
-            )
-            self.applied.finish(key, entry)
+            self.applied.finish(key, _applied_entry(digest, stored))
         return stored
 
     async def _server_side_apply(self, resource: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,13 +268,7 @@ class Kube:
                 return None
             raise translate(error, action) from error
         finally:
-            meta = (stored or {}).get("metadata") or {}
-            entry = (
-                Applied(_digest(manifest), meta.get("resourceVersion"), meta.get("generation"), _now())
-                if stored is not None
-                else None
-            )
-            self.applied.finish(key, entry)
+            self.applied.finish(key, _applied_entry(_digest(manifest), stored))
         return stored
 
     async def get(
@@ -381,6 +369,14 @@ class Kube:
                 return False
             raise translate(error, f"patching {what}") from error
         return True
+
+
+def _applied_entry(digest: str, stored: Mapping[str, Any] | None) -> Applied | None:
+    """What the apply cache remembers of a write that stored `stored` (None: nothing was stored)."""
+    if stored is None:
+        return None
+    meta = stored.get("metadata") or {}
+    return Applied(digest, meta.get("resourceVersion"), meta.get("generation"), _now())
 
 
 def _created_entry(stored: Mapping[str, Any]) -> int | None:
