@@ -47,15 +47,6 @@ CERT_MANAGER_ANNOTATION_PREFIX = "cert-manager.io/"
 Choice = ChosenIssuer | IssuerConflict | None
 
 
-def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
-    return {str(ref.get("uid")) for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}
-
-
-def _generation(obj: Mapping[str, Any]) -> int | None:
-    generation = (obj.get("metadata") or {}).get("generation")
-    return int(generation) if generation is not None else None
-
-
 def _api_missing(error: Exception) -> bool:
     # The API wrapper maps a 404 on a list to a PermanentError; a namespace's list is never 404
     # unless the API server has no such resource, i.e. cert-manager's CRDs are not installed.
@@ -81,7 +72,9 @@ class CertManagerCertificates:
             context.namespace,
             {MODEL_LABEL: model_label_value(context.name)},
         )
-        return {str(obj["metadata"]["name"]): obj for obj in listed if context.uid in _owner_uids(obj)}
+        return {
+            str(obj["metadata"]["name"]): obj for obj in listed if context.uid in OwnedRef.of(obj).owner_uids
+        }
 
     async def release(self, run: Run, context: ModelContext) -> bool:
         """Back to the operator CA: delete the Certificates an issuer had, so that cert-manager stops
@@ -174,7 +167,11 @@ class CertManagerCertificates:
                 continue
             listed = existing.get(name)
             applied = self.kube.last_applied(CERTIFICATE_KIND, context.namespace, name)
-            if listed is not None and applied is not None and applied.generation != _generation(listed):
+            if (
+                listed is not None
+                and applied is not None
+                and applied.generation != OwnedRef.of(listed).generation
+            ):
                 # Certificates are not watched: a spec someone else changed (another issuerRef) is
                 # seen here, and applied again rather than taken for the operator's own.
                 self.kube.forget(CERTIFICATE_KIND, context.namespace, name)
@@ -253,12 +250,12 @@ class CertManagerCertificates:
         )
         if name not in existing:
             certificate = await self.kube.get(CERTIFICATE_API_VERSION, CERTIFICATE_KIND, name, namespace)
-            if certificate is not None and context.uid not in _owner_uids(certificate):
+            if certificate is not None and context.uid not in OwnedRef.of(certificate).owner_uids:
                 return f"Certificate {name} {foreign}"
         if any(ref.kind == "Secret" and ref.name == name and context.uid in ref.owner_uids for ref in owned):
             return None
         secret = await self.kube.get("v1", "Secret", name, namespace)
-        if secret is None or context.uid in _owner_uids(secret):
+        if secret is None or context.uid in OwnedRef.of(secret).owner_uids:
             return None
         annotations = (secret.get("metadata") or {}).get("annotations") or {}
         if name in existing and annotations.get(CERTIFICATE_NAME_ANNOTATION) == name:
