@@ -36,7 +36,7 @@ from samd.operator.builders.names import model_label_value, tls_secret_name
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube, NotFound
-from samd.operator.steps.shared import OwnedRef, Run, iso
+from samd.operator.steps.shared import EventReason, OwnedRef, Run, iso
 from samd.policy import TrustPolicy
 
 # Registers the kind with the API wrapper's client (it knows only the built-in kinds and SAMD's own).
@@ -99,7 +99,7 @@ class CertManagerCertificates:
             return False
         if existing:
             run.event(
-                "CertificateIssuerChanged",
+                EventReason.CERTIFICATE_ISSUER_CHANGED,
                 "certificates are issued by the operator CA again; removed Certificate "
                 + ", ".join(sorted(existing)),
             )
