@@ -1579,7 +1579,7 @@ def _drift_monitor(verified: Any, window_rows: int) -> Any:
     return DriftMonitor(baseline, window_rows=window_rows)
 
 
-def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any]) -> None:
+def _run_front_end(state: CliState, options: dict[str, Any], backend_factory: Callable[[Any], Any]) -> None:
     """Verify the model, build the front end around the backend, and serve until SIGTERM."""
     import prometheus_client  # noqa: PLC0415
     import uvloop  # noqa: PLC0415
@@ -1591,7 +1591,10 @@ def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any
     from samd.serving.server import FrontEnd, FrontEndConfig, Provenance, serve_until_signalled  # noqa: PLC0415
     from samd.serving.tls import TlsFiles  # noqa: PLC0415
 
-    configure_json_logging("DEBUG" if options["debug"] else "INFO", options["log_format"], component="server")
+    # In JSON mode a failure to start (a model that does not verify, say) is a JSON line too.
+    state.log_json = configure_json_logging(
+        "DEBUG" if state.debug else "INFO", options["log_format"], component="server"
+    )
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clients = allowed_clients(options["allowed_client"])
     if not clients:
@@ -1676,7 +1679,7 @@ def serve(context: click.Context, /, **options: Any) -> None:
           --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt \\
           --client-organization samd:fraud-detection:fraud-detection --allowed-client payments-api
     """
-    options["debug"] = _state(context).debug
+    state = _state(context)
     model_format = options["model_format"]
     threads = options["threads"]
 
@@ -1687,7 +1690,7 @@ def serve(context: click.Context, /, **options: Any) -> None:
         runtime = load_runtime(verified, model_format, threads)
         return InProcessBackend(runtime, options["model_name"], options["model_version"])
 
-    _run_front_end(options, backend)
+    _run_front_end(state, options, backend)
 
 
 @app.command()
@@ -1713,7 +1716,7 @@ def proxy(context: click.Context, /, **options: Any) -> None:
           --trust-config /var/run/samd/trust/signers.json --tls-cert tls.crt --tls-key tls.key \\
           --client-ca ca.crt --client-organization samd:fraud:fraud-detection --allowed-client payments-api
     """
-    options["debug"] = _state(context).debug
+    state = _state(context)
     upstream = options["upstream"]
 
     def backend(_verified: Any) -> Any:
@@ -1721,7 +1724,7 @@ def proxy(context: click.Context, /, **options: Any) -> None:
 
         return UpstreamBackend(upstream, options["model_name"])
 
-    _run_front_end(options, backend)
+    _run_front_end(state, options, backend)
 
 
 # --- reencrypt --------------------------------------------------------------------------------
