@@ -88,10 +88,11 @@ class JsonFormatter(OrjsonFormatter):
 _RESERVED = tuple(sorted(set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}))
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto", *, component: str | None = None) -> None:
+def configure_logging(level: str = "INFO", fmt: str = "auto", *, component: str | None = None) -> bool:
     """Set up the root logger once; `fmt` is "json", "text" or "auto" (JSON unless stderr is a terminal).
 
-    `component` (webhook, operator, server, loader) is written into every JSON line.
+    `component` (webhook, operator, server, loader) is written into every JSON line. True when the
+    lines are JSON.
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
@@ -103,3 +104,4 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, component: str 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    return use_json

@@ -278,6 +278,59 @@ def test_a_minimal_secure_model_gets_the_documented_defaults(
     assert parse_secure_model(spec) == parse_secure_model(minimal_spec())
 
 
+# Where a model's author might try to name a certificate issuer: only a ModelTrustPolicy
+# (spec.certificateIssuer) and the chart (SAMD_CERT_ISSUER) may choose one (docs/operator.md).
+ATTACKER_ISSUER = {"kind": "ClusterIssuer", "name": "attacker-ca", "group": "cert-manager.io"}
+ISSUER_GUESSES: dict[str, Any] = {
+    "certificateIssuer": ATTACKER_ISSUER,
+    "certificates": {"issuerRef": ATTACKER_ISSUER},
+    "issuerRef": ATTACKER_ISSUER,
+}
+
+
+def with_issuer_guesses() -> dict[str, Any]:
+    spec = {**minimal_spec(), **copy.deepcopy(ISSUER_GUESSES)}
+    spec["serving"] = {"certificateIssuer": ATTACKER_ISSUER, "tls": {"issuerRef": ATTACKER_ISSUER}}
+    return spec
+
+
+def test_a_secure_model_cannot_name_a_certificate_issuer(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """The API server prunes every guess (clients that do not ask for strict validation get a
+    warning naming each field), and refuses them where a client asks for strict validation, as
+    kubectl does by default. Either way no issuer a model names is ever stored for the operator.
+    The namespace is a fresh one that no policy covers: this holds before any policy has a say."""
+    created, _, headers = custom.create_namespaced_custom_object_with_http_info(
+        GROUP, VERSION, namespace, MODELS, secure_model("guesses", with_issuer_guesses())
+    )
+    stored = get_model(custom, namespace, "guesses")
+    for spec in (as_object(created)["spec"], stored["spec"]):
+        assert not set(ISSUER_GUESSES) & set(spec), spec
+        assert {"certificateIssuer", "tls"}.isdisjoint(spec["serving"]), spec["serving"]
+    # What is stored is exactly the model without the guesses (with the API server's defaults).
+    assert parse_secure_model(stored["spec"]) == parse_secure_model(minimal_spec())
+    warnings = str(headers.get("Warning", ""))
+    pruned = ("certificateIssuer", "certificates", "issuerRef", "serving.certificateIssuer", "serving.tls")
+    for field in (f"spec.{name}" for name in pruned):
+        assert f'unknown field \\"{field}\\"' in warnings, warnings
+
+    with pytest.raises(ApiException) as refused:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            MODELS,
+            secure_model("strict", with_issuer_guesses()),
+            field_validation="Strict",
+        )
+    assert 'unknown field \\"spec.certificateIssuer\\"' in str(refused.value.body)
+    assert refused.value.status == 400  # a strict decoding error, before any validation
+    with pytest.raises(ApiException) as missing:
+        get_model(custom, namespace, "strict")
+    assert missing.value.status == 404  # refused: nothing stored
+
+
 def test_a_trust_policy_is_accepted_and_defaulted(custom: client.CustomObjectsApi, policy_name: str) -> None:
     created = create_policy(custom, policy_name, policy_spec())
     # Automated incident responses are off unless asked for (docs/events.md).

@@ -229,9 +229,20 @@ def test_an_unencrypted_model_is_fetched_without_a_key_and_mounts_no_key() -> No
     ctx = fraud_detection({"encryption": None})
     command = fetch_command(ctx)
     assert "--key" not in command
-    assert command[-3:] == ["--output", "/models", "--keep-signature"]
+    assert command[-5:] == ["--output", "/models", "--keep-signature", "--log-format", "json"]
     deployment = _deployment({"encryption": None})
     assert _mounting(deployment, "keys") == []
+
+
+def test_every_samd_container_of_the_pod_logs_json_lines() -> None:
+    """The loader and the server write one JSON object per line, so that one log pipeline reads
+    the whole pod (the loader's refusal of a model included)."""
+    deployment = _deployment({})
+    commands = {c["name"]: c["command"] for c in _all_containers(deployment) if c["command"][0] == "samd"}
+    assert set(commands) == {"samd-fetch", "server"}
+    for name, command in commands.items():
+        flag = command.index("--log-format")
+        assert command[flag + 1] == "json", name
 
 
 def test_the_service_exposes_the_mtls_port_to_the_model_pods() -> None:
@@ -275,6 +286,8 @@ def test_fetch_command_with_a_kms_key_and_an_s3_compatible_endpoint() -> None:
         "--output",
         "/models",
         "--keep-signature",
+        "--log-format",
+        "json",
     ]
     # The endpoint reaches the storage client through the standard AWS variable.
     fetch = _all_containers(build_deployment(ctx) or {})[0]

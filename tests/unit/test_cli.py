@@ -540,3 +540,27 @@ def test_progress_bar_only_on_a_terminal(workspace: Workspace, tmp_path: Path) -
     assert b"encrypt:" in shown
     assert b"B/s" in shown  # a byte-rate progress bar
     assert (tmp_path / "stderr.txt").read_text() == ""
+
+
+def test_samd_serve_in_json_mode_reports_a_failure_to_start_as_a_json_line(tmp_path: Path) -> None:
+    """What the model pod's server logs when it cannot start: JSON lines only, the error included."""
+    pem = tmp_path / "any.pem"
+    pem.write_text("not used: the model directory is checked first\n")
+    files = ("--tls-cert", pem, "--tls-key", pem, "--client-ca", pem, "--public-key", pem)
+    identity = ("--client-organization", "samd:ns:m", "--allowed-client", "c")
+    model = ("--model-dir", tmp_path / "absent", "--model-name", "m")
+    process = subprocess.run(
+        [SAMD, "serve", *model, *files, *identity, "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert process.returncode == 2
+    lines = [json.loads(line) for line in process.stderr.splitlines()]
+    errors = [line for line in lines if line["level"] == "error"]
+    assert len(errors) == 1, process.stderr
+    assert errors[0]["component"] == "server"
+    assert f"no model directory {tmp_path / 'absent'}" in errors[0]["message"]
+    assert "samd fetch" in errors[0]["hint"]
+    assert (errors[0]["error"], errors[0]["exit_code"]) == ("UsageError", 2)

@@ -426,6 +426,60 @@ def test_fetch_json_error_is_parseable(
     assert result.json()["error"]["type"] == "IntegrityError"
 
 
+def json_lines(stderr: str) -> list[dict[str, object]]:
+    """Each line of `stderr` as the JSON object it must be."""
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    assert all(isinstance(line, dict) for line in lines), stderr
+    return lines
+
+
+def test_fetch_logs_json_lines_with_its_error_and_decision(workspace: Workspace, tmp_path: Path) -> None:
+    """`--log-format json`, as the init container runs it: every line on stderr is one JSON object
+    in SAMD's log shape, the error and the loader's refusal included; nothing else is written."""
+    flip_byte(workspace.artifact, workspace.artifact.stat().st_size // 2)
+    process = subprocess.run(
+        [SAMD, *workspace.fetch_argv(tmp_path / "out"), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert process.returncode == 4
+    assert process.stdout == ""
+    lines = json_lines(process.stderr)
+    assert all({"time", "level", "component", "logger", "message"} <= line.keys() for line in lines)
+    assert {line["component"] for line in lines} == {"loader"}
+    errors = [line for line in lines if line["level"] == "error"]
+    assert len(errors) == 1, lines
+    assert errors[0]["error"] == "IntegrityError"
+    assert errors[0]["exit_code"] == 4
+    assert "failed authentication" in str(errors[0]["message"])
+    refusals = [line for line in lines if line.get("event") == "model_load"]
+    assert [(line["decision"], line["reason"]) for line in refusals] == [("refused", "Integrity")]
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_fetch_logs_its_verified_model_as_json_lines(
+    capsys: pytest.CaptureFixture[str], workspace: Workspace, tmp_path: Path
+) -> None:
+    process = subprocess.run(
+        [SAMD, *workspace.fetch_argv(tmp_path / "out"), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout == ""
+    lines = json_lines(process.stderr)
+    decisions = [line for line in lines if line.get("event") == "model_load"]
+    assert [(line["decision"], line["level"]) for line in decisions] == [("verified", "info")]
+    inspected = json.loads(run(capsys, "inspect", workspace.signature, "--json").out)
+    assert decisions[0]["manifest_digest"] == inspected["manifest_digest"]
+    assert decisions[0]["file_count"] == len(tree(workspace.model))
+    assert tree(tmp_path / "out") == tree(workspace.model)
+
+
 def test_sigterm_during_fetch_leaves_nothing(
     capsys: pytest.CaptureFixture[str], workspace: Workspace, tmp_path: Path
 ) -> None:

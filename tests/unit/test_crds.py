@@ -380,6 +380,35 @@ def test_conditions_have_the_metav1_condition_shape(crd: Path) -> None:
 # --- names and columns -----------------------------------------------------------------------------
 
 
+def test_a_secure_model_spec_keeps_no_field_it_does_not_declare() -> None:
+    """The API server prunes what SecureModel.spec does not declare, such as an issuer a model's
+    author names (only a ModelTrustPolicy or the chart choose one): nothing may switch that off."""
+    crd = load_crd(SECURE_MODELS)
+    assert not crd["spec"].get("preserveUnknownFields", False)
+    model_spec = schema_of(SECURE_MODELS)["properties"]["spec"]
+    kept = [
+        where
+        for where, node in all_nodes(model_spec, ".spec")
+        if "x-kubernetes-preserve-unknown-fields" in node
+    ]
+    assert kept == []
+    issuers = [where for where, _ in all_nodes(model_spec, ".spec") if "issuer" in where.lower()]
+    assert issuers == []
+    # And were the API server ever to keep one, the operator would refuse the spec, not use it.
+    with pytest.raises(spec.SpecError, match="certificateIssuer"):
+        spec.parse_secure_model(
+            {
+                "format": "onnx",
+                "version": "1.0.0",
+                "owner": "ml-team",
+                "artifact": {"uri": "s3://models/m.samd"},
+                "signature": {"uri": "s3://models/m.sig"},
+                "encryption": {"keyRef": {"provider": "local", "secretName": "keys"}},
+                "certificateIssuer": {"kind": "ClusterIssuer", "name": "attacker-ca"},
+            }
+        )
+
+
 def test_names_scope_and_status_subresource() -> None:
     model, policy = load_crd(SECURE_MODELS)["spec"], load_crd(TRUST_POLICIES)["spec"]
     assert (model["group"], model["scope"], model["names"]["kind"]) == (

@@ -21,7 +21,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from samd.logs import JsonFormatter, decision_fields
 from samd.operator.incidents import record_outcome_events
-from samd.operator.steps.shared import Event
+from samd.operator.steps.shared import Event, EventReason
 from samd.serving.metrics import ServingMetrics
 from samd.serving.protocol import RefusedError
 from samd.serving.server import FrontEnd, Provenance
@@ -130,7 +130,9 @@ def test_the_operators_security_event_line(caplog: pytest.LogCaptureFixture) -> 
     caplog.set_level(logging.INFO, logger="samd.events")
 
     record_outcome_events(
-        "ml-prod", "fraud", [Event("SignatureInvalid", "the signature does not verify", warning=True)]
+        "ml-prod",
+        "fraud",
+        [Event(EventReason.SIGNATURE_INVALID, "the signature does not verify", warning=True)],
     )
 
     [line] = lines(caplog, "samd.events")

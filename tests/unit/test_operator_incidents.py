@@ -20,7 +20,7 @@ from samd.operator.incidents import (
     security_event,
 )
 from samd.operator.steps.quarantine import Quarantine, quarantine_pending
-from samd.operator.steps.shared import Event
+from samd.operator.steps.shared import Event, EventReason
 from samd.policy import TrustPolicy
 from samd.spec import parse_trust_policy
 from tests.unit.test_events import (
@@ -152,8 +152,10 @@ def test_a_quarantine_makes_ready_false_and_asks_for_a_reconcile_until_applied()
 
 
 def test_the_security_events_among_a_reconciles_events() -> None:
-    assert security_event("ns", "m", Event("KeyRotated", "rotated")) is None
-    failed = security_event("ns", "m", Event("KeyRotationFailed", "the KMS refused", warning=True))
+    assert security_event("ns", "m", Event(EventReason.KEY_ROTATED, "rotated")) is None
+    failed = security_event(
+        "ns", "m", Event(EventReason.KEY_ROTATION_FAILED, "the KMS refused", warning=True)
+    )
     assert failed is not None
     assert failed.type is EventType.KEY_ROTATION_FAILED
     assert failed.subject == "ns/m"

@@ -11,13 +11,14 @@ import base64
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from samd.errors import SamdError
+from samd.operator.builders import serving as serving_builder
 from samd.operator.builders.context import ModelContext
 from samd.operator.builders.serving import build_deployment, build_signature_config_map
 from samd.signing import VerificationResult
@@ -34,6 +35,7 @@ from samd.webhook.decide import (
     check_pod_security,
     compare_argv,
     conclude,
+    expected_for,
     mentions_uri,
 )
 from samd.webhook.review import AdmissionRequest, Decision, UserInfo
@@ -1229,6 +1231,51 @@ def test_the_expected_loader_is_the_operators_and_an_equal_command_has_no_differ
     assert compare_argv(container(pod, "samd-fetch")["command"], expected) == []
     assert expected.flags["--expect-digest"] == [fraud.manifest_digest()]
     assert expected.mounts["/var/run/samd/trust"] == ("configMap", "fraud-trust")
+
+
+async def test_one_admission_builds_the_operators_deployment_once_and_the_next_none(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expected loader and the expected pod come from one build of the operator's Deployment,
+    kept for the model object and digest."""
+    pod = world.pod()
+    altered = world.pod()  # another pod spec of the same model
+    altered["spec"]["containers"][0]["args"] = ["--debug"]
+    built: list[str] = []
+    # Counted inside the builder's module, where every build of the Deployment makes its init
+    # container once, whichever module imported build_deployment.
+    init_container = serving_builder._fetch_container
+
+    def counting(context: ModelContext) -> dict[str, Any]:
+        built.append(context.name)
+        return init_container(context)
+
+    monkeypatch.setattr(serving_builder, "_fetch_container", counting)
+    decider = world.decider()
+    first = await decider.decide(review(pod))
+    assert first.allowed is True, first
+    assert built == ["fraud"]
+    second = await decider.decide(review(altered))
+    assert second.allowed is False
+    assert built == ["fraud"]
+
+
+def test_the_expected_loader_does_not_depend_on_the_operators_settings(fraud: ModelArtifacts) -> None:
+    """The loader is taken from the Deployment built with the webhook's real settings; what is compared
+    of it is the same as with the placeholder settings `ExpectedLoader.build` uses."""
+    model = read_model(secure_model("fraud", fraud))
+    settings = replace(
+        SETTINGS,
+        default_image="registry.example.com/samd:9",
+        fetch_image="registry.example.com/samd:9",
+        operator_namespace="samd-system",
+        model_volume_size="8Gi",
+        scratch_volume_size="1Gi",
+        keyset_data_key="keys.json",
+    )
+    loader, pod = expected_for(model, fraud.manifest_digest(), settings, ["registry.example.com/samd:9"])
+    assert loader == ExpectedLoader.build(model, fraud.manifest_digest())
+    assert pod is not None
 
 
 def test_loader_images_default_to_the_operators_image() -> None:

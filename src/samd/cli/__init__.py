@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import click
 
 from samd.cli.commands import app
-from samd.cli.output import CliState, print_error, report_error
+from samd.cli.output import CliState, report_error, report_failure
 from samd.errors import SamdError
 
 EXIT_INTERRUPTED = 130
@@ -39,20 +39,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.UsageError as error:
         # Argument parsing errors (unknown option, missing argument, bad value): exit code 2.
         command = error.ctx.command_path if error.ctx is not None else "samd"
-        print_error(error.format_message(), f"run `{command} --help` for the options and an example")
+        report_failure(
+            state,
+            error.format_message(),
+            f"run `{command} --help` for the options and an example",
+            exit_code=error.exit_code,
+        )
         return error.exit_code
     except click.ClickException as error:
-        print_error(error.format_message())
+        report_failure(state, error.format_message(), exit_code=error.exit_code)
         return error.exit_code
     except (click.Abort, KeyboardInterrupt):
-        print_error("interrupted")
+        report_failure(state, "interrupted", exit_code=EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except Exception as error:
         if state.debug:
             traceback.print_exc()
-        print_error(
+        report_failure(
+            state,
             f"unexpected {type(error).__name__}: {error}",
             "this is a bug in samd; run again with --debug for a traceback and report it",
+            exit_code=1,
         )
         return 1
     return outcome if isinstance(outcome, int) else 0

@@ -7,6 +7,8 @@ in every run, and `samd fetch` runs in an init container with a 64 MiB budget.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import sys
 import time
@@ -18,7 +20,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 import click
 
 from samd import __version__
-from samd.cli.output import CliState, configure_logging, emit, progress_bar
+from samd.cli.output import (
+    CliState,
+    configure_json_lines,
+    configure_logging,
+    emit,
+    progress_bar,
+    report_failure,
+)
 from samd.errors import IntegrityError, UsageError, VerificationError
 
 if TYPE_CHECKING:
@@ -1174,6 +1183,17 @@ def rewrap(
 )
 @allow_unsigned_option
 @json_option
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    is_eager=True,  # set before the other options are read, so that their errors are JSON lines too
+    expose_value=False,
+    callback=lambda context, _parameter, value: _fetch_log_format(context, value),
+    help="text: `level: message` lines for a person; json: one JSON object per line on stderr, "
+    "errors included, as `samd serve` logs (what the init container uses).",
+)
 @click.pass_context
 def fetch(
     context: click.Context,
@@ -1228,7 +1248,7 @@ def fetch(
     previous_handler = None
     if threading_is_main():
         # The kubelet stops an init container with SIGTERM: remove the partial model, then exit.
-        previous_handler = signal.signal(signal.SIGTERM, _terminate)
+        previous_handler = signal.signal(signal.SIGTERM, functools.partial(_terminate, state))
     try:
         opened = _open_keys(key) if key else contextlib.nullcontext(None)
         with opened as keys, progress_bar("fetch", None) as progress:
@@ -1249,10 +1269,14 @@ def fetch(
                     "refused", type(error).__name__.removesuffix("Error"), artifact, str(error)
                 )
                 raise
-        _log_load_decision("verified", "Verified", artifact, result.verification.manifest_digest)
+        # The figures of the fetch ride on the decision line (the file list stays out: it can be long).
+        figures = {name: value for name, value in result.to_dict().items() if name != "files"}
+        _log_load_decision("verified", "Verified", artifact, result.verification.manifest_digest, **figures)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+    if state.log_json and not state.json:
+        return  # JSON lines only: the decision line above is the summary
     rate = result.total_bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
     emit(
         state,
@@ -1264,10 +1288,16 @@ def fetch(
     )
 
 
-def _log_load_decision(decision: str, reason: str, artifact: str, detail: str) -> None:
-    """The loader's decision line (SAMD's shared shape; the init container's log)."""
-    import logging  # noqa: PLC0415
+def _fetch_log_format(context: click.Context, value: str) -> None:
+    """--log-format json: JSON lines from here on, errors included (component `loader`)."""
+    if value == "json" and not context.resilient_parsing:
+        state = _state(context)
+        state.log_json = True
+        configure_json_lines(state.debug, component="loader")
 
+
+def _log_load_decision(decision: str, reason: str, artifact: str, detail: str, **more: object) -> None:
+    """The loader's decision line (SAMD's shared shape; the init container's log)."""
     from samd.logs import decision_fields  # noqa: PLC0415
     from samd.storage.uri import redact_url  # noqa: PLC0415
 
@@ -1276,30 +1306,32 @@ def _log_load_decision(decision: str, reason: str, artifact: str, detail: str) -
         "model %s: %s",
         decision,
         detail,
-        extra=decision_fields(
-            component="loader",
-            event="model_load",
-            decision=decision,
-            reason=reason,
-            model=None,
-            artifact=redact_url(artifact),
-        ),
+        extra={
+            **decision_fields(
+                component="loader",
+                event="model_load",
+                decision=decision,
+                reason=reason,
+                model=None,
+                artifact=redact_url(artifact),
+            ),
+            **more,
+        },
     )
 
 
 EXIT_TERMINATED = 143
 
 
-def _terminate(signum: int, frame: object) -> None:
+def _terminate(state: CliState, signum: int, frame: object) -> None:
     """SIGTERM: remove the staging directory and exit at once with 128 + 15.
 
     Not an exception: unwinding could wait forever on a worker blocked in a stalled read.
     """
-    from samd.cli.output import print_error  # noqa: PLC0415
     from samd.fetch import remove_active_staging  # noqa: PLC0415
 
     remove_active_staging()
-    print_error("terminated by SIGTERM; the partial model was removed")
+    report_failure(state, "terminated by SIGTERM; the partial model was removed", exit_code=EXIT_TERMINATED)
     sys.stdout.flush()
     os._exit(EXIT_TERMINATED)
 
@@ -1547,7 +1579,7 @@ def _drift_monitor(verified: Any, window_rows: int) -> Any:
     return DriftMonitor(baseline, window_rows=window_rows)
 
 
-def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any]) -> None:
+def _run_front_end(state: CliState, options: dict[str, Any], backend_factory: Callable[[Any], Any]) -> None:
     """Verify the model, build the front end around the backend, and serve until SIGTERM."""
     import prometheus_client  # noqa: PLC0415
     import uvloop  # noqa: PLC0415
@@ -1559,7 +1591,10 @@ def _run_front_end(options: dict[str, Any], backend_factory: Callable[[Any], Any
     from samd.serving.server import FrontEnd, FrontEndConfig, Provenance, serve_until_signalled  # noqa: PLC0415
     from samd.serving.tls import TlsFiles  # noqa: PLC0415
 
-    configure_json_logging("DEBUG" if options["debug"] else "INFO", options["log_format"], component="server")
+    # In JSON mode a failure to start (a model that does not verify, say) is a JSON line too.
+    state.log_json = configure_json_logging(
+        "DEBUG" if state.debug else "INFO", options["log_format"], component="server"
+    )
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clients = allowed_clients(options["allowed_client"])
     if not clients:
@@ -1644,7 +1679,7 @@ def serve(context: click.Context, /, **options: Any) -> None:
           --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt \\
           --client-organization samd:fraud-detection:fraud-detection --allowed-client payments-api
     """
-    options["debug"] = _state(context).debug
+    state = _state(context)
     model_format = options["model_format"]
     threads = options["threads"]
 
@@ -1655,7 +1690,7 @@ def serve(context: click.Context, /, **options: Any) -> None:
         runtime = load_runtime(verified, model_format, threads)
         return InProcessBackend(runtime, options["model_name"], options["model_version"])
 
-    _run_front_end(options, backend)
+    _run_front_end(state, options, backend)
 
 
 @app.command()
@@ -1681,7 +1716,7 @@ def proxy(context: click.Context, /, **options: Any) -> None:
           --trust-config /var/run/samd/trust/signers.json --tls-cert tls.crt --tls-key tls.key \\
           --client-ca ca.crt --client-organization samd:fraud:fraud-detection --allowed-client payments-api
     """
-    options["debug"] = _state(context).debug
+    state = _state(context)
     upstream = options["upstream"]
 
     def backend(_verified: Any) -> Any:
@@ -1689,7 +1724,7 @@ def proxy(context: click.Context, /, **options: Any) -> None:
 
         return UpstreamBackend(upstream, options["model_name"])
 
-    _run_front_end(options, backend)
+    _run_front_end(state, options, backend)
 
 
 # --- reencrypt --------------------------------------------------------------------------------

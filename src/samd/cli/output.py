@@ -21,6 +21,7 @@ class CliState:
 
     debug: bool = False
     json: bool = False
+    log_json: bool = False  # --log-format json: errors are JSON log lines too, not `error:` lines
 
 
 def emit(state: CliState, document: Mapping[str, Any], text: str) -> None:
@@ -34,7 +35,7 @@ def emit(state: CliState, document: Mapping[str, Any], text: str) -> None:
 
 def report_error(state: CliState, error: SamdError) -> None:
     """`error: <message>` and `hint: <hint>` on stderr; with --json also a JSON document on stdout."""
-    print_error(error.message, error.hint)
+    report_failure(state, error.message, error.hint, error=type(error).__name__, exit_code=error.exit_code)
     if state.json:
         document = {
             "error": {
@@ -54,6 +55,32 @@ def print_error(message: str, hint: str | None = None, stream: TextIO | None = N
     if hint:
         out.write(f"hint: {_one_line(hint)}\n")
     out.flush()
+
+
+def report_failure(state: CliState, message: str, hint: str | None = None, **fields: object) -> None:
+    """A failure on stderr: `error:` and `hint:` lines for a person, or with --log-format json one
+    JSON log line (logger samd.cli, level error, `hint` and `fields` as fields) for a log collector."""
+    if state.log_json:
+        hint_line = _one_line(hint) if hint else None
+        logging.getLogger("samd.cli").error(_one_line(message), extra={"hint": hint_line, **fields})
+    else:
+        print_error(message, hint)
+
+
+def configure_json_lines(debug: bool, component: str) -> None:
+    """--log-format json: every log record as one JSON object per line on stderr (SAMD's shape, as
+    `samd serve` writes it), from INFO up (everything with --debug)."""
+    from samd.logs import configure_logging as configure_json_logging  # noqa: PLC0415
+
+    configure_json_logging("DEBUG" if debug else "INFO", "json", component=component)
+    if not debug:
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    # Third-party libraries log routine retries and connection details at INFO/WARNING.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "sigstore", "tuf"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _one_line(text: str) -> str:
@@ -78,9 +105,7 @@ def configure_logging(debug: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
-        # Third-party libraries log routine retries and connection details at INFO/WARNING.
-        for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "sigstore", "tuf"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        _quiet_libraries()
 
 
 def stderr_is_terminal() -> bool:

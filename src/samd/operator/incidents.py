@@ -31,21 +31,21 @@ from samd.operator.builders.serving import FETCH_CONTAINER
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
 from samd.operator.metrics import OperatorMetrics
-from samd.operator.steps.shared import Event
-from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED, TrustPolicy
+from samd.operator.steps.shared import Event, EventReason
+from samd.policy import TrustPolicy
 from samd.spec import API_VERSION, PolicyEventSink
 from samd.storage.guard import policy_allowances
 
 log = logging.getLogger(__name__)
 
-SECURITY_REASONS: dict[str, EventType] = {
-    "SignatureInvalid": EventType.SIGNATURE_FAILED,
-    "ArtifactInvalid": EventType.SIGNATURE_FAILED,
-    VERSION_NOT_SIGNED: EventType.SIGNATURE_FAILED,
-    VERSION_MISMATCH: EventType.SIGNATURE_FAILED,
-    "KeyRotationFailed": EventType.KEY_ROTATION_FAILED,
-    "Quarantined": EventType.MODEL_QUARANTINED,
-    "QuarantineCleared": EventType.QUARANTINE_CLEARED,
+SECURITY_REASONS: dict[EventReason, EventType] = {
+    EventReason.SIGNATURE_INVALID: EventType.SIGNATURE_FAILED,
+    EventReason.ARTIFACT_INVALID: EventType.SIGNATURE_FAILED,
+    EventReason.VERSION_NOT_SIGNED: EventType.SIGNATURE_FAILED,
+    EventReason.VERSION_MISMATCH: EventType.SIGNATURE_FAILED,
+    EventReason.KEY_ROTATION_FAILED: EventType.KEY_ROTATION_FAILED,
+    EventReason.QUARANTINED: EventType.MODEL_QUARANTINED,
+    EventReason.QUARANTINE_CLEARED: EventType.QUARANTINE_CLEARED,
 }
 
 
@@ -434,7 +434,7 @@ LOADER_EXPLANATIONS = {
 # The loader refused what it was given: the model was changed after it was verified (or the signer
 # is not trusted). A security event, like a signature the operator itself finds invalid.
 SECURITY_LOADER_REASONS = frozenset({"verification", "integrity"})
-LOADER_EVENT_REASON = "LoaderFailed"
+LOADER_EVENT_REASON = EventReason.LOADER_FAILED
 MAX_TERMINATION_MESSAGE = 256
 
 

@@ -3,8 +3,9 @@
 Server-side apply with a single field manager, reads that return ``None`` on
 404, and one mapping of API failures onto kopf's retry semantics: 409 and
 429 and 5xx are temporary (retried with a delay, honouring Retry-After), 4xx
-caused by our own manifests are permanent, and an API server that does not
-answer in time is temporary too.
+caused by our own manifests are permanent (a 404 as the `NotFound` subclass, so
+that callers tell "not there" by type, not by parsing a message), and an API
+server that does not answer in time is temporary too.
 
 Applies are remembered: a manifest equal to the one last applied to the same
 object is not sent again. The operator's watch handlers tell the wrapper when
@@ -81,10 +82,19 @@ def _retry_after(error: ApiError) -> float:
         return 5.0
 
 
+class NotFound(kopf.PermanentError):
+    """The API server answered 404: the object, or its whole API (a CRD that is not installed), is
+    not there. A PermanentError, so every caller that catches those handles it as before."""
+
+    code = 404
+
+
 def translate(error: ApiError, action: str) -> Exception:
     """Map an API failure onto kopf's retry semantics with a message a person can act on."""
     code = error.status.code or 0
     message = f"{action}: {error.status.message} (HTTP {code})"
+    if code == 404:
+        return NotFound(message)
     if code in (409, 429) or code >= 500:
         return kopf.TemporaryError(message, delay=_retry_after(error))
     if code in (401, 403):

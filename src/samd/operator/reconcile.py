@@ -35,6 +35,7 @@ from samd.operator.steps.quarantine import Quarantine, quarantine_condition
 from samd.operator.steps.serving import ServingStatus
 from samd.operator.steps.shared import (
     Event,
+    EventReason,
     ModelKey,
     ModelObject,
     Outcome,
@@ -261,7 +262,7 @@ def _invalid_spec(model: ModelObject, error: SpecError, now: datetime.datetime) 
     invalid = {C.READY: Condition(C.READY, False, "InvalidSpec", str(error))}
     return Outcome(
         status=_status(model, invalid, now),
-        events=[Event("InvalidSpec", str(error), warning=True)],
+        events=[Event(EventReason.INVALID_SPEC, str(error), warning=True)],
         error=kopf.PermanentError(str(error)),
     )
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -522,7 +522,12 @@ class ExpectedLoader:
         )
         deployment = build_deployment(context)
         assert deployment is not None  # noqa: S101 - serving is on and the digest is set
-        pod = deployment["spec"]["template"]["spec"]
+        return cls.of_pod(deployment["spec"]["template"]["spec"])
+
+    @classmethod
+    def of_pod(cls, pod: Mapping[str, Any]) -> ExpectedLoader:
+        """From the pod spec of a Deployment the operator's builder made (whatever its settings: they
+        shape the images and volume sizes, none of what is compared here)."""
         loader = pod["initContainers"][0]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         words, flags = parse_argv(loader["command"])
@@ -537,6 +542,30 @@ class ExpectedLoader:
             },
             model_dir=output[0] if output else None,
         )
+
+
+def expected_for(
+    model: WatchedModel, digest: str, settings: BuilderSettings, samd_images: Collection[str]
+) -> tuple[ExpectedLoader, ExpectedPod | None]:
+    """The operator's loader and pod for `model` and `digest`, from one build of its Deployment.
+
+    The loader is expected even when the model's serving is off (there is then no operator's pod:
+    None), so it is built with serving on; with serving on that is the model's own spec.
+    """
+    assert model.spec is not None  # noqa: S101 - callers report a model without a spec
+    context = ModelContext(
+        name=model.name,
+        namespace=model.namespace,
+        uid=model.uid,
+        spec=_serving_on(model.spec),
+        manifest_digest=digest,
+        settings=settings,
+    )
+    deployment = build_deployment(context)
+    assert deployment is not None  # noqa: S101 - serving is on and the digest is set
+    pod = deployment["spec"]["template"]["spec"]
+    loader = ExpectedLoader.of_pod(pod)
+    return loader, ExpectedPod.of_pod(pod, settings, samd_images) if model.spec.serving.enabled else None
 
 
 def _serving_on(spec: SecureModelSpec) -> SecureModelSpec:
@@ -970,11 +999,13 @@ def check_pod_shape(subject: Subject, model: WatchedModel, problems: Sequence[st
 
 @dataclass
 class _KeptPod:
-    """The operator's pod for one model object and digest, and the answers already given for pod specs
-    (a ReplicaSet's pods share one spec, so most pods are answered by one serialisation and a lookup)."""
+    """The operator's loader and pod for one model object and digest (one build of its Deployment),
+    and the answers already given for pod specs (a ReplicaSet's pods share one spec, so most pods are
+    answered by one serialisation and a lookup)."""
 
     model: WatchedModel
     digest: str
+    loader: ExpectedLoader
     expected: ExpectedPod | None
     answers: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
 
@@ -1033,7 +1064,6 @@ class PolicyDecider:
         self.config = config or DecisionConfig()
         self.access = access
         """Asks the API server what a SecureModel's author may do; None: every such question is refused."""
-        self._loaders: dict[tuple[str, str], tuple[WatchedModel, str, ExpectedLoader]] = {}
         self._pods: dict[tuple[str, str], _KeptPod] = {}
         self._admitted: dict[bytes, tuple[int, float, Decision]] = {}
         """Pod (template) admissions by exact content, valid for the state revision they were made at."""
@@ -1043,40 +1073,27 @@ class PolicyDecider:
     def ready(self) -> bool:
         return self.state.ready
 
-    def _expected_loader(self, model: WatchedModel, digest: str) -> ExpectedLoader:
-        """The operator's loader for `model`, kept while the model object (replaced on every change of
-        the SecureModel) and the digest stay the same."""
+    def _kept(self, model: WatchedModel, digest: str) -> _KeptPod:
+        """The operator's loader and pod for `model`, kept while the model object (replaced on every
+        change of the SecureModel) and the digest stay the same."""
         key = (model.namespace, model.name)
-        kept = self._loaders.get(key)
-        if kept is not None and kept[0] is model and kept[1] == digest:
-            return kept[2]
-        expected = ExpectedLoader.build(model, digest)
-        if len(self._loaders) >= MAX_KEPT_LOADERS:
-            self._loaders.clear()
-        self._loaders[key] = (model, digest, expected)
-        return expected
+        kept = self._pods.get(key)
+        if kept is None or kept.model is not model or kept.digest != digest:
+            config = self.config
+            loader, expected = expected_for(
+                model, digest, config.builder_settings, config.allowed_loader_images
+            )
+            if len(self._pods) >= MAX_KEPT_LOADERS:
+                self._pods.clear()
+            kept = self._pods[key] = _KeptPod(model, digest, loader, expected)
+        return kept
 
     def _pod_problems(
         self, spec: Mapping[str, Any], model: WatchedModel, digest: str
     ) -> tuple[str, ...] | None:
         """How `spec` differs from the operator's pod for `model` (None: it builds none), kept per model
         object, digest and exact pod spec."""
-        assert model.spec is not None  # noqa: S101 - callers report a model without a spec
-        key = (model.namespace, model.name)
-        kept = self._pods.get(key)
-        if kept is None or kept.model is not model or kept.digest != digest:
-            expected = ExpectedPod.build(
-                model.name,
-                model.namespace,
-                model.uid,
-                model.spec,
-                digest,
-                settings=self.config.builder_settings,
-                samd_images=self.config.allowed_loader_images,
-            )
-            if len(self._pods) >= MAX_KEPT_LOADERS:
-                self._pods.clear()
-            kept = self._pods[key] = _KeptPod(model, digest, expected)
+        kept = self._kept(model, digest)
         if kept.expected is None:
             return None
         serialised = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
@@ -1322,7 +1339,7 @@ class PolicyDecider:
                     verifications=verifications,
                     cover=cover,
                     config=self.config,
-                    expected=self._expected_loader(model, digest) if digest else None,
+                    expected=self._kept(model, digest).loader if digest else None,
                 )
                 if digest is not None:
                     shape = check_pod_shape(subject, model, self._pod_problems(template.spec, model, digest))

@@ -18,8 +18,9 @@ the pod (or pod template) is compared with the pod spec the operator's own build
 - the loader's command, environment, mounts and image are compared by `check_loader` (it accepts
   the operator's flags in any order and the configured loader images), so they are skipped here.
 
-The expected pod is built once per model object and digest and kept (`ExpectedPod`): the admission
-path only walks the two specs.
+The expected pod is built once per model object and digest, in the same build of the operator's
+Deployment as the expected loader, and kept (`ExpectedPod`, `samd.webhook.decide.expected_for`):
+the admission path only walks the two specs.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from samd.operator.builders.context import BuilderSettings, ModelContext
-from samd.operator.builders.serving import FETCH_CONTAINER, build_deployment
-from samd.spec import SecureModelSpec
+from samd.operator.builders.context import BuilderSettings
+from samd.operator.builders.serving import FETCH_CONTAINER
 
 IGNORED_POD_FIELDS = frozenset(
     {
@@ -102,18 +102,10 @@ class ExpectedPod:
     """Container name -> images it may run (SAMD's own image may be any configured SAMD image)."""
 
     @classmethod
-    def build(
-        cls, name: str, namespace: str, uid: str, spec: SecureModelSpec, digest: str, *,
-        settings: BuilderSettings, samd_images: Collection[str],
-    ) -> ExpectedPod | None:  # fmt: skip
-        """None when the operator builds no pod for the model (serving is off)."""
-        context = ModelContext(
-            name=name, namespace=namespace, uid=uid, spec=spec, manifest_digest=digest, settings=settings
-        )
-        deployment = build_deployment(context)
-        if deployment is None:
-            return None
-        pod = deployment["spec"]["template"]["spec"]
+    def of_pod(
+        cls, pod: Mapping[str, Any], settings: BuilderSettings, samd_images: Collection[str]
+    ) -> ExpectedPod:
+        """From the pod spec of a Deployment the operator's builder made with `settings`."""
         images: dict[str, frozenset[str]] = {}
         for container in pod.get("containers", []):
             image = container["image"]

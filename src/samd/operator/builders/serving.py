@@ -141,6 +141,8 @@ def fetch_command(ctx: ModelContext) -> list[str]:
     command += ["--trust-config", f"{TRUST_DIR}/{TRUST_FILE}", "--expect-digest", ctx.manifest_digest]
     # The server checks the model again at load with the kept signature (see `samd serve`).
     command += ["--output", MODEL_DIR, "--keep-signature"]
+    # JSON lines, like every other container of the pod (the loader's decision line included).
+    command += ["--log-format", "json"]
     return command
 
 

@@ -33,7 +33,7 @@ from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
 from samd.operator.steps.certmanager import CertManagerCertificates
 from samd.operator.steps.owned import apply_unless_taken
-from samd.operator.steps.shared import ModelKey, OwnedRef, Run, iso
+from samd.operator.steps.shared import EventReason, ModelKey, OwnedRef, Run, iso
 from samd.policy import TrustPolicy
 
 C = ConditionType
@@ -120,7 +120,7 @@ class Certificates:
                         not_after, authority, applied
                     )
                 if existed:
-                    run.event("CertificateRenewed", f"Secret {secret_name} renewed")
+                    run.event(EventReason.CERTIFICATE_RENEWED, f"Secret {secret_name} renewed")
             if client is None:
                 server_not_after = not_after
         until = iso(server_not_after) if server_not_after else "unknown"

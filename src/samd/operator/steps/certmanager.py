@@ -35,8 +35,8 @@ from samd.operator.builders.metadata import MODEL_LABEL, owned_metadata
 from samd.operator.builders.names import model_label_value, tls_secret_name
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
-from samd.operator.kube import Kube
-from samd.operator.steps.shared import OwnedRef, Run, iso
+from samd.operator.kube import Kube, NotFound
+from samd.operator.steps.shared import EventReason, OwnedRef, Run, iso
 from samd.policy import TrustPolicy
 
 # Registers the kind with the API wrapper's client (it knows only the built-in kinds and SAMD's own).
@@ -48,9 +48,9 @@ Choice = ChosenIssuer | IssuerConflict | None
 
 
 def _api_missing(error: Exception) -> bool:
-    # The API wrapper maps a 404 on a list to a PermanentError; a namespace's list is never 404
-    # unless the API server has no such resource, i.e. cert-manager's CRDs are not installed.
-    return isinstance(error, kopf.PermanentError) and "(HTTP 404)" in str(error)
+    # A namespace's list is never 404 unless the API server has no such resource, i.e.
+    # cert-manager's CRDs are not installed.
+    return isinstance(error, NotFound)
 
 
 class CertManagerCertificates:
@@ -99,7 +99,7 @@ class CertManagerCertificates:
             return False
         if existing:
             run.event(
-                "CertificateIssuerChanged",
+                EventReason.CERTIFICATE_ISSUER_CHANGED,
                 "certificates are issued by the operator CA again; removed Certificate "
                 + ", ".join(sorted(existing)),
             )

@@ -19,7 +19,7 @@ from samd.operator import artifacts
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
-from samd.operator.steps.shared import Cached, ModelKey, Run, fingerprint, iso, parse_time
+from samd.operator.steps.shared import Cached, EventReason, ModelKey, Run, fingerprint, iso, parse_time
 from samd.storage.guard import URIRefusedError
 
 C = ConditionType
@@ -96,13 +96,13 @@ class Keys:
                 self._checked.pop(key, None)  # the artifact's header changes
                 version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset, run.guard)
                 run.event(
-                    "KeyRotated",
+                    EventReason.KEY_ROTATED,
                     f"{state.provider} key {state.key_id} rotated; data key re-wrapped under version {version}",
                 )
             elif version != state.current_version:
                 self._checked.pop(key, None)
                 version = await asyncio.to_thread(artifacts.rewrap_artifact, spec, keyset, run.guard)
-                run.event("KeyRewrapped", f"data key re-wrapped under key version {version}")
+                run.event(EventReason.KEY_REWRAPPED, f"data key re-wrapped under key version {version}")
         except URIRefusedError as error:
             self._checked.pop(key, None)
             run.refused(C.ENCRYPTED, error)
@@ -110,16 +110,18 @@ class Keys:
         except (KeyProviderError, StorageError) as error:
             self._checked.pop(key, None)
             if rotating:
-                run.event("KeyRotationFailed", f"the key rotation due failed: {error}", warning=True)
+                run.event(
+                    EventReason.KEY_ROTATION_FAILED, f"the key rotation due failed: {error}", warning=True
+                )
             if error.transient:
                 return run.retry_later(C.ENCRYPTED, "KeyServiceUnreachable", error, previous)
             run.set(C.ENCRYPTED, False, "KeyInvalid", str(error))
-            run.event("KeyInvalid", str(error), warning=True)
+            run.event(EventReason.KEY_INVALID, str(error), warning=True)
             return previous
         except SamdError as error:
             self._checked.pop(key, None)
             run.set(C.ENCRYPTED, False, "ArtifactInvalid", str(error))
-            run.event("ArtifactInvalid", str(error), warning=True)
+            run.event(EventReason.ARTIFACT_INVALID, str(error), warning=True)
             return previous
         run.set(
             C.ENCRYPTED,

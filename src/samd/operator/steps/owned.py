@@ -22,7 +22,7 @@ from samd.operator.builders.names import client_secret_name, tls_secret_name
 from samd.operator.builders.serving import build_signature_config_map
 from samd.operator.conditions import ConditionType
 from samd.operator.kube import Kube
-from samd.operator.steps.shared import ModelKey, OwnedRef, Run
+from samd.operator.steps.shared import EventReason, ModelKey, OwnedRef, Run
 from samd.policy import TrustPolicy
 
 C = ConditionType
@@ -183,4 +183,4 @@ class OwnedObjects:
                 removed.append(f"{kind}/{name}")
         self._desired[run.key] = wanted
         if removed:
-            run.event("Pruned", "removed " + ", ".join(sorted(removed)))
+            run.event(EventReason.PRUNED, "removed " + ", ".join(sorted(removed)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from samd.operator.conditions import ConditionType
-from samd.operator.steps.shared import Run
+from samd.operator.steps.shared import EventReason, Run
 
 C = ConditionType
 
@@ -49,11 +49,11 @@ def quarantine_condition(run: Run, quarantine: Quarantine) -> None:
         )
         run.set(C.QUARANTINED, True, quarantine.reason or "Manual", message)
         if not was_active:
-            run.event("Quarantined", message, warning=True)
+            run.event(EventReason.QUARANTINED, message, warning=True)
     elif previous is not None:
         run.set(C.QUARANTINED, False, "Cleared", f"the quarantine was cleared{who}")
         if was_active:
-            run.event("QuarantineCleared", f"the quarantine was cleared{who}; serving again")
+            run.event(EventReason.QUARANTINE_CLEARED, f"the quarantine was cleared{who}; serving again")
 
 
 def quarantine_pending(status: Mapping[str, Any]) -> bool:

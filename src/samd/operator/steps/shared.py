@@ -7,12 +7,13 @@ import datetime
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from samd.errors import SamdError
 from samd.operator.conditions import Condition, ConditionType
 from samd.operator.kube import Kube
-from samd.policy import TrustPolicy
+from samd.policy import VERSION_MISMATCH, VERSION_NOT_SIGNED, TrustPolicy
 from samd.spec import API_VERSION, GROUP, SecureModelSpec
 from samd.storage.guard import REASON as URI_REFUSED
 from samd.storage.guard import AddressPolicy, URIRefusedError
@@ -118,9 +119,34 @@ CONDITION_OF_KIND = {
 }
 
 
+class EventReason(StrEnum):
+    """The reason of every Kubernetes Event the operator posts on a SecureModel: a closed set, so
+    that docs/events.md can list each with what to do (a unit test holds the two together)."""
+
+    VERIFIED = "Verified"
+    SIGNATURE_INVALID = "SignatureInvalid"
+    VERSION_NOT_SIGNED = VERSION_NOT_SIGNED
+    VERSION_MISMATCH = VERSION_MISMATCH
+    POLICY_VIOLATION = "PolicyViolation"
+    INVALID_SPEC = "InvalidSpec"
+    URI_REFUSED = URI_REFUSED
+    KEY_ROTATED = "KeyRotated"
+    KEY_REWRAPPED = "KeyRewrapped"
+    KEY_ROTATION_FAILED = "KeyRotationFailed"
+    KEY_INVALID = "KeyInvalid"
+    ARTIFACT_INVALID = "ArtifactInvalid"
+    CERTIFICATE_RENEWED = "CertificateRenewed"
+    CERTIFICATE_ISSUER_CHANGED = "CertificateIssuerChanged"
+    APPLY_FAILED = "ApplyFailed"
+    PRUNED = "Pruned"
+    QUARANTINED = "Quarantined"
+    QUARANTINE_CLEARED = "QuarantineCleared"
+    LOADER_FAILED = "LoaderFailed"  # posted by the incident check, not by a reconcile
+
+
 @dataclass(frozen=True)
 class Event:
-    reason: str
+    reason: EventReason
     message: str
     warning: bool = False
 
@@ -155,7 +181,7 @@ class Run:
     def set(self, kind: ConditionType, status: bool | None, reason: str, message: str) -> None:
         self.conditions[kind] = Condition(kind, status, reason, message)
 
-    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+    def event(self, reason: EventReason, message: str, *, warning: bool = False) -> None:
         self.outcome.events.append(Event(reason, message, warning))
 
     def apply_failed(self, manifest: Mapping[str, Any], error: Exception) -> None:
@@ -167,7 +193,7 @@ class Run:
         kind = CONDITION_OF_KIND.get(str(manifest["kind"]), ConditionType.SERVING)
         self.apply_failures.setdefault(kind, str(error))
         self.temporary.append(str(error))
-        self.event("ApplyFailed", str(error), warning=True)
+        self.event(EventReason.APPLY_FAILED, str(error), warning=True)
 
     def report_apply_failures(self) -> None:
         """Each condition whose objects could not be applied says so, over what its step reported."""
@@ -177,7 +203,7 @@ class Run:
     def refused(self, kind: ConditionType, error: URIRefusedError) -> None:
         """A URI the user named that the operator must not open: nothing was read or written."""
         self.set(kind, False, URI_REFUSED, str(error))
-        self.event(URI_REFUSED, str(error), warning=True)
+        self.event(EventReason.URI_REFUSED, str(error), warning=True)
 
     def retry_later(
         self, kind: ConditionType, reason: str, error: SamdError, keep: dict[str, Any]

@@ -16,7 +16,7 @@ from samd.errors import StorageError, VerificationError
 from samd.operator import artifacts
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
-from samd.operator.steps.shared import Cached, ModelKey, Run, fingerprint, iso
+from samd.operator.steps.shared import Cached, EventReason, ModelKey, Run, fingerprint, iso
 from samd.policy import (
     TrustPolicy,
     check_spec_against_policies,
@@ -67,7 +67,7 @@ class Verification:
         violations = check_spec_against_policies(spec, policies, previous_version=previous.get("version"))
         if violations:
             run.set(C.VERIFIED, False, "PolicyViolation", "; ".join(violations))
-            run.event("PolicyViolation", "; ".join(violations), warning=True)
+            run.event(EventReason.POLICY_VIOLATION, "; ".join(violations), warning=True)
             return kept
         key = run.key
         inputs = fingerprint(spec.signature.uri, spec.artifact.model_dump_json(), policies)
@@ -89,7 +89,7 @@ class Verification:
             except VerificationError as error:
                 self._verified.pop(key, None)
                 run.set(C.VERIFIED, False, "SignatureInvalid", str(error))
-                run.event("SignatureInvalid", str(error), warning=True)
+                run.event(EventReason.SIGNATURE_INVALID, str(error), warning=True)
                 return kept
             except StorageError as error:
                 if not error.transient:
@@ -99,7 +99,9 @@ class Verification:
             verified_at = now
             self._verified[key] = Cached(inputs, now, (run.signature, result, policy_name))
             if previous.get("manifestDigest") != result.manifest_digest:
-                run.event("Verified", f"signature by {result.signer} verified under policy {policy_name}")
+                run.event(
+                    EventReason.VERIFIED, f"signature by {result.signer} verified under policy {policy_name}"
+                )
         if spec.artifact.digest and spec.artifact.digest != result.manifest_digest:
             message = (
                 f"the signature covers manifest {result.manifest_digest}, but spec.artifact.digest pins "
@@ -116,12 +118,12 @@ class Verification:
             message = f"policy {names} requires a signed version: {'; '.join(unbound)}"
             if any(p.enforcing for p in requiring):
                 run.set(C.VERIFIED, False, reason, message)
-                run.event(reason, message, warning=True)
+                run.event(EventReason(reason), message, warning=True)
                 return kept
             verified += f"; warning (warn mode): {message}"
             seen = (previous.get("manifestDigest"), previous.get("version"))
             if seen != (result.manifest_digest, spec.version):  # once per digest and version
-                run.event(reason, message, warning=True)
+                run.event(EventReason(reason), message, warning=True)
         run.set(C.VERIFIED, True, "SignatureVerified", verified)
         return {
             "method": result.method,
