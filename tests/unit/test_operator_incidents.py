@@ -6,8 +6,12 @@ import base64
 import json
 
 import pytest
+import yaml
 
 from samd.events import SIGNATURE_HEADER, EventType, SecurityEvent, verify
+from samd.operator.builders.context import ModelContext
+from samd.operator.builders.metadata import MODEL_LABEL
+from samd.operator.builders.serving import FETCH_CONTAINER, build_deployment
 from samd.operator.conditions import Condition, ConditionType, ready_condition
 from samd.operator.config import OperatorConfig
 from samd.operator.incidents import (
@@ -15,14 +19,18 @@ from samd.operator.incidents import (
     Reading,
     Thresholds,
     evaluate,
+    incident_view,
+    loader_failures,
     metrics_url,
     read_metrics,
     security_event,
 )
+from samd.operator.reconcile import builder_settings
 from samd.operator.steps.quarantine import Quarantine, quarantine_pending
 from samd.operator.steps.shared import Event, EventReason
 from samd.policy import TrustPolicy
-from samd.spec import parse_trust_policy
+from samd.spec import parse_secure_model, parse_trust_policy
+from tests.support.cluster import REPO
 from tests.unit.test_events import (
     KEY,
     Receiver,
@@ -235,3 +243,45 @@ async def test_without_its_key_a_policys_sink_gets_nothing(
 
     assert receiver.received == []
     assert "no HMAC key in Secret samd-system/soar-hmac" in caplog.text
+
+
+def test_the_incident_check_keeps_of_a_pod_what_it_reads_and_little_else() -> None:
+    """A pod as the API server lists it: the operator's own pod template, the status of a running
+    pod whose loader failed once, and the managedFields every object carries."""
+    example = yaml.safe_load((REPO / "examples" / "fraud-detection" / "securemodel.yaml").read_text())
+    context = ModelContext(
+        name="fraud",
+        namespace="ml",
+        uid="uid-fraud",
+        spec=parse_secure_model(example["spec"]),
+        manifest_digest="sha256:" + "0" * 64,
+        settings=builder_settings(OperatorConfig(namespace="samd-system")),
+    )
+    template = build_deployment(context)["spec"]["template"]
+    failed_once = {"terminated": {"exitCode": 4, "message": "the artifact failed authentication"}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **template["metadata"],
+            "name": "fraud-7d9f-abcde",
+            "uid": "uid-pod",
+            "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": template["spec"]}],
+        },
+        "spec": template["spec"],
+        "status": {
+            "phase": "Running",
+            "podIP": "10.1.0.7",
+            "conditions": [{"type": "Ready", "status": "True"}] * 4,
+            "initContainerStatuses": [
+                {"name": FETCH_CONTAINER, "restartCount": 1, "lastState": failed_once, "state": {}}
+            ],
+        },
+    }
+
+    view = incident_view(pod)
+
+    assert metrics_url(view) == metrics_url(pod) is not None
+    assert loader_failures(view) == loader_failures(pod) != []
+    assert view["metadata"]["labels"][MODEL_LABEL] == pod["metadata"]["labels"][MODEL_LABEL]
+    assert len(json.dumps(view)) * 5 < len(json.dumps(pod))

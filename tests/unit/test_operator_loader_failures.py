@@ -5,7 +5,7 @@ refused the model; one pod LIST per namespace whatever the number of models."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -132,11 +132,17 @@ class PodsAndModels:
         self.created: list[dict[str, Any]] = []
 
     async def list_in(
-        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str | None]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        labels: Mapping[str, str | None],
+        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
         assert (api_version, kind) == ("v1", "Pod")
         self.lists.append((namespace, dict(labels)))
-        return self.pods.get(namespace, [])
+        pods = self.pods.get(namespace, [])
+        return pods if keep is None else [keep(pod) for pod in pods]  # what the check keeps of each
 
     async def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any]:
         assert kind == "SecureModel"

@@ -183,6 +183,24 @@ def evaluate(
     return findings
 
 
+def incident_view(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the incident check reads of a pod (`metrics_url`, `loader_failures`, the model label):
+    a thousand whole pods held at once were the operator's high-water mark."""
+    metadata = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {key: metadata[key] for key in ("name", "uid", "labels") if key in metadata},
+        "spec": {
+            "containers": [
+                {"ports": container["ports"]}
+                for container in (pod.get("spec") or {}).get("containers") or []
+                if container.get("ports")
+            ]
+        },
+        "status": {key: status[key] for key in ("phase", "podIP", "initContainerStatuses") if key in status},
+    }
+
+
 def metrics_url(pod: Mapping[str, Any]) -> str | None:
     """http://<pod IP>:<its metrics port>/metrics of a running pod, or None."""
     status = pod.get("status") or {}
@@ -247,7 +265,9 @@ class IncidentWatch:
         for namespace, names in sorted(by_namespace.items()):
             try:
                 # Every pod of every model here, in one request: the pods that carry the model label.
-                pods = await self.kube.list_in("v1", "Pod", namespace, {MODEL_LABEL: None})
+                pods = await self.kube.list_in(
+                    "v1", "Pod", namespace, {MODEL_LABEL: None}, keep=incident_view
+                )
             except (kopf.TemporaryError, kopf.PermanentError) as error:
                 log.warning("incident check of namespace %s failed: %s", namespace, error)
                 seen |= {(namespace, name) for name in names}  # keep the readings for the next check
