@@ -669,10 +669,11 @@ def read_signature(uri: str, *, max_bytes: int | None = None) -> bytes:
     """Read a signature bundle from a path or storage URI, refusing oversized input early."""
     from samd.signing import MAX_BUNDLE_BYTES  # noqa: PLC0415 - see fetch_model
     from samd.storage import open_artifact  # noqa: PLC0415
+    from samd.storage.stream import read_at_most  # noqa: PLC0415
 
     limit = max_bytes if max_bytes is not None else MAX_BUNDLE_BYTES
     with open_artifact(uri) as source:
-        data = source.read(limit + 1)
+        data = read_at_most(source, limit)
     if len(data) > limit:
         raise VerificationError(
             f"the signature {uri} is larger than {limit} bytes; a model signature is a few kilobytes",

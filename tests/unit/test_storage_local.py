@@ -11,6 +11,7 @@ import pytest
 
 from samd.errors import StorageError, UsageError
 from samd.storage import artifact_size, open_artifact, put_artifact
+from samd.storage.stream import read_at_most
 
 pytestmark = pytest.mark.unit
 
@@ -183,3 +184,25 @@ def test_a_fifo_streams_with_an_unknown_size(tmp_path: Path) -> None:
         assert artifact_size(str(fifo)) is None
     finally:
         os.close(writer_fd)
+
+
+class _Recording(io.BytesIO):
+    """A source that remembers the size of every read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.asked.append(-1 if size is None else size)
+        return super().read(size)
+
+
+def test_a_bounded_read_never_asks_for_the_whole_limit_at_once() -> None:
+    """A signature is a few kilobytes under a 16 MiB limit: no read may allocate the limit."""
+    limit = 16 * 1024 * 1024
+    small = _Recording(b"s" * 3000)
+    assert read_at_most(small, limit) == b"s" * 3000
+    oversized = _Recording(b"x" * (limit + 100))
+    assert len(read_at_most(oversized, limit)) == limit + 1  # one more than allowed: "too large"
+    assert max(small.asked + oversized.asked) <= 64 * 1024

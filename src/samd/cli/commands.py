@@ -1369,8 +1369,9 @@ def inspect(context: click.Context, *, target: str, json_output: bool) -> None:
             text = _describe_header(target, document["header"])
         else:
             from samd.signing import MAX_BUNDLE_BYTES, inspect_signature  # noqa: PLC0415
+            from samd.storage.stream import read_at_most  # noqa: PLC0415
 
-            data = source.read(MAX_BUNDLE_BYTES + 1)
+            data = read_at_most(source, MAX_BUNDLE_BYTES)
             if not data.lstrip()[:1] == b"{":
                 raise UsageError(
                     f"{target} is neither a SAMD artifact nor a signature bundle",

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from samd.errors import KeyProviderError, UsageError
 from samd.keys.base import KeyDescription, KeyVersionInfo, WrappedKey, check_dek
+from samd.storage.stream import read_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class LocalKeyProvider:
         try:
             with keyset_path.open("rb") as handle:
                 mode = os.fstat(handle.fileno()).st_mode
-                data = handle.read(_MAX_KEYSET_BYTES + 1)
+                data = read_at_most(handle, _MAX_KEYSET_BYTES)
         except FileNotFoundError:
             raise UsageError(
                 f"local keyset {keyset_path} does not exist",

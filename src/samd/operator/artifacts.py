@@ -30,6 +30,7 @@ from samd.storage.guard import (
     check_local_path,
     guard_boto_client,
 )
+from samd.storage.stream import read_at_most
 
 KEYSET_KEY = "keyset.json"
 
@@ -50,7 +51,7 @@ def _storage_options(spec: SecureModelSpec, guard: AddressPolicy) -> dict[str, A
 def read_signature(spec: SecureModelSpec, max_bytes: int, guard: AddressPolicy) -> bytes:
     options = _storage_options(spec, guard)
     with open_artifact(spec.signature.uri, field=SIGNATURE_FIELD, **options) as reader:
-        bundle = reader.read(max_bytes + 1)
+        bundle = read_at_most(reader, max_bytes)
     if len(bundle) > max_bytes:
         raise VerificationError(
             f"the signature at {spec.signature.uri} is larger than {max_bytes} bytes",

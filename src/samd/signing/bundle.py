@@ -28,6 +28,7 @@ from samd.signing.model import (
     Verifier,
 )
 from samd.signing.statement import IN_TOTO_PAYLOAD_TYPE, Statement, parse_statement
+from samd.storage.stream import read_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def read_signature_bytes(signature: bytes | Path) -> bytes:
                     f"the signature file {path} is {size} bytes, larger than the {MAX_BUNDLE_BYTES} allowed"
                 )
             with path.open("rb") as handle:
-                data = handle.read(MAX_BUNDLE_BYTES + 1)
+                data = read_at_most(handle, MAX_BUNDLE_BYTES)
         except OSError as error:
             raise UsageError(f"cannot read the signature file {path}: {error.strerror or error}") from error
     if len(data) > MAX_BUNDLE_BYTES:

@@ -211,3 +211,25 @@ class ArtifactReader(io.BufferedReader):
         super().__init__(raw, buffer_size=buffer_size)
         self.uri = uri
         self.size = size
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def read_at_most(source: _Readable, limit: int) -> bytes:
+    """Up to `limit + 1` bytes of `source` (one more than allowed: the caller can tell "too large").
+
+    Read a buffer at a time: `read(limit + 1)` allocates the whole limit up front, 16 MiB for a
+    signature of a few kilobytes, and one such allocation raises glibc's trim threshold for the rest
+    of the process, so that freed memory stops going back to the system.
+    """
+    chunks: list[bytes] = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = source.read(min(DEFAULT_BUFFER_SIZE, remaining))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
