@@ -2,7 +2,7 @@
 
 Against the real local control plane (`hack/local-cluster`, started here unless it runs already),
 the SAMD operator runs as its container runs it, a subprocess `python -m samd.operator` watching the
-whole cluster. For each N, each measurement in a fresh namespace of its own:
+whole cluster, without the test dependencies the image does not have (`bench.installed`). For each N, each measurement in a fresh namespace of its own:
 
 1. the reference: `python -m bench.noop_operator`, a kopf operator with one no-op handler, gets N
    trivial objects (`noops.bench.samd.dev`) and the time until every one has its status set;
@@ -49,6 +49,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from bench import noop_operator
+from bench.installed import argv_as_installed
 from bench.report import REPO, Row
 
 GROUP, VERSION, PLURAL = "samd.dev", "v1alpha1", "securemodels"
@@ -485,7 +486,7 @@ def deployments_target() -> Target:
 def noop_target(kubeconfig: Path) -> Target:
     return Target(
         label="no-op kopf",
-        argv=[sys.executable, "-m", "bench.noop_operator", "--log-format", "json"],
+        argv=argv_as_installed("bench.noop_operator", "--log-format", "json"),
         env={"KUBECONFIG": str(kubeconfig)},
         cwd=REPO,
         resource=(noop_operator.GROUP, noop_operator.VERSION, noop_operator.PLURAL),
@@ -521,7 +522,7 @@ def samd_target(kubeconfig: Path, artifacts: Any) -> Target:
 
     return Target(
         label="samd operator",
-        argv=[sys.executable, "-m", "samd.operator", "--liveness", "", "--log-format", "json"],
+        argv=argv_as_installed("samd.operator", "--liveness", "", "--log-format", "json"),
         env={
             "KUBECONFIG": str(kubeconfig),
             "SAMD_NAMESPACE": OPERATOR_NAMESPACE,
