@@ -141,8 +141,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     memo.model_diffbase = ModelDiffBaseInMemory(prefix=prefix, key="last-handled-configuration")
     settings.persistence.diffbase_storage = memo.model_diffbase
-    # kopf's own "handler succeeded" messages stay in the log; only warnings and errors, and the
-    # operator's own events, become Kubernetes Events (two fewer API writes per reconcile).
+    # Only the operator's own events become Kubernetes Events: kopf posts no log line as an Event
+    # (`posting.loggers` is off, its default), and should that be turned on, only warnings and
+    # errors would be (kopf's "handler succeeded" lines would be two API writes per reconcile).
+    settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.queueing.worker_limit = None
     # One line per HTTP request, and one per SecureModel event, are the loudest and least useful
