@@ -511,18 +511,7 @@ class ExpectedLoader:
 
     @classmethod
     def build(cls, model: WatchedModel, digest: str) -> ExpectedLoader:
-        assert model.spec is not None  # noqa: S101 - callers report a model without a spec
-        context = ModelContext(
-            name=model.name,
-            namespace=model.namespace,
-            uid=model.uid,
-            spec=_serving_on(model.spec),
-            manifest_digest=digest,
-            settings=_LOADER_SETTINGS,
-        )
-        deployment = build_deployment(context)
-        assert deployment is not None  # noqa: S101 - serving is on and the digest is set
-        return cls.of_pod(deployment["spec"]["template"]["spec"])
+        return cls.of_pod(_operator_pod(model, digest, _LOADER_SETTINGS))
 
     @classmethod
     def of_pod(cls, pod: Mapping[str, Any]) -> ExpectedLoader:
@@ -553,6 +542,14 @@ def expected_for(
     None), so it is built with serving on; with serving on that is the model's own spec.
     """
     assert model.spec is not None  # noqa: S101 - callers report a model without a spec
+    pod = _operator_pod(model, digest, settings)
+    loader = ExpectedLoader.of_pod(pod)
+    return loader, ExpectedPod.of_pod(pod, settings, samd_images) if model.spec.serving.enabled else None
+
+
+def _operator_pod(model: WatchedModel, digest: str, settings: BuilderSettings) -> dict[str, Any]:
+    """The pod spec of the Deployment the operator's builder makes for `model`, serving on."""
+    assert model.spec is not None  # noqa: S101 - callers report a model without a spec
     context = ModelContext(
         name=model.name,
         namespace=model.namespace,
@@ -563,9 +560,8 @@ def expected_for(
     )
     deployment = build_deployment(context)
     assert deployment is not None  # noqa: S101 - serving is on and the digest is set
-    pod = deployment["spec"]["template"]["spec"]
-    loader = ExpectedLoader.of_pod(pod)
-    return loader, ExpectedPod.of_pod(pod, settings, samd_images) if model.spec.serving.enabled else None
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
 
 
 def _serving_on(spec: SecureModelSpec) -> SecureModelSpec:
