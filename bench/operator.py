@@ -1111,7 +1111,8 @@ def growth_rows(measurements: dict[tuple[str, int], Measurement], settings: Sett
 NOTES = """\
 How: against the local control plane (etcd, kube-apiserver, controller-manager, scheduler and a
 KWOK fake node, all on this machine and sharing its CPUs with the operator), each operator runs as
-a subprocess watching the whole cluster and handles one warm-up object first. In one fresh namespace
+a subprocess watching the whole cluster, without the test-only packages its image does not have
+(`bench/installed.py`), and handles one warm-up object first. In one fresh namespace
 per measurement, N objects are created at once by 8 client threads; the clock runs from the first
 create until a watch sees the last object ready. Ready for SAMD is the `Ready` condition `True` for
 the current generation: the signature verified under a ModelTrustPolicy, the data key unwrapped with
