@@ -10,18 +10,17 @@ import base64
 import datetime
 import json
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from samd.operator.config import OperatorConfig
-from samd.operator.kube import Kube
 from samd.operator.reconcile import Reconciler
 from samd.operator.steps.shared import ModelObject, Outcome
 from samd.policy import TrustPolicy
 from samd.spec import parse_trust_policy
+from tests.support.memory_kube import MemoryKube
 from tests.support.models import MODEL_VERSION, ModelArtifacts, make_model
 
 pytestmark = pytest.mark.unit
@@ -30,50 +29,9 @@ NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 NAMESPACE = "fraud"
 
 
-class MemoryKube(Kube):
-    """Objects kept in a dict: enough for a reconcile to apply, read, create, delete and patch."""
-
-    def __init__(self) -> None:
-        super().__init__(client=cast(Any, None))
-        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-        self.statuses: list[dict[str, Any]] = []
-
-    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
-        meta = manifest["metadata"]
-        stored = {**manifest, "metadata": {**meta, "resourceVersion": "1", "generation": 1}}
-        self.objects[(manifest["kind"], meta.get("namespace"), meta["name"])] = stored
-        return stored
-
-    async def create(self, manifest: Mapping[str, Any]) -> bool:
-        await self.apply(manifest)
-        return True
-
-    async def create_owned(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
-        return await self.apply(manifest)
-
-    async def get(
-        self, api_version: str, kind: str, name: str, namespace: str | None
-    ) -> dict[str, Any] | None:
-        return self.objects.get((kind, namespace, name))
-
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
-        return self.objects.pop((kind, namespace, name), None) is not None
-
-    async def patch_merge(
-        self,
-        api_version: str,
-        kind: str,
-        name: str,
-        namespace: str | None,
-        patch: Mapping[str, Any],
-        *,
-        status: bool = False,
-    ) -> bool:
-        self.statuses.append(dict(patch))
-        return True
-
-    def everything(self) -> str:
-        return json.dumps([list(self.objects.values()), self.statuses], default=str)
+def everything(kube: MemoryKube) -> str:
+    """Every object and status write the reconcile left, as one text to search."""
+    return json.dumps([list(kube.objects.values()), kube.statuses], default=str)
 
 
 @pytest.fixture
@@ -152,7 +110,7 @@ async def test_a_signature_naming_the_operators_own_file_is_refused_and_not_publ
     assert verified["message"].startswith(f"spec.signature.uri: refusing to read the local path {path}")
     assert conditions(outcome)["Ready"]["status"] == "False"
     assert not [key for key in kube.objects if key[0] == "Deployment" or "signature" in key[2]]
-    assert marker not in kube.everything()
+    assert marker not in everything(kube)
     assert any(event.reason == "URIRefused" and event.warning for event in outcome.events)
 
 
