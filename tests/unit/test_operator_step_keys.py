@@ -16,7 +16,8 @@ from samd.operator import artifacts
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.steps.keys import Keys
-from samd.operator.steps.shared import Run, iso
+from samd.operator.steps.shared import Run
+from samd.operator.timestamps import iso
 from samd.storage.guard import AddressPolicy
 from tests.support import steps
 from tests.support.memory_kube import MemoryKube

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from samd.operator.timestamps import iso
+
 
 class ConditionType(StrEnum):
     VERIFIED = "Verified"
@@ -56,10 +58,6 @@ class Condition:
         return "Unknown" if self.status is None else ("True" if self.status else "False")
 
 
-def _timestamp(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def merge_conditions(
     existing: Sequence[Mapping[str, Any]],
     updates: Iterable[Condition],
@@ -77,9 +75,9 @@ def merge_conditions(
             "status": condition.status_text,
             "reason": condition.reason,
             "message": condition.message[:32768],
-            "lastTransitionTime": _timestamp(now)
+            "lastTransitionTime": iso(now)
             if changed or previous is None
-            else previous.get("lastTransitionTime", _timestamp(now)),
+            else previous.get("lastTransitionTime", iso(now)),
             "observedGeneration": generation,
         }
     order = {t.value: i for i, t in enumerate(ConditionType)}

@@ -27,7 +27,6 @@ Per-model labels are bounded by the number of SecureModels, like kube-state-metr
 
 from __future__ import annotations
 
-import datetime
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -40,6 +39,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from samd.operator.conditions import ConditionType
+from samd.operator.timestamps import parse_time
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -51,12 +51,8 @@ LOADER_FAILURE_REASONS = ("usage", "verification", "integrity", "key_provider", 
 
 
 def _time(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    moment = parse_time(text)
+    return None if moment is None else moment.timestamp()
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,12 @@ from samd.operator.steps.shared import (
     OwnedRef,
     Rollout,
     Run,
-    iso,
     owning_model,
-    parse_time,
     write_status,
 )
 from samd.operator.steps.storage import StoragePosture
 from samd.operator.steps.verification import Verification
+from samd.operator.timestamps import iso, parse_time
 from samd.policy import TrustPolicy, applicable_policies
 from samd.spec import SpecError, parse_secure_model
 from samd.storage.guard import AddressPolicy, policy_allowances

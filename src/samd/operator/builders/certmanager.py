@@ -18,6 +18,7 @@ from samd.operator.builders.context import ModelContext
 from samd.operator.builders.metadata import Manifest, owned_labels, owned_metadata
 from samd.operator.builders.names import client_secret_name, tls_secret_name
 from samd.operator.builders.serving import client_organization
+from samd.operator.timestamps import parse_time
 from samd.policy import TrustPolicy
 from samd.spec import CertificateIssuerRef
 
@@ -167,7 +168,7 @@ class CertificateState:
             return cls(False, "Pending", "cert-manager has not seen the Certificate yet", None)
         status = certificate.get("status") or {}
         generation = (certificate.get("metadata") or {}).get("generation")
-        not_after = _parse_time(status.get("notAfter"))
+        not_after = parse_time(status.get("notAfter"))
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
         if ready is None:
             return cls(False, "Pending", "cert-manager has not reported on the Certificate yet", not_after)
@@ -182,12 +183,3 @@ class CertificateState:
             str(ready.get("message") or ""),
             not_after,
         )
-
-
-def _parse_time(text: object) -> datetime.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None

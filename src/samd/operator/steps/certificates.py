@@ -33,7 +33,8 @@ from samd.operator.config import OperatorConfig
 from samd.operator.kube import Applied, Kube
 from samd.operator.steps.certmanager import CertManagerCertificates
 from samd.operator.steps.owned import apply_unless_taken
-from samd.operator.steps.shared import EventReason, ModelKey, OwnedRef, Run, iso
+from samd.operator.steps.shared import EventReason, ModelKey, OwnedRef, Run
+from samd.operator.timestamps import iso
 from samd.policy import TrustPolicy
 
 C = ConditionType

@@ -36,7 +36,8 @@ from samd.operator.builders.names import model_label_value, tls_secret_name
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube, NotFound
-from samd.operator.steps.shared import EventReason, OwnedRef, Run, iso
+from samd.operator.steps.shared import EventReason, OwnedRef, Run
+from samd.operator.timestamps import iso
 from samd.policy import TrustPolicy
 
 # Registers the kind with the API wrapper's client (it knows only the built-in kinds and SAMD's own).

@@ -19,7 +19,8 @@ from samd.operator import artifacts
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
 from samd.operator.kube import Kube
-from samd.operator.steps.shared import Cached, EventReason, ModelKey, Run, fingerprint, iso, parse_time
+from samd.operator.steps.shared import Cached, EventReason, ModelKey, Run, fingerprint
+from samd.operator.timestamps import iso, parse_time
 from samd.storage.guard import URIRefusedError
 
 C = ConditionType

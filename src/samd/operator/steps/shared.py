@@ -226,19 +226,6 @@ class Cached:
         return self.fingerprint == fingerprint and now - self.checked_at < max_age
 
 
-def iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: object) -> datetime.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def fingerprint(*parts: object) -> str:
     """A digest of what a cached answer depends on (policies by name and generation)."""
     text = "|".join(

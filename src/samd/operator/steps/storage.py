@@ -14,7 +14,8 @@ from samd.errors import StorageError
 from samd.operator import artifacts
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
-from samd.operator.steps.shared import Cached, ModelKey, Run, fingerprint, iso
+from samd.operator.steps.shared import Cached, ModelKey, Run, fingerprint
+from samd.operator.timestamps import iso
 from samd.storage.guard import URIRefusedError
 
 C = ConditionType

@@ -16,7 +16,8 @@ from samd.errors import StorageError, VerificationError
 from samd.operator import artifacts
 from samd.operator.conditions import ConditionType
 from samd.operator.config import OperatorConfig
-from samd.operator.steps.shared import Cached, EventReason, ModelKey, Run, fingerprint, iso
+from samd.operator.steps.shared import Cached, EventReason, ModelKey, Run, fingerprint
+from samd.operator.timestamps import iso
 from samd.policy import (
     TrustPolicy,
     check_spec_against_policies,
