@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +29,7 @@ from tests.support.cluster import REPO, Cluster
 from tests.support.operator import OperatorProcess
 from tests.support.scenario import eventually
 from tests.support.serving import V2Client, client_context, fraud_data, serve_argv, start_server
+from tests.support.threaded_server import serving
 from tests.support.webhook import free_port
 
 pytestmark = pytest.mark.integration
@@ -83,14 +83,8 @@ def _query(prometheus: int, expression: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Receiver()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_real_prometheus_fires_and_alertmanager_delivers_samd_alerts(

@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from samd.errors import StorageError, UsageError
 from samd.storage import RetryPolicy, artifact_size, open_artifact
+from tests.support.threaded_server import serving
 
 pytestmark = pytest.mark.integration
 
@@ -254,15 +255,8 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def _serve(tls: ssl.SSLContext | None) -> Iterator[ArtifactServer]:
-    server = ArtifactServer(tls)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(ArtifactServer(tls)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
     assert server.errors == [], f"the test server itself failed: {server.errors}"
 
 

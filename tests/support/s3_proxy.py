@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from tests.support.threaded_server import serving
+
 
 @dataclass
 class Fault:
@@ -165,12 +167,5 @@ class S3Proxy(http.server.ThreadingHTTPServer):
 @contextmanager
 def running_proxy(upstream: str) -> Iterator[S3Proxy]:
     """An `S3Proxy` in front of ``upstream``, served from a thread until the block ends."""
-    server = S3Proxy(upstream)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(S3Proxy(upstream)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

@@ -6,7 +6,6 @@ import http.server
 import ipaddress
 import os
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from samd.storage.guard import (
     spec_uri_checks,
 )
 from tests.support.crds import SECURE_MODELS, load_crd
+from tests.support.threaded_server import serving
 
 pytestmark = pytest.mark.unit
 
@@ -291,13 +291,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server(host: str, redirect: str | None = None) -> Iterator[Any]:
     httpd: Any = http.server.ThreadingHTTPServer((host, 0), _Handler)
     httpd.hits, httpd.redirect = [], redirect
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(httpd):
         yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def allow_http(*cidrs: str, resolver: Any = None) -> AddressPolicy:
