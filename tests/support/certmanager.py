@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.cluster import REPO, Cluster
+from tests.support.processes import stop
 from tests.support.scenario import eventually
 
 BUILD = REPO / "hack" / "build-cert-manager"
@@ -78,15 +79,6 @@ def _start(binary: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     return process
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def cert_manager_fixture(cluster: Cluster, k8s: client.ApiClient, logs: Path) -> Iterator[CertManager]:
     home = build()
     install_crds(k8s, home / "crds")
@@ -113,9 +105,9 @@ def cert_manager_fixture(cluster: Cluster, k8s: client.ApiClient, logs: Path) ->
         try:
             yield CertManager(home=home, logs=logs)
         finally:
-            _stop(cainjector)
+            stop(cainjector)
     finally:
-        _stop(controller)
+        stop(controller)
 
 
 def ca_cluster_issuer(k8s: client.ApiClient, name: str) -> str:

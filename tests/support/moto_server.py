@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from tests.support.processes import stop
+
 
 @dataclass(frozen=True)
 class MotoServer:
@@ -69,10 +71,5 @@ def run_moto_server(timeout: float = 30.0, host: str = "127.0.0.1") -> Iterator[
                 time.sleep(0.1)
         yield MotoServer(endpoint=endpoint)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
         log.close()

@@ -38,6 +38,7 @@ from samd.operator.builders.certificates import (
 from samd.operator.builders.context import ModelContext
 from samd.operator.builders.serving import client_organization
 from samd.signing import Signer, sign_model
+from tests.support.processes import stop
 from tests.support.signing import write_key_pair
 from tests.support.webhook import free_port
 
@@ -441,11 +442,5 @@ def mlserver(models: Path, port: int, timeout: float = 90.0) -> Iterator[subproc
             time.sleep(0.25)
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=20)
         log.close()
