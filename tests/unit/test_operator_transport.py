@@ -4,16 +4,22 @@ sends, what comes back (streamed, gzip), and each failure as the httpx error its
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from samd.operator.builders.certificates import CertificateAuthority, cert_pem, issue_certificate, key_pem
 from samd.operator.transport import AiohttpTransport
 
 pytestmark = pytest.mark.unit
@@ -143,3 +149,48 @@ async def test_a_refused_connection_is_a_connect_error(http: httpx2.AsyncClient)
         port = probe.getsockname()[1]  # free, and nobody listens once the probe is closed
     with pytest.raises(httpx2.ConnectError):
         await http.get(f"http://127.0.0.1:{port}/")
+
+
+def _tls_server_context(ca: CertificateAuthority, directory: Path) -> ssl.SSLContext:
+    now = datetime.datetime.now(datetime.UTC)
+    key, certificate = issue_certificate(
+        ca,
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        hosts=["127.0.0.1"],
+        now=now,
+        validity=datetime.timedelta(hours=1),
+    )
+    (directory / "tls.crt").write_bytes(cert_pem(certificate))
+    (directory / "tls.key").write_bytes(key_pem(key))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
+    return context
+
+
+async def test_tls_is_verified_against_the_cluster_ca_it_is_given(tmp_path: Path) -> None:
+    """The API server's certificate must chain to the CA of the kubeconfig (the context the
+    transport is given); a server with another CA's certificate is refused before any request."""
+    now = datetime.datetime.now(datetime.UTC)
+    cluster_ca, other_ca = CertificateAuthority.generate(now), CertificateAuthority.generate(now)
+    app = web.Application()
+    app.router.add_route("*", "/echo", _echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_tls_server_context(cluster_ca, tmp_path))
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/echo"
+
+    def trusting(ca: CertificateAuthority) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=cert_pem(ca.certificate).decode())
+
+    try:
+        async with httpx2.AsyncClient(
+            transport=AiohttpTransport(trusting(cluster_ca), connections=2)
+        ) as http:
+            assert (await http.get(url)).status_code == 201
+        async with httpx2.AsyncClient(transport=AiohttpTransport(trusting(other_ca), connections=2)) as http:
+            with pytest.raises(httpx2.ConnectError):
+                await http.get(url)
+    finally:
+        await runner.cleanup()
