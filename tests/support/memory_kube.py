@@ -21,7 +21,9 @@ from samd.operator.kube import AppliedCache, Kube
 ObjectKey = tuple[str, str | None, str]  # (kind, namespace, name)
 
 
-class _Stored:
+class Stored:
+    """What lightkube returns: an object with to_dict()."""
+
     def __init__(self, body: Mapping[str, Any]) -> None:
         self.body = dict(body)
 
@@ -33,10 +35,10 @@ class _Client:
     def __init__(self, kube: MemoryKube) -> None:
         self.kube = kube
 
-    async def patch(self, resource: Any, name: str, body: dict[str, Any], **_: Any) -> _Stored:
-        return _Stored(self.kube.store(body))
+    async def patch(self, resource: Any, name: str, body: dict[str, Any], **_: Any) -> Stored:
+        return Stored(self.kube.store(body))
 
-    async def create(self, obj: Any) -> _Stored:
+    async def create(self, obj: Any) -> Stored:
         """A POST: refused with 409 AlreadyExists, as by the API server, when the name is taken."""
         body = obj.to_dict()
         meta = body["metadata"]
@@ -44,7 +46,7 @@ class _Client:
         if (str(body["kind"]), meta.get("namespace"), str(meta["name"])) in self.kube.objects:
             message = f"{body['kind']} {meta['name']} already exists"
             raise ApiError(status=Status(code=409, reason="AlreadyExists", message=message))
-        return _Stored(self.kube.store(body, counted=False))
+        return Stored(self.kube.store(body, counted=False))
 
 
 class MemoryKube(Kube):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Mapping
 from typing import Any
 
 import httpx2
@@ -15,18 +14,9 @@ from samd.operator.config import OperatorConfig
 from samd.operator.kube import AppliedCache, Kube
 from samd.operator.reconcile import Reconciler
 from samd.operator.steps.owned import Change
+from tests.support.memory_kube import Stored
 
 pytestmark = pytest.mark.unit
-
-
-class Stored:
-    """What lightkube returns: an object with to_dict()."""
-
-    def __init__(self, body: Mapping[str, Any]) -> None:
-        self.body = dict(body)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.body
 
 
 class FakeClient:
