@@ -264,7 +264,8 @@ class IncidentWatch:
         self.loader_failures.keep_namespaces(by_namespace)
         for namespace, names in sorted(by_namespace.items()):
             try:
-                # Every pod of every model here, in one request: the pods that carry the model label.
+                # Every pod of every model here (the pods that carry the model label), listed a page
+                # at a time and each cut down to what the check reads as it arrives.
                 pods = await self.kube.list_in(
                     "v1", "Pod", namespace, {MODEL_LABEL: None}, keep=incident_view
                 )
